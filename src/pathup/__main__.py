@@ -1,0 +1,3 @@
+from pathup.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Typed dataclass configs: the single source of defaults.
+
+A stage's options are one ``@dataclass``; YAML files may only override its fields, and the CLI's
+explicit options override the YAML. Every run writes its resolved config beside its outputs
+(``save_config``).
+
+Field help text lives in ``field(metadata={"help": ...})``; ``add_config_args`` turns the fields
+into ``--kebab-case`` options, so the CLI and the dataclass never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pathup.errors import PathUpError
+from pathup.io import atomic_write_text
+
+T = TypeVar("T")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Convert ``value`` (from YAML or argparse) to the field type ``tp``; raise PathUpError."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise PathUpError(f"option '{name}' may not be empty")
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise PathUpError(f"option '{name}' got {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        items = [_coerce(name, inner, v) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PathUpError(f"option '{name}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise PathUpError(f"option '{name}' must be true or false, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise PathUpError(f"option '{name}' must be {tp.__name__}, got {value!r}") from None
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, source: str = "config") -> T:
+    """Build ``cls`` from ``data``, starting from ``base`` (or the defaults); unknown keys are errors."""
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise PathUpError(f"{source}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        values[key] = _coerce(key, hints[key], value)
+    if base is None:
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+        if missing:
+            raise PathUpError(f"missing required option(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        return cls(**values)
+    return dataclasses.replace(base, **values)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise PathUpError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PathUpError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PathUpError(f"{path}: expected a mapping of option: value at the top level")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def conv(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomic)."""
+    path = Path(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def config_json(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--kebab-name`` option per dataclass field, plus ``--config YAML``.
+
+    Defaults are left out of argparse (``SUPPRESS``) so that ``config_from_args`` can tell which
+    options the user gave; the help text shows the dataclass default.
+    """
+    hints = _hints(cls)
+    group = parser.add_argument_group("options")
+    group.add_argument("--config", metavar="YAML", help="YAML file overriding these defaults")
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.metadata.get("cli") is False:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(tp))
+            kwargs["type"] = type(typing.get_args(tp)[0])
+        elif origin in (list, tuple):
+            kwargs["nargs"] = "+"
+            inner = (typing.get_args(tp) or (str,))[0]
+            kwargs["type"] = inner if inner in (int, float, str) else str
+        elif tp in (int, float, str):
+            kwargs["type"] = tp
+        else:
+            kwargs["type"] = str
+        if "metavar" in f.metadata:
+            kwargs["metavar"] = f.metadata["metavar"]
+        group.add_argument(flag, **kwargs)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
+    """Defaults <- ``--config`` YAML <- options given on the command line <- ``fixed`` values."""
+    data: dict[str, Any] = {}
+    source = "options"
+    if getattr(args, "config", None):
+        data.update(load_yaml(args.config))
+        source = str(args.config)
+    names = {f.name for f in dataclasses.fields(cls)}
+    data.update({k: v for k, v in vars(args).items() if k in names})
+    data.update(fixed)
+    return from_dict(cls, data, source=source)

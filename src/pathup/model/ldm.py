@@ -1,0 +1,214 @@
+"""The latent diffusion model: build from a named size, load a diffusers checkpoint, save one.
+
+The saved folder is a regular Stable Diffusion checkpoint (``model_index.json`` naming ``vae``,
+``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``; each loads with diffusers'
+``from_pretrained``), plus PathUp's own files:
+
+* ``pathup.json``: the prompt table (classes x levels) and the model size name;
+* ``fel_bank.safetensors``: the feature entropy loss's memory bank (one vector per prompt id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pathup.errors import PathUpError
+from pathup.model.registry import MODEL_SIZES, ModelSize
+from pathup.prompts import PromptTable
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("ddim", "ddpm", "dpm++", "euler", "pndm")
+
+
+def make_scheduler(name: str, config: dict[str, Any] | None = None):
+    """A diffusers noise scheduler by short name, reusing ``config`` (betas etc.) when given."""
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                           EulerDiscreteScheduler, PNDMScheduler)
+
+    classes = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm++": DPMSolverMultistepScheduler,
+               "euler": EulerDiscreteScheduler, "pndm": PNDMScheduler}
+    if name not in classes:
+        raise PathUpError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
+    if config is None:
+        config = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                      beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                      steps_offset=1, prediction_type="epsilon")
+    return classes[name].from_config(config)
+
+
+@dataclass
+class LDM:
+    """The components of a Stable-Diffusion-style model plus PathUp's prompt table and FEL bank."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    prompts: PromptTable | None = None
+    fel_bank: torch.Tensor | None = None  # (n_prompts, D), unit rows
+    size: str | None = None  # registry name when built from scratch
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def resolution(self) -> int:
+        """The training image size in pixels (UNet sample size x VAE factor)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LDM":
+        for m in (self.vae, self.unet, self.text_encoder):
+            m.to(device=device, dtype=dtype) if dtype is not None else m.to(device)
+        return self
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return ids  # (B, L)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings for the UNet's cross-attention, (B, L, D)."""
+        ids = self.tokenize(prompts).to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+    def encode_images(self, images: torch.Tensor, *, sample: bool = False,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [-1, 1], (B, 3, H, W) -> scaled latents (B, 4, H/8, W/8)."""
+        dist = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        return z * self.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1]."""
+        return self.vae.decode(latents.to(self.vae.device, self.vae.dtype) / self.scaling_factor).sample
+
+
+def build_ldm(size: str | ModelSize = "tiny", prompts: PromptTable | None = None, *, seed: int = 0,
+              scheduler: str = "ddim") -> LDM:
+    """A randomly initialised model of a named size (``tiny``, ``small``, ``sd15``)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pathup.model.tokenizer import build_char_tokenizer
+
+    if isinstance(size, str):
+        if size not in MODEL_SIZES:
+            raise PathUpError(f"unknown model size {size!r}; allowed: {', '.join(MODEL_SIZES)} "
+                              "or a path / hub id of a diffusers checkpoint")
+        size = MODEL_SIZES[size]
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**size.vae)
+    unet = UNet2DConditionModel(**size.unet)
+    tokenizer = build_char_tokenizer()
+    vocab = len(tokenizer)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **size.text))
+    return LDM(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+               scheduler=make_scheduler(scheduler), prompts=prompts, size=size.name)
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
+
+
+def load_ldm(path_or_id: str | Path, *, scheduler: str | None = None, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None) -> LDM:
+    """Load a diffusers Stable-Diffusion-format checkpoint from a folder or a hub id.
+
+    Also accepts a training run folder (``RUN/model``) or a size name from the registry.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    name = str(path_or_id)
+    if name in MODEL_SIZES:
+        return build_ldm(name, scheduler=scheduler or "ddim").to(device, dtype)
+    path = Path(name)
+    if path.is_dir() and not _is_model_folder(path) and _is_model_folder(path / "model"):
+        path = path / "model"
+    if path.exists() and not _is_model_folder(path):
+        raise PathUpError(f"{path} is not a diffusers model folder (no model_index.json or unet/config.json)")
+    if not path.exists() and (name.startswith((".", "/")) or name.count("/") != 1):
+        raise PathUpError(f"model not found: {name} (give a model folder, a hub id like "
+                          f"'org/name', or a size: {', '.join(MODEL_SIZES)})")
+    src = str(path) if path.exists() else name
+    kw: dict[str, Any] = {"torch_dtype": dtype} if dtype is not None else {}
+    try:
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", **kw)
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
+        sched_cfg = _load_scheduler_config(src)
+    except (OSError, ValueError) as err:
+        raise PathUpError(f"cannot load model {src}: {str(err).splitlines()[0]}") from None
+    sched = make_scheduler(scheduler or _scheduler_short_name(sched_cfg), sched_cfg)
+    prompts, bank, size = None, None, None
+    if path.exists():
+        meta_file = path / "pathup.json"
+        if meta_file.is_file():
+            meta = json.loads(meta_file.read_text())
+            prompts = PromptTable.from_dict(meta["prompts"]) if meta.get("prompts") else None
+            size = meta.get("size")
+        bank_file = path / "fel_bank.safetensors"
+        if bank_file.is_file():
+            from safetensors.torch import load_file
+
+            bank = load_file(str(bank_file))["bank"]
+    ldm = LDM(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sched,
+              prompts=prompts, fel_bank=bank, size=size)
+    return ldm.to(device)
+
+
+def _load_scheduler_config(src: str) -> dict[str, Any]:
+    from diffusers import DDIMScheduler
+
+    return dict(DDIMScheduler.load_config(src, subfolder="scheduler"))
+
+
+def _scheduler_short_name(cfg: dict[str, Any]) -> str:
+    cls = str(cfg.get("_class_name", "DDIMScheduler"))
+    return {"DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpm++",
+            "EulerDiscreteScheduler": "euler", "PNDMScheduler": "pndm"}.get(cls, "ddim")
+
+
+def save_ldm(ldm: LDM, path: str | Path) -> Path:
+    """Save as a diffusers ``StableDiffusionPipeline`` folder (atomically) plus PathUp's metadata."""
+    from diffusers import StableDiffusionPipeline
+
+    from pathup.io import atomic_dir
+
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        pipe = StableDiffusionPipeline(vae=ldm.vae, text_encoder=ldm.text_encoder, tokenizer=ldm.tokenizer,
+                                       unet=ldm.unet, scheduler=ldm.scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        meta = {"size": ldm.size, "prompts": ldm.prompts.to_dict() if ldm.prompts else None,
+                "format": "pathup-ldm/1"}
+        (tmp / "pathup.json").write_text(json.dumps(meta, indent=2))
+        if ldm.fel_bank is not None:
+            from safetensors.torch import save_file
+
+            save_file({"bank": ldm.fel_bank.detach().float().cpu().contiguous()}, str(tmp / "fel_bank.safetensors"))
+    return path

@@ -1,0 +1,78 @@
+"""Named model sizes (one registry, as DiT's ``DiT_models`` and timm's ``@register_model``).
+
+* ``tiny``: trains from scratch on a CPU in minutes (tests, the demo); 128 px images, 16x16 latents.
+* ``small``: a from-scratch model for one GPU, 256 px images.
+* ``sd15``: the Stable Diffusion 1.5 architecture with random weights (benchmarks). To fine-tune
+  the real weights, pass a diffusers folder or hub id to ``--model`` instead of a size name.
+
+All use the SD layout: KL autoencoder with factor 8 and 4 latent channels, a text-conditioned UNet,
+a CLIP text encoder. The tiny and small text encoders use a character-level CLIP tokenizer built
+locally (no download).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    name: str
+    resolution: int  # training image size in pixels
+    vae: dict[str, Any] = field(default_factory=dict)
+    unet: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+
+
+_VAE4 = dict(
+    in_channels=3, out_channels=3, latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+
+MODEL_SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(
+        name="tiny", resolution=128,
+        vae=dict(_VAE4, block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=16,
+                 sample_size=128),
+        unet=dict(
+            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(64, 128, 128),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32,
+        ),
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=77, projection_dim=64),
+    ),
+    "small": ModelSize(
+        name="small", resolution=256,
+        vae=dict(_VAE4, block_out_channels=(64, 128, 256, 256), layers_per_block=2, norm_num_groups=32,
+                 sample_size=256),
+        unet=dict(
+            sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                              "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=256, attention_head_dim=8,
+        ),
+        text=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                  max_position_embeddings=77, projection_dim=256),
+    ),
+    "sd15": ModelSize(
+        name="sd15", resolution=512,
+        vae=dict(_VAE4, block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                 sample_size=512),
+        unet=dict(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                              "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=768, attention_head_dim=8,
+        ),
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  max_position_embeddings=77, projection_dim=768),
+    ),
+}
