@@ -51,3 +51,31 @@ def read_dataset_info(root: str | Path) -> dict[str, Any]:
     return {"classes": sorted({r["class"] for r in rows}),
             "levels": sorted({r["level"] for r in rows}, key=lambda v: (v != "patch", v)),
             "descriptions": {}}
+
+
+def write_manifest(root: str | Path, rows: list[dict[str, Any]], extra_columns: tuple[str, ...] = ()) -> Path:
+    """Write ``root/manifest.csv`` atomically: ``MANIFEST_COLUMNS`` then ``extra_columns``."""
+    import io
+
+    from pathup.io import atomic_write_text
+
+    columns = list(MANIFEST_COLUMNS) + [c for c in extra_columns if c not in MANIFEST_COLUMNS]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(root) / "manifest.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def write_dataset_info(root: str | Path, info: dict[str, Any]) -> Path:
+    """Write ``root/dataset.json`` atomically (needs ``classes``, ``levels``, ``descriptions``, ``tile_size``)."""
+    from pathup.io import atomic_write_text
+
+    missing = [k for k in ("classes", "levels", "descriptions", "tile_size") if k not in info]
+    if missing:
+        raise ValueError(f"dataset.json needs {missing}")
+    path = Path(root) / "dataset.json"
+    atomic_write_text(path, json.dumps(info, indent=2))
+    return path
