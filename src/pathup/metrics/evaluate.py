@@ -1,0 +1,405 @@
+"""``evaluate(cfg)``: IP, IR, FID, KID (and a seam score) between a real and a synthetic image set.
+
+PathUp paper section 4.3 - 4.7 and SPEC.md section 6. Two levels:
+
+* ``overview``: every image is resized to ``overview_size`` (512) - synthetic 512 overviews against real
+  2048 tiles resized to 512 (non-square images are resized on their short side and centre-cropped);
+* ``patch``: random ``patch_size`` (512) crops of the large synthetic images against real 512 patches
+  (an image exactly ``patch_size`` is used whole; a smaller one is an error).
+
+At most ``num_samples`` samples per set are used (drawn per seed). With ``repeats`` seeds
+(``seed``, ``seed + 1``, ...), the crops, the subsample and the KID subsets change, and the result is mean +-
+std over the seeds. Features are cached per file set under ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from pathup.errors import PathUpError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``pathup evaluate`` (and of ``evaluate(cfg)``)."""
+
+    real: str = field(metadata={"help": "real images: a folder (searched recursively) or a prepared dataset "
+                                        "(folder with manifest.csv, or the CSV itself)", "metavar": "REAL"})
+    fake: str = field(metadata={"help": "synthetic images: a folder or a prepared dataset/manifest",
+                                "metavar": "FAKE"})
+    out: str = field(default="metrics.json", metadata={
+        "help": "output JSON; a Markdown table (.md) and the resolved config (.config.yaml) go beside it"})
+    level: Literal["overview", "patch"] = field(default="overview", metadata={
+        "help": "overview: resize whole images to --overview-size; patch: random --patch-size crops "
+                "(also filters manifests by their level column)"})
+    split: str = field(default="test", metadata={
+        "help": "manifest split to use (train, val, test; 'all' for every split); ignored for folders"})
+    features: str = field(default="inception", metadata={
+        "help": "feature extractor: inception (FID Inception-v3, downloaded on first use), timm:NAME, a "
+                "TorchScript file, or the offline, non-comparable random-cnn / color-stats"})
+    features_weights: str | None = field(default=None, metadata={
+        "help": "local weights for the extractor (offline use), e.g. the FID Inception .pth", "metavar": "PATH"})
+    features_size: int = field(default=224, metadata={"help": "input size for a TorchScript extractor"})
+    overview_size: int = field(default=512, metadata={"help": "overview level: images are resized to this"})
+    patch_size: int = field(default=512, metadata={"help": "patch level: crop size"})
+    crops_per_image: int = field(default=1, metadata={"help": "patch level: random crops per image larger "
+                                                              "than --patch-size"})
+    num_samples: int = field(default=10000, metadata={"help": "at most this many samples per set "
+                                                              "(drawn per seed; 0 = all)"})
+    repeats: int = field(default=5, metadata={"help": "seeds to repeat over (mean +- std)"})
+    seed: int = field(default=0, metadata={"help": "first seed"})
+    k: int = field(default=3, metadata={"help": "nearest neighbours for precision/recall"})
+    kid_subsets: int = field(default=100, metadata={"help": "KID: number of random subsets"})
+    kid_subset_size: int = field(default=1000, metadata={"help": "KID: subset size (shrinks to the smaller set)"})
+    chunk_size: int = field(default=2048, metadata={"help": "rows per pairwise-distance block"})
+    batch_size: int = field(default=32, metadata={"help": "images per feature-extraction batch"})
+    num_workers: int = field(default=0, metadata={"help": "image-loading worker processes"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "feature cache folder (default: $XDG_CACHE_HOME/pathup/features)", "metavar": "DIR"})
+    cache: bool = field(default=True, metadata={"help": "cache features per file set"})
+    seam: bool = field(default=False, metadata={"help": "also compute the seam score of the synthetic images"})
+    seam_patch: int | None = field(default=None, metadata={
+        "help": "seam grid patch size in pixels (default: from each image's sidecar .json)", "metavar": "PX"})
+    seam_stride: int | None = field(default=None, metadata={
+        "help": "seam grid stride in pixels (default: from each image's sidecar .json)", "metavar": "PX"})
+    seam_band: int = field(default=1, metadata={"help": "seam score: half-width of the band around a line"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+# --------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class ImageSet:
+    """A resolved set of image files; ``kind`` is ``folder`` or ``manifest``."""
+
+    source: str
+    kind: str
+    paths: tuple[Path, ...]
+
+
+def resolve_images(spec: str | Path, level: str, split: str, role: str) -> ImageSet:
+    """The image files of REAL or FAKE: a folder, a prepared dataset folder, or a manifest CSV."""
+    from pathup.data.manifest import SPLITS, read_manifest
+    from pathup.io import list_images
+
+    path = Path(spec)
+    if not path.exists():
+        raise PathUpError(f"--{role}: not found: {path}")
+    if path.is_file() and path.suffix.lower() == ".csv" or (path / "manifest.csv").is_file():
+        root = path if path.is_dir() else path.parent
+        if split not in (*SPLITS, "all"):
+            raise PathUpError(f"--split {split!r}: allowed: {', '.join(SPLITS)}, all")
+        rows = [r for r in read_manifest(path) if (split == "all" or r["split"] == split) and r["level"] == level]
+        if not rows:
+            raise PathUpError(f"--{role} {path}: no tiles with split={split} and level={level} in the manifest")
+        paths = tuple(root / r["path"] for r in rows)
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise PathUpError(f"--{role} {path}: {len(missing)} listed file(s) missing, e.g. {missing[0]}")
+        return ImageSet(str(path), "manifest", paths)
+    if path.is_file():
+        raise PathUpError(f"--{role} {path}: expected a folder of images or a manifest .csv")
+    paths = tuple(list_images(path))
+    if not paths:
+        raise PathUpError(f"--{role} {path}: no images found (looked for .png .jpg .jpeg .tif .tiff .bmp .webp, "
+                          "recursively)")
+    return ImageSet(str(path), "folder", paths)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image sample: a file, an optional crop box (x, y, w, h) and the output size."""
+
+    path: Path
+    box: tuple[int, int, int, int] | None
+    size: int
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file without decoding the pixels."""
+    from PIL import Image
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        from pathup.io import load_rgb
+
+        return load_rgb(path).size
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as err:  # noqa: BLE001
+        raise PathUpError(f"cannot read image {path}: {err}") from None
+
+
+def build_samples(paths: Sequence[Path], level: str, *, overview_size: int, patch_size: int,
+                  crops_per_image: int, num_samples: int, seed: int) -> list[Sample]:
+    """The samples of one set for one seed (SPEC.md section 6 levels; see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    samples: list[Sample] = []
+    if level == "overview":
+        samples = [Sample(p, None, overview_size) for p in paths]
+    elif level == "patch":
+        for p in paths:
+            w, h = image_size(p)
+            if w < patch_size or h < patch_size:
+                raise PathUpError(f"{p}: {w}x{h} is smaller than --patch-size {patch_size} "
+                                  "(use a smaller --patch-size or --level overview)")
+            if (w, h) == (patch_size, patch_size):
+                samples.append(Sample(p, None, patch_size))
+                continue
+            for _ in range(crops_per_image):
+                x = int(rng.integers(0, w - patch_size + 1))
+                y = int(rng.integers(0, h - patch_size + 1))
+                samples.append(Sample(p, (x, y, patch_size, patch_size), patch_size))
+    else:
+        raise PathUpError(f"--level {level!r}: allowed: overview, patch")
+    if num_samples and len(samples) > num_samples:
+        keep = np.sort(rng.choice(len(samples), num_samples, replace=False))
+        samples = [samples[i] for i in keep]
+    return samples
+
+
+def load_sample(s: Sample) -> np.ndarray:
+    """The sample's pixels, (S, S, 3) uint8."""
+    from PIL import Image
+
+    from pathup.io import load_rgb
+
+    img = load_rgb(s.path)
+    if s.box is not None:
+        x, y, w, h = s.box
+        img = img.crop((x, y, x + w, y + h))
+    elif img.size != (s.size, s.size):
+        w, h = img.size
+        if w != h:  # resize the short side, centre-crop the long one
+            scale = s.size / min(w, h)
+            nw, nh = max(s.size, round(w * scale)), max(s.size, round(h * scale))
+            img = img.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - s.size) // 2, (nh - s.size) // 2
+            img = img.crop((left, top, left + s.size, top + s.size))
+        else:
+            img = img.resize((s.size, s.size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+class _SampleDataset:
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        return torch.from_numpy(load_sample(self.samples[i]).copy()).permute(2, 0, 1)  # (3, S, S) uint8
+
+
+# --------------------------------------------------------------------------------------------- features
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pathup" / "features"
+
+
+def samples_key(samples: Sequence[Sample], extractor_id: str) -> str:
+    """Cache key of a sample list: hash of the extractor id and each file's path, size, mtime and crop."""
+    h = hashlib.sha256(extractor_id.encode())
+    for s in samples:
+        st = s.path.stat()
+        h.update(f"\n{s.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{s.box}|{s.size}".encode())
+    return h.hexdigest()[:32]
+
+
+def extract_features(samples: Sequence[Sample], extractor, *, batch_size: int = 32, num_workers: int = 0,
+                     cache_dir: Path | None = None, desc: str = "features", progress: bool = True) -> np.ndarray:
+    """Features (N, D) float32 of the samples, read from / written to ``cache_dir`` when given."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from pathup.io import atomic_path
+
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"{samples_key(samples, extractor.cache_id)}.npy"
+        if cache_file.is_file():
+            feats = np.load(cache_file)
+            if feats.shape == (len(samples), extractor.dim):
+                log.debug("features from cache %s", cache_file)
+                return feats
+    loader = torch.utils.data.DataLoader(_SampleDataset(samples), batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers)
+    out = np.empty((len(samples), extractor.dim), dtype=np.float32)
+    i = 0
+    with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
+        try:
+            for batch in loader:  # (B, 3, S, S) uint8
+                f = extractor(batch.to(extractor.device))  # (B, D)
+                out[i:i + len(batch)] = f.cpu().numpy()
+                i += len(batch)
+                bar.update(len(batch))
+        except PathUpError as err:  # from a worker process the message carries its traceback: keep one line
+            lines = [ln for ln in str(err).splitlines() if ln.strip()]
+            last = next((ln.split(": ", 1)[1] for ln in reversed(lines) if "PathUpError: " in ln), lines[-1])
+            raise PathUpError(last) from None
+    if cache_file is not None:
+        with atomic_path(cache_file) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def compute_metrics(real: np.ndarray, fake: np.ndarray, *, k: int = 3, kid_subsets: int = 100,
+                    kid_subset_size: int = 1000, chunk_size: int = 2048, seed: int = 0) -> dict[str, float]:
+    """IP, IR, FID and KID (x 1000) between two feature matrices (a pure function)."""
+    from pathup.metrics.fid import fid
+    from pathup.metrics.kid import kid
+    from pathup.metrics.prdc import precision_recall
+
+    precision, recall = precision_recall(real, fake, k=k, chunk_size=chunk_size)
+    kid_mean, kid_std, m = kid(real, fake, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+    return {"precision": precision, "recall": recall, "fid": fid(real, fake),
+            "kid_x1000": 1000.0 * kid_mean, "kid_std_x1000": 1000.0 * kid_std, "kid_subset_size": m,
+            "n_real": int(real.shape[0]), "n_fake": int(fake.shape[0])}
+
+
+def seam_scores(paths: Sequence[Path], patch: int | None, stride: int | None, band: int = 1,
+                progress: bool = True) -> list[float]:
+    """Seam score of each image; the grid comes from ``patch``/``stride`` or from ``<image>.json``."""
+    from tqdm.auto import tqdm
+
+    from pathup.io import load_rgb
+    from pathup.metrics.seam import grid_from_sidecar, seam_score
+
+    if (patch is None) != (stride is None):
+        raise PathUpError("give both --seam-patch and --seam-stride, or neither (then the sidecar .json is read)")
+    scores = []
+    for p in tqdm(paths, desc="seam", unit="img", disable=not progress):
+        if patch is None:
+            meta_file = p.with_suffix(".json")
+            if not meta_file.is_file():
+                raise PathUpError(f"{p}: no sidecar {meta_file.name} with the patch grid; "
+                                  "give --seam-patch and --seam-stride")
+            try:
+                meta = json.loads(meta_file.read_text())
+            except json.JSONDecodeError as err:
+                raise PathUpError(f"{meta_file}: not valid JSON ({err})") from None
+            pp, ss, fac = grid_from_sidecar(meta)
+        else:
+            pp, ss, fac = patch, stride, 1
+        scores.append(seam_score(np.asarray(load_rgb(p)), pp, ss, band=band, factor=fac))
+    return scores
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PathUpError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Run the evaluation and write ``cfg.out`` (JSON), the Markdown table and the resolved config.
+
+    Returns:
+        The JSON content: ``runs`` (per seed: precision, recall, fid, kid_x1000, ...), ``summary`` (mean,
+        std, n per metric), ``real``/``fake`` (source, kind, n_images), ``features``, ``seam`` (optional).
+    """
+    from pathup.config import save_config, to_dict
+    from pathup.io import atomic_write_text
+    from pathup.metrics.features import make_extractor
+    from pathup.metrics.report import mean_std, summarize_runs
+
+    for name in ("overview_size", "patch_size", "crops_per_image", "repeats", "batch_size", "kid_subsets",
+                 "chunk_size"):
+        if getattr(cfg, name) < 1:
+            raise PathUpError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.k < 1:
+        raise PathUpError(f"--k must be >= 1, got {cfg.k}")
+    if cfg.num_samples and cfg.num_samples <= cfg.k:
+        raise PathUpError(f"--num-samples {cfg.num_samples} must exceed --k {cfg.k} (or be 0 for all)")
+    out = Path(cfg.out)
+    if out.suffix.lower() != ".json":
+        raise PathUpError(f"--out {out}: expected a .json file name")
+    real_set = resolve_images(cfg.real, cfg.level, cfg.split, "real")
+    fake_set = resolve_images(cfg.fake, cfg.level, cfg.split, "fake")
+    for s in (real_set, fake_set):
+        role = "real" if s is real_set else "fake"
+        if len(s.paths) <= cfg.k and not (cfg.level == "patch" and cfg.crops_per_image * len(s.paths) > cfg.k):
+            raise PathUpError(f"--{role} {s.source}: {len(s.paths)} image(s); precision/recall with k = {cfg.k} "
+                              f"needs at least {cfg.k + 1} samples per set")
+
+    device = resolve_device(cfg.device)
+    extractor = make_extractor(cfg.features, cfg.features_weights, cfg.features_size, device)
+    if not extractor.comparable:
+        log.warning("features '%s' are not Inception features: the numbers are not comparable with the "
+                    "literature", cfg.features)
+    cache_dir = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) if cfg.cache else None
+    runs = []
+    for r in range(cfg.repeats):
+        seed = cfg.seed + r
+        feats = {}
+        for role, s in (("real", real_set), ("fake", fake_set)):
+            samples = build_samples(s.paths, cfg.level, overview_size=cfg.overview_size, patch_size=cfg.patch_size,
+                                    crops_per_image=cfg.crops_per_image, num_samples=cfg.num_samples,
+                                    seed=seed * 2 + (role == "fake"))
+            if len(samples) <= cfg.k:
+                raise PathUpError(f"--{role} {s.source}: {len(samples)} sample(s); precision/recall with "
+                                  f"k = {cfg.k} needs at least {cfg.k + 1}")
+            feats[role] = extract_features(samples, extractor, batch_size=cfg.batch_size,
+                                           num_workers=cfg.num_workers, cache_dir=cache_dir,
+                                           desc=f"{role} features (seed {seed})", progress=cfg.progress)
+        run = {"seed": seed, **compute_metrics(feats["real"], feats["fake"], k=cfg.k, kid_subsets=cfg.kid_subsets,
+                                               kid_subset_size=cfg.kid_subset_size, chunk_size=cfg.chunk_size,
+                                               seed=seed)}
+        log.info("seed %d: IP %.3f IR %.3f FID %.2f KIDx1000 %.2f", seed, run["precision"], run["recall"],
+                 run["fid"], run["kid_x1000"])
+        runs.append(run)
+
+    result: dict[str, Any] = {
+        "level": cfg.level,
+        "real": {"source": real_set.source, "kind": real_set.kind, "n_images": len(real_set.paths)},
+        "fake": {"source": fake_set.source, "kind": fake_set.kind, "n_images": len(fake_set.paths)},
+        "features": {"extractor": cfg.features, "id": extractor.cache_id, "dim": extractor.dim,
+                     "comparable_with_literature": extractor.comparable},
+        "runs": runs,
+        "summary": summarize_runs(runs, ["precision", "recall", "fid", "kid_x1000", "n_real", "n_fake"]),
+        "config": to_dict(cfg),
+    }
+    if cfg.seam:
+        scores = seam_scores(fake_set.paths, cfg.seam_patch, cfg.seam_stride, cfg.seam_band, cfg.progress)
+        result["seam"] = {"fake": mean_std(scores), "per_image": {str(p): s for p, s in zip(fake_set.paths, scores)}}
+    atomic_write_text(out, json.dumps(result, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(out.with_suffix(".md"), metrics_markdown(result))
+    save_config(cfg, out.with_suffix(".config.yaml"))
+    return result
+
+
+def metrics_markdown(result: dict[str, Any]) -> str:
+    """The Markdown table of an ``evaluate`` result (one row; mean +- std over the seeds)."""
+    from pathup.metrics.report import METRIC_COLUMNS, format_mean_std, markdown_table, metrics_row
+
+    header = ["level", "real", "fake", "seeds", *[t for _k, t, _d in METRIC_COLUMNS]]
+    row = [result["level"], result["summary"]["n_real"]["mean"], result["summary"]["n_fake"]["mean"],
+           len(result["runs"]), *metrics_row(result["summary"])]
+    row[1], row[2] = int(row[1]), int(row[2])
+    if "seam" in result:
+        header.append("seam")
+        row.append(format_mean_std(result["seam"]["fake"], 3))
+    note = ("" if result["features"]["comparable_with_literature"] else
+            f"\nFeatures: {result['features']['extractor']} (not Inception: not comparable with the literature).\n")
+    return f"# Evaluation: {result['fake']['source']} vs {result['real']['source']}\n\n" + \
+        markdown_table(header, [row]) + note

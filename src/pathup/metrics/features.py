@@ -1,0 +1,264 @@
+"""Feature extractors for the metrics: images (B, 3, H, W) uint8 -> features (B, D) float32.
+
+Choose one by name with ``make_extractor(spec, weights=...)``:
+
+* ``inception`` (default): the FID Inception-v3 of torch-fidelity (the TensorFlow FID weights ported to
+  PyTorch; 2048-d pool features, images resized to 299 inside as the reference does). Its weights are
+  downloaded on first use by torch-fidelity (``torch.hub`` cache); pass ``weights`` (``--features-weights``)
+  to load a local copy of ``weights-inception-2015-12-05-6726825d.pth`` for offline use. These are the
+  features of the literature: numbers are comparable with published FID/KID/IP/IR (given the same sample
+  counts and image sizes).
+* ``timm:NAME``: any timm model (e.g. ``timm:resnet50``, a pathology encoder published for timm); pooled
+  pre-classifier features, with the model's own input size and normalisation. Pretrained weights come from
+  the local Hugging Face cache (or are downloaded when online), or from ``weights`` (a state dict file).
+* a path to a TorchScript file (``torch.jit.save``): called on float32 (B, 3, S, S) images in [0, 1],
+  S = ``input_size`` (default 224); it must return (B, D) (or (B, D, 1, 1)) and normalise on its own.
+* ``random-cnn``: OFFLINE, NO DOWNLOAD. A fixed convolutional network with seeded random (He-normal)
+  weights: images resized to 128 x 128, five stride-2 3x3 conv + ReLU layers, features = per-channel mean
+  and std of the last two layers (768-d). Random conv features are sensitive to colour and texture
+  statistics, enough to tell similar from dissimilar image sets, but they are NOT Inception features:
+  the numbers are not comparable with the literature or the paper. For tests, demos and offline smoke runs.
+* ``color-stats``: OFFLINE, NO DOWNLOAD. Hand-crafted colour and texture statistics (RGB and optical-
+  density histograms, gradient-magnitude histograms at three scales; 152-d). Same caveat as random-cnn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pathup.errors import PathUpError
+
+EXTRACTOR_NAMES = ("inception", "random-cnn", "color-stats", "timm:NAME", "PATH.pt (TorchScript)")
+FID_INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                     "weights-inception-2015-12-05-6726825d.pth")
+
+
+def _file_id(path: str | Path) -> str:
+    p = Path(path)
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+class FeatureExtractor(torch.nn.Module):
+    """Base class: ``forward(images)`` maps (B, 3, H, W) uint8 to (B, D) float32.
+
+    Attributes:
+        cache_id: a string that changes whenever the features would (name, weights file, input size).
+        dim: the feature dimension D.
+        comparable: whether numbers from this extractor are comparable with the literature.
+    """
+
+    cache_id: str = ""
+    dim: int = 0
+    comparable: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        for t in (*self.parameters(), *self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+
+class InceptionExtractor(FeatureExtractor):
+    """torch-fidelity's FID Inception-v3, 2048-d pool features (TF-compatible resize to 299 inside)."""
+
+    comparable = True
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        super().__init__()
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError:
+            raise PathUpError("the 'inception' extractor needs torch-fidelity: pip install 'pathup[metrics]'") from None
+        if weights is not None and not Path(weights).is_file():
+            raise PathUpError(f"--features-weights: file not found: {weights}")
+        try:
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                   feature_extractor_weights_path=str(weights) if weights else None)
+        except PathUpError:
+            raise
+        except Exception as err:  # noqa: BLE001 - download or unpickling failures
+            if weights is None:
+                raise PathUpError(f"could not download the FID Inception weights ({type(err).__name__}: {err}); "
+                                  f"fetch {FID_INCEPTION_URL} elsewhere and pass --features-weights PATH, or use "
+                                  "--features random-cnn for an offline (non-comparable) run") from None
+            raise PathUpError(f"--features-weights {weights}: not FID Inception weights ({err})") from None
+        self.dim = 2048
+        self.cache_id = "inception-v3-compat:" + (_file_id(weights) if weights else "torch-fidelity-url")
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)[0].float()  # (B, 2048)
+
+
+class TimmExtractor(FeatureExtractor):
+    """A timm model's pooled pre-classifier features, with its own input size and normalisation."""
+
+    def __init__(self, name: str, weights: str | Path | None = None) -> None:
+        super().__init__()
+        import timm
+
+        if name not in timm.list_models(pretrained=False) and name not in timm.list_models(pretrained=True):
+            raise PathUpError(f"--features timm:{name}: unknown timm model (see timm.list_models())")
+        try:
+            if weights is not None:
+                if not Path(weights).is_file():
+                    raise PathUpError(f"--features-weights: file not found: {weights}")
+                self.net = timm.create_model(name, pretrained=True, num_classes=0,
+                                             pretrained_cfg_overlay={"file": str(weights)})
+            else:
+                self.net = timm.create_model(name, pretrained=True, num_classes=0)
+        except PathUpError:
+            raise
+        except Exception as err:  # noqa: BLE001 - hub/offline/state-dict failures
+            src = f"weights file {weights}" if weights else "the Hugging Face hub (offline or not cached?)"
+            raise PathUpError(f"--features timm:{name}: could not load pretrained weights from {src}: "
+                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
+                              "pass --features-weights PATH") from None
+        self.net.eval().requires_grad_(False)
+        cfg = timm.data.resolve_model_data_config(self.net)
+        self.input_size = int(cfg["input_size"][-1])
+        self.interpolation = "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear"
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        self.dim = int(self.net.num_features)
+        self.cache_id = f"timm:{name}:" + (_file_id(weights) if weights else "pretrained")
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.mean.device, torch.float32) / 255.0  # (B, 3, H, W)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode=self.interpolation,
+                              antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        return self.net(x).float().flatten(1)  # (B, D)
+
+
+class TorchScriptExtractor(FeatureExtractor):
+    """A TorchScript module called on float32 (B, 3, S, S) images in [0, 1]."""
+
+    def __init__(self, path: str | Path, input_size: int = 224) -> None:
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise PathUpError(f"--features: TorchScript file not found: {path}")
+        try:
+            self.net = torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:  # noqa: BLE001
+            raise PathUpError(f"--features {path}: not a TorchScript file ({str(err).splitlines()[0]})") from None
+        self.net.eval()
+        self.input_size = int(input_size)
+        self.register_buffer("_probe", torch.zeros(()), persistent=False)
+        with torch.no_grad():
+            out = self.net(torch.zeros(1, 3, self.input_size, self.input_size))
+        if not isinstance(out, torch.Tensor) or out.numel() == 0:
+            raise PathUpError(f"--features {path}: the module must return a (B, D) tensor")
+        self.dim = int(out.flatten(1).shape[1])
+        self.cache_id = f"torchscript:{_file_id(path)}:{self.input_size}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self._probe.device, torch.float32) / 255.0  # (B, 3, H, W)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return self.net(x).float().flatten(1)  # (B, D)
+
+
+class RandomCNNExtractor(FeatureExtractor):
+    """OFFLINE extractor: a seeded random-weight CNN (see the module docstring; not comparable)."""
+
+    WIDTHS = (3, 16, 32, 64, 128, 256)
+    SIZE = 128
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.convs = torch.nn.ModuleList()
+        for cin, cout in zip(self.WIDTHS[:-1], self.WIDTHS[1:]):
+            conv = torch.nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2.0 / (cin * 9)))
+                conv.bias.zero_()
+            self.convs.append(conv)
+        self.requires_grad_(False)
+        self.dim = 2 * (self.WIDTHS[-1] + self.WIDTHS[-2])
+        self.cache_id = f"random-cnn:v2:seed{seed}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.convs[0].weight.device, torch.float32) / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
+        x = F.interpolate(x, size=(self.SIZE, self.SIZE), mode="bilinear", antialias=True, align_corners=False)
+        feats = []
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(x))  # (B, C_i, H / 2^(i+1), W / 2^(i+1))
+            if i >= len(self.convs) - 2:
+                feats += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]  # (B, C_i) each
+        return torch.cat(feats, dim=1)  # (B, 768)
+
+
+class ColorStatsExtractor(FeatureExtractor):
+    """OFFLINE extractor: colour and texture histograms (see the module docstring; not comparable)."""
+
+    BINS = 16
+    SIZE = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("_probe", torch.zeros(()), persistent=False)
+        self.dim = 3 * self.BINS + 3 * self.BINS + 3 * self.BINS + 8
+        self.cache_id = "color-stats:v1"
+
+    @staticmethod
+    def _hist(v: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
+        """Hard-binned histogram per row of ``v`` (B, N) over [lo, hi] -> (B, bins), rows sum to 1."""
+        idx = ((v - lo) / (hi - lo) * bins).long().clamp(0, bins - 1)  # (B, N)
+        h = torch.zeros(v.shape[0], bins, device=v.device).scatter_add_(1, idx, torch.ones_like(v))
+        return h / v.shape[1]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self._probe.device, torch.float32)  # (B, 3, H, W) in [0, 255]
+        x = F.interpolate(x, size=(self.SIZE, self.SIZE), mode="bilinear", antialias=True, align_corners=False)
+        b = x.shape[0]
+        feats = [self._hist(x[:, c].reshape(b, -1), 0.0, 256.0, self.BINS) for c in range(3)]
+        od = -torch.log((x + 1.0) / 256.0)  # (B, 3, S, S) optical density (Beer-Lambert), H&E stain space
+        feats += [self._hist(od[:, c].reshape(b, -1), 0.0, 2.0, self.BINS) for c in range(3)]
+        gray = x.mean(1, keepdim=True) / 255.0  # (B, 1, S, S)
+        for s in range(3):
+            g = F.avg_pool2d(gray, 2 ** s) if s else gray
+            gx = (g[..., :, 1:] - g[..., :, :-1])[..., :-1, :]
+            gy = (g[..., 1:, :] - g[..., :-1, :])[..., :, :-1]
+            mag = torch.sqrt(gx ** 2 + gy ** 2).reshape(b, -1)  # (B, N)
+            feats.append(self._hist(mag, 0.0, 0.5, self.BINS))
+        feats.append(torch.cat([x.mean(dim=(2, 3)) / 255.0, x.std(dim=(2, 3)) / 255.0,
+                                od.mean(dim=(1, 2, 3))[:, None], gray.std(dim=(2, 3))], dim=1))  # (B, 8)
+        return torch.cat(feats, dim=1)  # (B, 152)
+
+
+def make_extractor(spec: str = "inception", weights: str | Path | None = None, input_size: int = 224,
+                   device: str | torch.device = "cpu") -> FeatureExtractor:
+    """Build the extractor named by ``spec`` (see the module docstring) on ``device``."""
+    spec = spec.strip()
+    if spec == "inception":
+        ext: FeatureExtractor = InceptionExtractor(weights)
+    elif spec.startswith("timm:"):
+        ext = TimmExtractor(spec[5:], weights)
+    elif spec in ("random-cnn", "color-stats"):
+        if weights is not None:
+            raise PathUpError(f"--features {spec} has fixed weights; --features-weights is not used with it")
+        ext = RandomCNNExtractor() if spec == "random-cnn" else ColorStatsExtractor()
+    elif spec.endswith((".pt", ".pth", ".ts", ".jit", ".torchscript")) or Path(spec).is_file():
+        ext = TorchScriptExtractor(spec, input_size)
+    else:
+        raise PathUpError(f"--features {spec!r}: unknown extractor; allowed: {', '.join(EXTRACTOR_NAMES)}")
+    return ext.to(device).eval()
+
+
+def extractor_digest(ext: FeatureExtractor) -> str:
+    return hashlib.sha256(ext.cache_id.encode()).hexdigest()[:16]
