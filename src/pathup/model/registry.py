@@ -1,5 +1,6 @@
 """Named model sizes (one registry, as DiT's ``DiT_models`` and timm's ``@register_model``).
 
+* ``micro``: the smallest working model (64 px images, 8x8 latents) for unit tests of the loop.
 * ``tiny``: trains from scratch on a CPU in minutes (tests, the demo); 128 px images, 16x16 latents.
 * ``small``: a from-scratch model for one GPU, 256 px images.
 * ``sd15``: the Stable Diffusion 1.5 architecture with random weights (benchmarks). To fine-tune
@@ -31,6 +32,20 @@ _VAE4 = dict(
 )
 
 MODEL_SIZES: dict[str, ModelSize] = {
+    "micro": ModelSize(
+        name="micro", resolution=64,
+        vae=dict(_VAE4, block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8,
+                 sample_size=64),
+        unet=dict(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
+        ),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  max_position_embeddings=77, projection_dim=32),
+    ),
     "tiny": ModelSize(
         name="tiny", resolution=128,
         vae=dict(_VAE4, block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=16,

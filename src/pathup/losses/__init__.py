@@ -1,0 +1,10 @@
+"""Training losses: the denoising loss L_r (Eq. 2), the feature entropy loss L_e (Eq. 3) with its
+memory bank, and the first-stage autoencoder loss of the from-scratch models."""
+
+from pathup.losses.autoencoder import autoencoder_loss
+from pathup.losses.denoising import denoising_loss, denoising_target
+from pathup.losses.fel import (FeatureBank, MidBlockFeatures, ProjectionHead, feature_entropy_loss, feature_vector,
+                               pool_features)
+
+__all__ = ["FeatureBank", "MidBlockFeatures", "ProjectionHead", "autoencoder_loss", "denoising_loss",
+           "denoising_target", "feature_entropy_loss", "feature_vector", "pool_features"]

@@ -1,0 +1,87 @@
+"""Options of ``pathup train`` (the single source of their defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+
+def _f(default, help: str, **kw):  # noqa: A002 - dataclass field with help text
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Training of the latent diffusion model with patho-align and the feature entropy loss.
+
+    Options left at ``None`` take a default that depends on where the model comes from: a model
+    built from scratch (``tiny``, ``small``, ``sd15``) or a pretrained checkpoint being fine-tuned
+    (the paper's defaults: lr 5e-6, batch 4, 50,000 steps). ``resolved()`` fills them in.
+    """
+
+    dataset: Path = _f(None, "prepared dataset folder (manifest.csv + dataset.json from 'pathup prepare')", cli=False)
+    out: Path = _f(None, "run folder (checkpoints, samples, logs, final model)", metavar="RUN")
+    model: str = _f("tiny", "a size to build from scratch (tiny, small, sd15) or a diffusers Stable Diffusion "
+                            "folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
+    resolution: Optional[int] = _f(None, "training image size in pixels (multiple of 8 x 2^(UNet blocks-1)); "
+                                         "default: the model's", metavar="PX")
+    split: str = _f("train", "manifest split to train on")
+    levels: list[str] = _f([], "tile levels to train on (patch, overview); default: all levels in the dataset",
+                           metavar="LEVEL")
+    patho_align: bool = _f(True, "prompts from class and level (--no-patho-align: class-only prompts, one bank "
+                                 "vector per class, tiles of every selected level; the paper's ablation)")
+    # optimisation
+    max_steps: Optional[int] = _f(None, "optimizer steps (default: 2000 from scratch, 50000 fine-tuning)")
+    batch_size: Optional[int] = _f(None, "tiles per device per micro-batch (default: 8 from scratch, 4 fine-tuning)")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
+    lr: Optional[float] = _f(None, "AdamW learning rate (default: 2e-4 from scratch, 5e-6 fine-tuning)")
+    lr_schedule: Literal["constant", "cosine", "linear"] = _f("constant", "learning-rate schedule after warm-up")
+    lr_warmup_steps: Optional[int] = _f(None, "linear warm-up steps (default: 100 from scratch, 0 fine-tuning)")
+    weight_decay: float = _f(1e-2, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Accelerate mixed precision (fp16 needs a GPU)")
+    gradient_checkpointing: bool = _f(False, "recompute UNet activations in the backward pass (saves memory)")
+    compile: bool = _f(False, "torch.compile the UNet")
+    cpu: bool = _f(False, "train on the CPU even when a GPU is present")
+    seed: int = _f(0, "seed of the model initialisation, data order, noise and timesteps")
+    num_workers: int = _f(2, "data-loading worker processes")
+    # conditioning and losses
+    prompt_dropout: float = _f(0.1, "share of samples trained with the empty prompt (classifier-free guidance)")
+    fel_beta: float = _f(0.1, "weight beta of the feature entropy loss (0 turns it off)")
+    fel_tau: float = _f(0.07, "temperature tau of the feature entropy loss")
+    fel_momentum: float = _f(0.99, "EMA momentum alpha of the memory bank")
+    fel_proj_dim: int = _f(0, "output size of a projection head on the pooled mid-block features (0 = none)")
+    ema: bool = _f(True, "keep an exponential moving average of the UNet weights (saved as the final UNet)")
+    ema_decay: Optional[float] = _f(None, "EMA decay (default: 0.999 from scratch, 0.9999 fine-tuning)")
+    # first stage of the from-scratch models
+    vae_steps: int = _f(600, "autoencoder training steps before the UNet (from scratch only)")
+    vae_batch_size: int = _f(8, "autoencoder batch size")
+    vae_lr: float = _f(5e-4, "autoencoder learning rate")
+    vae_kl_weight: float = _f(1e-6, "KL weight of the autoencoder loss")
+    vae_crop: int = _f(64, "train the autoencoder on random crops of this size (0 = whole tiles)", metavar="PX")
+    # outputs
+    checkpoint_every: int = _f(500, "write a checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = _f(3, "number of most recent checkpoints to keep")
+    resume: bool = _f(False, "continue from the newest complete checkpoint in RUN/checkpoints")
+    log_every: int = _f(10, "log losses (losses.jsonl, TensorBoard) every N steps")
+    sample_every: int = _f(500, "write a PNG grid of samples (class x level) every N steps (0 = off)")
+    sample_steps: int = _f(25, "DDIM steps of the sample grids")
+    guidance_scale: float = _f(3.0, "classifier-free guidance scale of the sample grids")
+
+    @property
+    def from_scratch(self) -> bool:
+        from pathup.model.registry import MODEL_SIZES
+
+        return self.model in MODEL_SIZES
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the model-dependent defaults filled in."""
+        import dataclasses
+
+        s = self.from_scratch
+        fill = {"max_steps": 2000 if s else 50000, "batch_size": 8 if s else 4, "lr": 2e-4 if s else 5e-6,
+                "lr_warmup_steps": 100 if s else 0, "ema_decay": 0.999 if s else 0.9999}
+        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})

@@ -1,0 +1,131 @@
+"""Training data: the prepared dataset's tiles, their prompts and prompt ids, and a resumable order.
+
+Prompts are the manifest's ``prompt`` column (``"<class text>, <level>"``); prompt ids come from the
+``PromptTable`` of ``dataset.json`` (classes x levels) and index the FEL memory bank. With
+patho-align off the prompt is the class text alone and the table has one id per class; the tiles of
+every selected level are kept (the ablation sees the same images, without the level in the prompt).
+
+The order of the tiles is a pure function of (seed, epoch), so a resumed run reads exactly the
+batches the uninterrupted run would have read, without saving any sampler state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pathup.data.dataset import TileDataset
+from pathup.errors import PathUpError
+from pathup.prompts import LEVELS, PromptTable
+
+
+class TrainTiles(torch.utils.data.Dataset):
+    """Tiles with their prompt and prompt id: items ``(image (3, R, R) in [-1, 1], prompt id, prompt)``.
+
+    Args:
+        root: prepared dataset folder.
+        split: manifest split to use.
+        levels: levels to keep (empty: all levels of the dataset).
+        patho_align: prompts with the level (True) or class-only prompts (False).
+        resolution: tile size fed to the model (tiles are resized when they differ).
+    """
+
+    def __init__(self, root: str | Path, split: str, levels: list[str], patho_align: bool, resolution: int) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise PathUpError(f"dataset folder not found: {root}")
+        for lv in levels:
+            if lv not in LEVELS:
+                raise PathUpError(f"unknown level {lv!r} in --levels; allowed: {', '.join(LEVELS)}")
+        try:
+            self.tiles = TileDataset(root, split=split, level=None, size=resolution, hflip=False)
+        except PathUpError as err:
+            if "no tiles" in str(err):
+                raise PathUpError(f"empty dataset: {err}") from None
+            raise
+        ds_levels = [lv for lv in self.tiles.levels if lv in LEVELS] or list(LEVELS)
+        if levels:
+            self.tiles.rows = [r for r in self.tiles.rows if r["level"] in levels]
+            if not self.tiles.rows:
+                raise PathUpError(f"empty dataset: {root / 'manifest.csv'} has no {split} tiles at level(s) "
+                                  f"{', '.join(levels)}")
+        bad = sorted({r["level"] for r in self.tiles.rows} - set(ds_levels))
+        if bad:
+            raise PathUpError(f"{root / 'manifest.csv'}: level(s) {bad} not in dataset.json levels {ds_levels}")
+        self.tiles.check_files()
+        self.table = PromptTable(list(self.tiles.classes), ds_levels if patho_align else [],
+                                 dict(self.tiles.descriptions))
+        self.ids = [self.table.prompt_id(r["class"], r["level"]) for r in self.tiles.rows]
+        if patho_align:
+            self.prompts = [r["prompt"].strip() or self.table.prompt(r["class"], r["level"]) for r in self.tiles.rows]
+        else:
+            self.prompts = [self.table.prompt(r["class"], None) for r in self.tiles.rows]
+        by_id: dict[int, set[str]] = {}
+        for i, p in zip(self.ids, self.prompts):
+            by_id.setdefault(i, set()).add(p)
+        clash = {i: s for i, s in by_id.items() if len(s) > 1}
+        if clash:
+            i, s = next(iter(clash.items()))
+            raise PathUpError(f"{root / 'manifest.csv'}: one class and level has several prompts {sorted(s)}; "
+                              "a prompt id needs one prompt")
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        return self.tiles[i]["image"], self.ids[i], self.prompts[i]
+
+    def unique_prompts(self) -> list[str]:
+        """The distinct training prompts, ordered by prompt id."""
+        seen: dict[int, str] = {}
+        for i, p in zip(self.ids, self.prompts):
+            seen.setdefault(i, p)
+        return [seen[i] for i in sorted(seen)]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of ``n`` tiles used in ``epoch`` (a function of seed and epoch only)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batches of tile indices for optimizer steps ``start_step .. max_steps - 1`` of this process.
+
+    Each optimizer step consumes ``grad_accum`` micro-batches of ``batch_size * world`` tiles
+    (``world`` processes each take their own share); epochs are consecutive permutations from
+    ``epoch_order``, read as one endless stream, so the batches of step s do not depend on
+    where a run started.
+    """
+
+    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int, start_step: int, max_steps: int,
+                 rank: int = 0, world: int = 1) -> None:
+        self.n, self.bs, self.acc, self.seed = n, batch_size, grad_accum, seed
+        self.start, self.stop, self.rank, self.world = start_step, max_steps, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.acc
+
+    def _stream(self, pos: int):
+        epoch, off = divmod(pos, self.n)
+        order = epoch_order(self.n, self.seed, epoch)
+        while True:
+            yield int(order[off])
+            off += 1
+            if off == self.n:
+                epoch, off = epoch + 1, 0
+                order = epoch_order(self.n, self.seed, epoch)
+
+    def __iter__(self):
+        global_bs = self.bs * self.world
+        stream = self._stream(self.start * self.acc * global_bs)
+        for _ in range(len(self)):
+            batch = [next(stream) for _ in range(global_bs)]
+            yield batch[self.rank * self.bs:(self.rank + 1) * self.bs]
+
+
+def collate(items: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images = torch.stack([it[0] for it in items])  # (B, 3, R, R)
+    ids = torch.tensor([it[1] for it in items], dtype=torch.long)  # (B,)
+    return images, ids, [it[2] for it in items]
