@@ -1,5 +1,9 @@
 """The structure of the PathUp paper's Tables 1-4 built from ``pathup evaluate`` results (pure functions).
 
+``pathup.metrics.runner`` (``pathup experiment run``) produces these results end to end (training runs,
+images, one evaluate JSON per condition, level and seed); this module only reads and reports them
+(``pathup experiment report``).
+
 Layout of a results folder (one ``pathup evaluate --out`` JSON per condition, level and seed)::
 
     RESULTS/table2/PathUp/overview_seed0.json      # any file name ending in .json
