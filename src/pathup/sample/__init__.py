@@ -1,0 +1,46 @@
+"""Sampling: overview generation, patch-wise timestep tracking, weight maps, tiled VAE, image writers.
+
+* ``weights``: the pyramid weight map of Eq. 6 (and uniform weights for the Table 4 ablation).
+* ``grid``: the overlapping, border-aligned latent patch grid.
+* ``tracking``: Algorithm 1 as a pure function on tensors (``track_patches``, ``tracked_img2img``).
+* ``overview``: the low-resolution reference overview (text-to-image).
+* ``vae_tiling``: encode/decode in blended tiles.
+* ``writers``: PNG with settings, pyramidal TIFF, JSON sidecars.
+* ``pipeline``: ``PathUpPipeline``, the Python API that the CLI wraps.
+
+Submodules import torch; this package's top level stays light (attributes load on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PathUpPipeline": "pathup.sample.pipeline",
+    "PathUpOutput": "pathup.sample.pipeline",
+    "SampleConfig": "pathup.sample.config",
+    "parse_size": "pathup.sample.config",
+    "pyramid_weights": "pathup.sample.weights",
+    "uniform_weights": "pathup.sample.weights",
+    "patch_weights": "pathup.sample.weights",
+    "patch_grid": "pathup.sample.grid",
+    "PatchBox": "pathup.sample.grid",
+    "track_patches": "pathup.sample.tracking",
+    "tracked_img2img": "pathup.sample.tracking",
+    "guided_denoiser": "pathup.sample.tracking",
+    "generate_overview": "pathup.sample.overview",
+    "encode_tiled": "pathup.sample.vae_tiling",
+    "decode_tiled": "pathup.sample.vae_tiling",
+    "save_png": "pathup.sample.writers",
+    "save_tiff": "pathup.sample.writers",
+    "read_settings": "pathup.sample.writers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pathup.sample' has no attribute {name!r}")

@@ -1,0 +1,62 @@
+"""Step 1 of generation: the low-resolution reference overview I_ref (SPEC.md section 5 inputs).
+
+Text-to-image with the class's ``overview`` prompt at the model's training resolution, through
+diffusers' own ``StableDiffusionPipeline`` built from the model's components (the reference
+text-to-image sampler; PathUp changes nothing here).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from pathup.errors import PathUpError
+
+
+def text_embeddings(ldm: Any, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, uncond) prompt embeddings, each (1, L, D), from the model's own text encoder."""
+    with torch.no_grad():
+        cond = ldm.encode_prompts([prompt])  # (1, L, D)
+        uncond = ldm.encode_prompts([negative_prompt])  # (1, L, D)
+    return cond, uncond
+
+
+def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50, guidance: float = 7.5,
+                      seed: int = 0, negative_prompt: str = "", height: int | None = None,
+                      width: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Generate the reference overview with the model's text-to-image sampler.
+
+    Args:
+        ldm: a ``pathup.model.LDM``.
+        prompt: the class's overview prompt.
+        scheduler: a diffusers scheduler (deep-copied).
+        steps: inference steps.
+        guidance: classifier-free guidance scale.
+        seed: seed of the initial noise (a CPU generator, so the result does not depend on the device).
+        negative_prompt: the unconditional prompt (empty by default, as in training).
+        height: image height in pixels (default: the model's training resolution).
+        width: image width in pixels (default: the model's training resolution).
+        progress: show diffusers' progress bar.
+
+    Returns:
+        Images in [0, 1], (1, 3, H, W), float32 on the CPU.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    if steps < 1:
+        raise PathUpError(f"--steps must be at least 1, got {steps}")
+    res = ldm.resolution
+    height, width = height or res, width or res
+    pipe = StableDiffusionPipeline(vae=ldm.vae, text_encoder=ldm.text_encoder, tokenizer=ldm.tokenizer,
+                                   unet=ldm.unet, scheduler=copy.deepcopy(scheduler), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=not progress, desc="overview", leave=False)
+    cond, uncond = text_embeddings(ldm, prompt, negative_prompt)
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, height=height, width=width,
+                   num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                   output_type="pt")
+    return out.images.float().cpu()  # (1, 3, H, W) in [0, 1]

@@ -1,0 +1,272 @@
+"""The PathUp generation pipeline: overview, then patch-wise timestep tracking (SPEC.md section 5).
+
+Used like a diffusers pipeline::
+
+    from pathup.model import load_ldm
+    from pathup.sample import PathUpPipeline
+
+    pipe = PathUpPipeline(load_ldm("runs/bracs/model"))
+    out = pipe(class_name="DCIS", size=(2048, 2048), seed=0)
+    out.images[0].save("dcis.png"); out.overviews[0].save("dcis_overview.png")
+
+``pipe.upscale(image, class_name=...)`` runs steps 1-6 of SPEC.md section 5 on a user's own
+low-resolution overview. ``pathup generate`` and ``pathup upscale`` are thin wrappers over this class.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pathup.errors import PathUpError
+from pathup.model.ldm import make_scheduler
+from pathup.prompts import build_prompt
+from pathup.sample.config import SampleConfig, parse_patch_batch, parse_size, validate
+from pathup.sample.grid import patch_grid
+from pathup.sample.overview import generate_overview, text_embeddings
+from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
+from pathup.sample.vae_tiling import decode_tiled, encode_tiled
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; other names are checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise PathUpError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PathUpError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on the CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise PathUpError(f"unknown --dtype {name!r}; allowed: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _to_pil(image: Any) -> "Image.Image":  # noqa: F821
+    from PIL import Image
+
+    from pathup.io import to_rgb8
+
+    if isinstance(image, Image.Image):
+        return to_rgb8(image)
+    if isinstance(image, torch.Tensor):  # (1, 3, H, W) or (3, H, W) in [0, 1]
+        t = image[0] if image.ndim == 4 else image
+        image = (t.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise PathUpError(f"expected an RGB image (PIL, uint8 (H, W, 3) or a [0, 1] tensor), got {arr.dtype} {arr.shape}")
+    return Image.fromarray(arr, "RGB")
+
+
+@dataclass
+class PathUpOutput:
+    """Result of ``PathUpPipeline.__call__``: one entry per image."""
+
+    images: list[Any]  # PIL images (or uint8 arrays with output_type="np")
+    overviews: list[Any]  # the reference overviews (PIL)
+    settings: list[dict[str, Any]] = field(default_factory=list)
+
+
+class PathUpPipeline:
+    """Overview + patch-wise timestep tracking on a ``pathup.model.LDM``.
+
+    Args:
+        ldm: the model (already on its device and dtype).
+        model_name: recorded in the settings of each image.
+        progress: show progress bars.
+    """
+
+    def __init__(self, ldm: Any, *, model_name: str | None = None, progress: bool = True) -> None:
+        self.ldm = ldm
+        self.model_name = model_name or (ldm.size or "unnamed")
+        self.progress = progress
+
+    @classmethod
+    def from_pretrained(cls, model: str, *, device: str = "auto", dtype: str = "auto",
+                        progress: bool = True) -> "PathUpPipeline":
+        """Load a diffusers folder, a training run folder, a hub id or a size name."""
+        from pathup.model import load_ldm
+
+        dev = resolve_device(device)
+        ldm = load_ldm(model, device=dev, dtype=resolve_dtype(dtype, dev))
+        return cls(ldm, model_name=str(model), progress=progress)
+
+    # ----------------------------------------------------------------------------- prompts
+    def prompts_for(self, class_name: str) -> dict[str, str]:
+        """The class's ``overview`` and ``patch`` prompts from the model's prompt table.
+
+        A model without a table (a plain Stable Diffusion checkpoint) gets ``build_prompt``'s text.
+        Unknown classes raise PathUpError naming the known ones.
+        """
+        table = self.ldm.prompts
+        if table is None:
+            return {lv: build_prompt(class_name, lv) for lv in ("overview", "patch")}
+        table.class_index(class_name)  # raises with the known class names
+        return {lv: table.prompt(class_name, lv) for lv in ("overview", "patch")}
+
+    def _resolve_prompt(self, class_name: str | None, prompt: str | None, level: str) -> str:
+        if prompt is not None:
+            return prompt
+        if class_name is None:
+            raise PathUpError("give a class name (class_name=... / --class) or a prompt")
+        return self.prompts_for(class_name)[level]
+
+    def scheduler(self, name: str | None = None) -> Any:
+        """A fresh scheduler by short name with the model's noise schedule (None: the model's own)."""
+        if name is None:
+            return copy.deepcopy(self.ldm.scheduler)
+        return make_scheduler(name, dict(self.ldm.scheduler.config))
+
+    def vae_tiles(self, vae_tile: int = 0, vae_overlap: int = 0) -> tuple[int, int]:
+        """Autoencoder tile and overlap in latent positions (0: twice the UNet sample size, a quarter tile)."""
+        tile = vae_tile or 2 * int(self.ldm.unet.config.sample_size)
+        overlap = vae_overlap or tile // 4
+        if overlap >= tile:
+            raise PathUpError(f"--vae-overlap {overlap} must be smaller than --vae-tile {tile}")
+        return tile, overlap
+
+    # ----------------------------------------------------------------------------- stages
+    def overview(self, class_name: str | None = None, *, prompt: str | None = None, seed: int = 0,
+                 steps: int = 50, guidance: float = 7.5, scheduler: str | None = "ddim",
+                 negative_prompt: str = "") -> Any:
+        """Step 1: the reference overview at the model's training resolution (PIL image)."""
+        text = self._resolve_prompt(class_name, prompt, "overview")
+        img = generate_overview(self.ldm, text, scheduler=self.scheduler(scheduler), steps=steps,
+                                guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                                progress=self.progress)
+        return _to_pil(img)
+
+    def upscale(self, image: Any, class_name: str | None = None, *, prompt: str | None = None,
+                size: Any = 2048, seed: int = 0, steps: int = 50, guidance: float = 7.5,
+                scheduler: str | None = "ddim", strength: float = 0.8, patch_size: int = 64,
+                overlap: int = 32, weight_map: str = "pyramid", patch_batch: int | str = "auto",
+                step_mode: str = "per-patch", vae_tile: int = 0, vae_overlap: int = 0,
+                negative_prompt: str = "", output_type: str = "pil") -> Any:
+        """Steps 1-6 of SPEC.md section 5: resize, encode, noise, track patches, decode.
+
+        Args:
+            image: the low-resolution reference (PIL, uint8 array or [0, 1] tensor).
+            class_name: class whose ``patch`` prompt conditions the patches.
+            prompt: a prompt to use instead of the class's.
+            size: output size: int, ``"WxH"`` or (width, height); any size (it need not be a multiple
+                of 8: the canvas is padded by reflection and the result cropped).
+            seed: seed of the forward-process noise.
+            steps, guidance, scheduler, strength: sampling settings.
+            patch_size, overlap, weight_map, patch_batch, step_mode: see ``track_patches``.
+            vae_tile, vae_overlap: autoencoder tiling in latent positions (0: automatic).
+            negative_prompt: unconditional prompt.
+            output_type: ``pil``, ``np`` (uint8 (H, W, 3)) or ``latent`` ((1, C, h, w)).
+        """
+        from PIL import Image
+
+        ldm = self.ldm
+        width, height = parse_size(size)
+        text = self._resolve_prompt(class_name, prompt, "patch")
+        if output_type not in ("pil", "np", "latent"):
+            raise PathUpError(f"unknown output_type {output_type!r}; allowed: pil, np, latent")
+        f = ldm.vae_scale_factor
+        ref = _to_pil(image).resize((width, height), Image.BICUBIC)
+        hp, wp = math.ceil(height / f) * f, math.ceil(width / f) * f
+        pixels = np.pad(np.asarray(ref), ((0, hp - height), (0, wp - width), (0, 0)), mode="symmetric")
+        tile, tile_overlap = self.vae_tiles(vae_tile, vae_overlap)
+        device = ldm.device
+        # 1. X_0 = E(I_ref), encoded in tiles.
+        x0 = encode_tiled(ldm.encode_images, pixels, tile=tile, overlap=tile_overlap, factor=f,
+                          latent_channels=int(ldm.vae.config.latent_channels), device=device,
+                          progress=self.progress)  # (1, C, h, w) float32
+        cond, uncond = text_embeddings(ldm, text, negative_prompt)
+        denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance)
+        pb = parse_patch_batch(patch_batch)
+        if pb == "auto":
+            n = len(patch_grid(x0.shape[2], x0.shape[3], patch_size, overlap))
+            ph, pw = min(patch_size, x0.shape[2]), min(patch_size, x0.shape[3])
+            pb = auto_patch_batch(ldm.unet, n, (ph, pw), guidance=guidance > 1.0,
+                                  cross_dim=tuple(cond.shape[1:]))
+        # 2-5. Noise to the start timestep and run patch-wise timestep tracking.
+        z = tracked_img2img(denoiser, x0, self.scheduler(scheduler), steps=steps, strength=strength,
+                            generator=torch.Generator().manual_seed(int(seed)), patch=patch_size,
+                            overlap=overlap, weight_map=weight_map, patch_batch=pb, step_mode=step_mode,
+                            progress=self.progress)  # (1, C, h, w)
+        if output_type == "latent":
+            return z
+        # 6. I_h = D(X_0), decoded in tiles, cropped to the requested size.
+        out = decode_tiled(ldm.decode_latents, z, tile=tile, overlap=tile_overlap, factor=f,
+                           progress=self.progress)[:height, :width]  # (H, W, 3) uint8
+        return out if output_type == "np" else Image.fromarray(out, "RGB")
+
+    def settings(self, class_name: str | None, cfg: SampleConfig, *, seed: int,
+                 prompts: dict[str, str], source: str | None = None) -> dict[str, Any]:
+        """Everything needed to reproduce one image (stored beside it)."""
+        from pathup import __version__
+
+        options = asdict(cfg)
+        options["seed"] = seed
+        width, height = parse_size(cfg.size)
+        return {"class": class_name, "prompt": prompts.get("patch"), "overview_prompt": prompts.get("overview"),
+                "seed": seed, "model": self.model_name, "size": [width, height], "overview_source": source,
+                "options": options, "pathup_version": __version__}
+
+    def __call__(self, class_name: str | None = None, *, prompt: str | None = None,
+                 overview_prompt: str | None = None, image: Any = None, num_images: int = 1,
+                 output_type: str = "pil", **options: Any) -> PathUpOutput:
+        """Generate ``num_images`` large images of a class (seeds ``seed`` .. ``seed + num_images - 1``).
+
+        Args:
+            class_name: the class (its prompts come from the model's prompt table).
+            prompt: patch prompt override.
+            overview_prompt: overview prompt override.
+            image: a reference overview to upscale instead of generating one.
+            num_images: number of images.
+            output_type: ``pil`` or ``np``.
+            **options: any ``SampleConfig`` field (size, seed, steps, guidance, scheduler, strength,
+                patch_size, overlap, weight_map, patch_batch, step_mode, vae_tile, vae_overlap,
+                negative_prompt); ``size`` may also be an int or a (width, height) tuple.
+        """
+        names = set(SampleConfig.__dataclass_fields__) - {"num", "format", "device", "dtype"}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise PathUpError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        if "size" in options and not isinstance(options["size"], str):
+            w, h = parse_size(options["size"])
+            options["size"] = f"{w}x{h}"
+        cfg = SampleConfig(**options)
+        validate(cfg)
+        prompts = {"overview": self._resolve_prompt(class_name, overview_prompt, "overview") if image is None else None,
+                   "patch": self._resolve_prompt(class_name, prompt, "patch")}
+        out = PathUpOutput(images=[], overviews=[])
+        bar = tqdm(range(num_images), desc="images", disable=not self.progress or num_images < 2)
+        for i in bar:
+            seed = cfg.seed + i
+            ref = image
+            if ref is None:
+                ref = self.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
+                                    scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
+            img = self.upscale(ref, prompt=prompts["patch"], size=cfg.size, seed=seed, steps=cfg.steps,
+                               guidance=cfg.guidance, scheduler=cfg.scheduler, strength=cfg.strength,
+                               patch_size=cfg.patch_size, overlap=cfg.overlap, weight_map=cfg.weight_map,
+                               patch_batch=cfg.patch_batch, step_mode=cfg.step_mode, vae_tile=cfg.vae_tile,
+                               vae_overlap=cfg.vae_overlap, negative_prompt=cfg.negative_prompt,
+                               output_type=output_type)
+            out.images.append(img)
+            out.overviews.append(_to_pil(ref))
+            out.settings.append(self.settings(class_name, cfg, seed=seed, prompts=prompts,
+                                              source="generated" if image is None else "given"))
+        return out
