@@ -3,7 +3,7 @@ import os
 import pytest
 
 # Keep the default suite light on the 2-core CI machine.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -11,7 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def pytest_sessionstart(session):
     import torch
 
-    torch.set_num_threads(2)
+    # The tests use tiny models: one thread is as fast as two for them, and on a busy 2-core machine
+    # two OpenMP threads per process made them up to 15x slower (oversubscription).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

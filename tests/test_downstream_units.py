@@ -12,15 +12,6 @@ import torch
 from pathup.errors import PathUpError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and do not slow down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- ABMIL --------------------------------------------------------------------------------------
 
 def _abmil(seed: int = 0, dim: int = 12, classes: int = 3):

@@ -17,14 +17,6 @@ from pathup.prompts import PromptTable
 FAST = ["--steps", "2", "--patch-size", "8", "--overlap", "4", "--guidance", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_ldm():
     return build_ldm("tiny", PromptTable(["benign", "ductal_carcinoma"]), seed=0)

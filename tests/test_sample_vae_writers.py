@@ -13,14 +13,6 @@ from pathup.sample.writers import (choose_format, read_settings, save_image, sav
                                    sidecar_path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def vae():
     from diffusers import AutoencoderKL

@@ -79,7 +79,8 @@ def runs(data):
     for k, v in common.items():
         if k != "dataset":
             args += [f"--{k.replace('_', '-')}", str(v)]
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    # same thread count as this process: float reductions (and so the weights) depend on it
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     target = killed / "checkpoints" / "checkpoint-00000003"

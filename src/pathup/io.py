@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -142,3 +143,11 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                   and not p.name.startswith("."))
+
+
+def safe_name(name: str) -> str:
+    """A class name usable as a folder and file name (unsafe characters become ``_``).
+
+    ``pathup generate`` writes a class's images to ``OUT/<safe_name(class)>/``; readers use the same rule.
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"

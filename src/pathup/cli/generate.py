@@ -15,11 +15,11 @@ present) are skipped, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
 from pathup.config import add_config_args, config_from_args
+from pathup.io import safe_name
 from pathup.sample.config import SampleConfig
 
 
@@ -33,11 +33,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_config_args(p, SampleConfig)
     p.set_defaults(func=run)
-
-
-def safe_name(name: str) -> str:
-    """A class name usable as a folder and file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"
 
 
 def seeds_for_process(seed: int, num: int, index: int, count: int) -> list[int]:

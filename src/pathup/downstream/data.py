@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Sequence
 
 from pathup.data.manifest import SPLITS, read_dataset_info, read_manifest
 from pathup.errors import PathUpError
-from pathup.io import IMAGE_SUFFIXES
+from pathup.io import IMAGE_SUFFIXES, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +254,6 @@ def _images_in(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def class_folder_name(name: str) -> str:
-    """The folder ``pathup generate`` writes a class to (its name with unsafe characters as ``_``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"
-
-
 def scan_synthetic(folder: str | Path, classes: Sequence[str], *, overviews: bool = False) -> dict[str, list[Path]]:
     """Synthetic images per class from a ``pathup generate`` folder.
 
@@ -271,7 +265,7 @@ def scan_synthetic(folder: str | Path, classes: Sequence[str], *, overviews: boo
     if not folder.is_dir():
         raise PathUpError(f"--synthetic: folder not found: {folder}")
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    dirs = {c: c if c in found else class_folder_name(c) for c in classes}
+    dirs = {c: c if c in found else safe_name(c) for c in classes}
     extra = sorted(set(found) - set(dirs.values()))
     missing = [c for c in classes if dirs[c] not in found]
     if extra or missing:

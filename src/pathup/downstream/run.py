@@ -36,25 +36,13 @@ from pathup.downstream.report import bar_plot, confusion_files, markdown_table, 
 from pathup.downstream.vit import Predictions, RunOutput
 from pathup.errors import PathUpError
 from pathup.io import atomic_write_text
+from pathup.device import resolve_device
 
 log = logging.getLogger(__name__)
 
 # Options that do not change a run's result (left out of its signature for --resume).
 _NOT_IN_SIGNATURE = {"out", "device", "num_workers", "cache_mb", "cache_dir", "resume", "seeds", "classifiers",
                      "arms", "embed_batch_size"}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else must be a valid torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PathUpError(f"--device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PathUpError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def validate(cfg: DownstreamConfig) -> None:

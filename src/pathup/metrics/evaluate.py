@@ -302,13 +302,9 @@ def seam_scores(paths: Sequence[Path], patch: int | None, stride: int | None, ba
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    from pathup.device import resolve_device as _resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PathUpError(f"--device {device}: CUDA is not available on this machine")
-    return device
+    return str(_resolve(device))
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:

@@ -405,7 +405,7 @@ def load_upscaler(path: str, device: str) -> Any:
     """A diffusers upscaler pipeline from a local folder (PathUpError if it cannot be loaded)."""
     from diffusers import DiffusionPipeline
 
-    from pathup.sample.pipeline import resolve_device
+    from pathup.device import resolve_device
 
     check_upscaler(path)
     try:

@@ -52,7 +52,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
                  sample_size=128),
         unet=dict(
             sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(64, 128, 128),
+            block_out_channels=(32, 64, 64),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32,

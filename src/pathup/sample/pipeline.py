@@ -32,21 +32,9 @@ from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings
 from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
 from pathup.sample.vae_tiling import decode_tiled, encode_tiled
+from pathup.device import resolve_device
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; other names are checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise PathUpError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PathUpError(f"--device {name}: CUDA is not available on this machine")
-    return dev
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
