@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress_bars() -> None:
+    """Hide diffusers'/transformers' own 'Loading weights' bars; PathUp shows its own progress."""
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            importlib.import_module(module).disable_progress_bar()
+        except ImportError:  # pragma: no cover - both are dependencies
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # libraries' progress chatter (checkpoint saving etc.) only with -v
         for name in ("accelerate", "diffusers", "transformers", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_library_progress_bars()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
