@@ -10,6 +10,9 @@ Layout (other stages rely on it)::
 ``--num N`` makes seeds seed .. seed+N-1; under ``accelerate launch`` they are shared across the
 processes (process i takes every num_processes-th seed). Images already written (image and sidecar
 present) are skipped, so an interrupted run resumes where it stopped.
+
+A thin wrapper over ``pathup.sample.generate.generate_to_folder`` (argument parsing, the process share
+under ``accelerate launch``, printing).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pathup.config import add_config_args, config_from_args
-from pathup.io import safe_name
 from pathup.sample.config import SampleConfig
+from pathup.sample.generate import image_paths, is_done, seeds_for_process  # noqa: F401  (re-exported)
 
 
 def register(subparsers: Any) -> None:
@@ -35,48 +38,20 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def seeds_for_process(seed: int, num: int, index: int, count: int) -> list[int]:
-    """The seeds of one process: every ``count``-th of seed .. seed+num-1, starting at ``index``."""
-    return [seed + i for i in range(num)][index::count]
-
-
-def image_paths(out: Path, class_name: str, seed: int, fmt: str) -> tuple[Path, Path]:
-    from pathup.sample.writers import suffix
-
-    name = safe_name(class_name)
-    return (out / name / f"{name}_s{seed}{suffix(fmt)}", out / name / "overview" / f"{name}_s{seed}.png")
-
-
-def is_done(path: Path) -> bool:
-    from pathup.sample.writers import sidecar_path
-
-    return path.is_file() and sidecar_path(path).is_file()
-
-
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from pathup.config import save_config
-    from pathup.errors import PathUpError
-    from pathup.sample.config import parse_size, validate
-    from pathup.sample.writers import choose_format, save_image, save_png
-
-    cfg = config_from_args(SampleConfig, args)
-    validate(cfg)
-    size = parse_size(cfg.size)
-    fmt = choose_format(cfg.format, size)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise PathUpError(f"--out {out} exists and is not a folder")
-
     from accelerate import PartialState
 
+    from pathup.sample.config import validate
+    from pathup.sample.generate import class_folder, generate_to_folder, pending_seeds
+
+    cfg = config_from_args(SampleConfig, args)
+    validate(cfg)  # every option checked before any process group or model starts
+    out = Path(args.out)
     state = PartialState(cpu=cfg.device == "cpu")
-    seeds = seeds_for_process(cfg.seed, cfg.num, state.process_index, state.num_processes)
-    todo = [s for s in seeds if not is_done(image_paths(out, args.class_name, s, fmt)[0])]
-    skipped = len(seeds) - len(todo)
+    share = dict(process_index=state.process_index, num_processes=state.num_processes)
+    todo, done = pending_seeds(out, args.class_name, cfg, **share)  # no model loaded yet
     if not todo:
-        print(f"pathup generate: all {len(seeds)} image(s) already in {out}; nothing to do")
+        print(f"pathup generate: all {len(done)} image(s) already in {out}; nothing to do")
         return 0
 
     from pathup.sample.pipeline import PathUpPipeline
@@ -84,22 +59,8 @@ def run(args: argparse.Namespace) -> int:
     device = cfg.device if cfg.device != "auto" or state.num_processes == 1 else str(state.device)
     pipe = PathUpPipeline.from_pretrained(args.model, device=device, dtype=cfg.dtype,
                                           progress=state.is_local_main_process)
-    prompts = pipe.prompts_for(args.class_name)  # unknown class -> PathUpError naming the known ones
-    if state.is_main_process:
-        save_config(cfg, out / safe_name(args.class_name) / "generate_config.yaml")
-    bar = tqdm(todo, desc=f"{args.class_name}", unit="image", disable=not state.is_local_main_process)
-    for seed in bar:
-        image_path, overview_path = image_paths(out, args.class_name, seed, fmt)
-        overview = pipe.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
-                                 scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
-        settings = pipe.settings(args.class_name, cfg, seed=seed, prompts=prompts, source="generated")
-        save_png(overview, overview_path, {**settings, "level": "overview"})
-        image = pipe.upscale(overview, prompt=prompts["patch"], size=size, seed=seed, steps=cfg.steps,
-                             guidance=cfg.guidance, scheduler=cfg.scheduler, strength=cfg.strength,
-                             patch_size=cfg.patch_size, overlap=cfg.overlap, weight_map=cfg.weight_map,
-                             patch_batch=cfg.patch_batch, step_mode=cfg.step_mode, vae_tile=cfg.vae_tile,
-                             vae_overlap=cfg.vae_overlap, negative_prompt=cfg.negative_prompt, output_type="np")
-        save_image(image, image_path, {**settings, "level": "upscaled", "overview": str(overview_path)})
-    print(f"pathup generate: wrote {len(todo)} image(s) to {out / safe_name(args.class_name)}"
+    result = generate_to_folder(pipe, args.class_name, out, cfg, **share, progress=state.is_local_main_process)
+    skipped = len(result.skipped)
+    print(f"pathup generate: wrote {len(result.written)} image(s) to {class_folder(out, args.class_name)}"
           + (f", skipped {skipped} already there" if skipped else ""))
     return 0

@@ -4,6 +4,8 @@ Runs SPEC.md section 5 from step 1 on a given low-resolution image (for example 
 compare upscalers): resize to --size, encode, noise to --strength, denoise with one scheduler per
 patch and the pyramid weights, decode. Writes ``OUT/<image stem>_<class>_s<seed>.png`` (or .tiff)
 with a JSON sidecar, and the resolved options in ``OUT/upscale_config.yaml``.
+
+A thin wrapper over ``pathup.sample.generate.upscale_to_file`` (argument parsing, printing).
 """
 
 from __future__ import annotations
@@ -32,19 +34,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathup.cli.generate import is_done, safe_name
-    from pathup.config import save_config
     from pathup.io import load_rgb
-    from pathup.sample.config import parse_size, validate
-    from pathup.sample.writers import choose_format, save_image, suffix
+    from pathup.sample.generate import is_done, upscale_path, upscale_to_file
 
     cfg = config_from_args(SampleConfig, args)
-    validate(cfg)
-    size = parse_size(cfg.size)
-    fmt = choose_format(cfg.format, size)
-    image = load_rgb(args.image)  # PathUpError on a missing or corrupt file
     out = Path(args.out)
-    target = out / f"{Path(args.image).stem}_{safe_name(args.class_name)}_s{cfg.seed}{suffix(fmt)}"
+    target = upscale_path(args.image, args.class_name, out, cfg)  # checks every option first
+    image = load_rgb(args.image)  # PathUpError on a missing or corrupt file
     if is_done(target):
         print(f"pathup upscale: {target} already exists; nothing to do")
         return 0
@@ -52,15 +48,6 @@ def run(args: argparse.Namespace) -> int:
     from pathup.sample.pipeline import PathUpPipeline
 
     pipe = PathUpPipeline.from_pretrained(args.model, device=cfg.device, dtype=cfg.dtype)
-    prompts = pipe.prompts_for(args.class_name)
-    save_config(cfg, out / "upscale_config.yaml")
-    result = pipe.upscale(image, prompt=prompts["patch"], size=size, seed=cfg.seed, steps=cfg.steps,
-                          guidance=cfg.guidance, scheduler=cfg.scheduler, strength=cfg.strength,
-                          patch_size=cfg.patch_size, overlap=cfg.overlap, weight_map=cfg.weight_map,
-                          patch_batch=cfg.patch_batch, step_mode=cfg.step_mode, vae_tile=cfg.vae_tile,
-                          vae_overlap=cfg.vae_overlap, negative_prompt=cfg.negative_prompt, output_type="np")
-    settings = pipe.settings(args.class_name, cfg, seed=cfg.seed, prompts={"patch": prompts["patch"]},
-                             source=str(Path(args.image).resolve()))
-    save_image(result, target, {**settings, "level": "upscaled", "overview": str(args.image)})
+    upscale_to_file(pipe, args.image, args.class_name, out, cfg, image=image)
     print(f"pathup upscale: wrote {target}")
     return 0

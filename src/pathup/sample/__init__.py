@@ -7,6 +7,8 @@
 * ``vae_tiling``: encode/decode in blended tiles.
 * ``writers``: PNG with settings, pyramidal TIFF, JSON sidecars.
 * ``pipeline``: ``PathUpPipeline``, the Python API that the CLI wraps.
+* ``generate``: ``generate_to_folder`` / ``upscale_to_file``, the folder layout and resume logic that
+  ``pathup generate`` / ``pathup upscale`` wrap.
 
 Submodules import torch; this package's top level stays light (attributes load on first use).
 """
@@ -35,6 +37,14 @@ _EXPORTS = {
     "save_png": "pathup.sample.writers",
     "save_tiff": "pathup.sample.writers",
     "read_settings": "pathup.sample.writers",
+    "generate_to_folder": "pathup.sample.generate",
+    "upscale_to_file": "pathup.sample.generate",
+    "GenerateResult": "pathup.sample.generate",
+    "image_paths": "pathup.sample.generate",
+    "seeds_for_process": "pathup.sample.generate",
+    "is_done": "pathup.sample.generate",
+    "pending_seeds": "pathup.sample.generate",
+    "upscale_path": "pathup.sample.generate",
 }
 
 __all__ = sorted(_EXPORTS)
