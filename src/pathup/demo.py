@@ -357,6 +357,9 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
         f"<p>Real BreakHis images (CC BY 4.0, Spanhol et al. 2016), classes: {', '.join(map(html.escape, classes))}. "
         f"Tiny latent diffusion model trained from scratch for {cfg.train_steps} steps on {html.escape(str(dataset))}.</p>",
         "<h2>Generated overviews, one row per class</h2>", f"<img src='{rel(grid)}' alt='generated overviews'>",
+        "<p class=note>A tiny model trained for a few minutes on a CPU learns the stain colours and a tissue-like "
+        "texture, but not yet what tells the classes apart: expect the rows to look alike. For real images, "
+        "fine-tune a Stable Diffusion checkpoint on a GPU (see the README).</p>",
         "<h2>Real overview tiles</h2>", f"<img src='{rel(real_grid)}' alt='real overview tiles'>",
         f"<h2>A large image ({cfg.size}x{cfg.size}) by patch-wise timestep tracking</h2>",
         "<label><input type=checkbox id=gridbox onchange=\"document.getElementById('ovl').style.display="
