@@ -96,8 +96,6 @@ class _Stages:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo; returns the path of ``report.html``."""
-    import torch
-
     from pathup.config import save_config, to_dict
     from pathup.sample_data import breakhis_manifest
 
@@ -106,7 +104,6 @@ def run_demo(cfg: DemoConfig) -> Path:
         raise PathUpError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo_config.yaml")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     stages = _Stages(out)
     s = to_dict(cfg)
 
@@ -227,12 +224,11 @@ def _evaluate(cfg: DemoConfig, dataset: Path, gen: Path, mdir: Path) -> dict[str
     crops = max(1, (cfg.size // cfg.tile_size) ** 2 // 2)
     patch = evaluate(EvaluateConfig(fake=str(gen / "large"), out=str(mdir / "patch.json"), level="patch",
                                     crops_per_image=crops, **common))
-    large = sorted((gen / "large").rglob("*.png"))
-    uniform = sorted((gen / "uniform").rglob("*.png"))
-    same = [p for p in large if p.name == uniform[0].name] if uniform else []
-    seam = {"pyramid": seam_scores(same, None, None, progress=False),
-            "uniform": seam_scores(uniform, None, None, progress=False),
-            "all_pyramid": seam_scores(large, None, None, progress=False)}
+    # The uniform-weight image and its pyramid twin (same class, overview and noise).
+    uniform = sorted((gen / "uniform").rglob("*.png"))[0]
+    pyramid = gen / "large" / uniform.relative_to(gen / "uniform")
+    seam = {"pyramid": seam_scores([pyramid], None, None, progress=False)[0], "pyramid_image": str(pyramid),
+            "uniform": seam_scores([uniform], None, None, progress=False)[0], "uniform_image": str(uniform)}
     return {"overview": overview["summary"], "patch": patch["summary"], "seam": seam,
             "features": overview["features"]}
 
@@ -327,13 +323,11 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
         real_rows.append((c, paths))
     real_grid = _grid(real_rows, assets / "real_overviews.png")
     loss = _loss_plot(run_dir, assets / "losses.png")
-    large = sorted((gen / "large").rglob("*.png"))
-    big = large[0]
+    big = sorted((gen / "large").rglob("*.png"))[0]
     settings = read_settings(big)
     vae_cfg = json.loads((run_dir / "model" / "vae" / "config.json").read_text())
     factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
     overlay = _grid_overlay(big, assets / "grid_overlay.png", settings, factor)
-    uniform = sorted((gen / "uniform").rglob("*.png"))
     seam = metrics["seam"]
 
     def rel(p: Path) -> str:
@@ -382,12 +376,13 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
                      f"<td>{_fmt(sm, 'fid', 2)}</td><td>{_fmt(sm, 'kid_x1000', 2)}</td>"
                      f"<td>{int(sm['n_real']['mean'])}</td><td>{int(sm['n_fake']['mean'])}</td></tr>")
     parts.append("</table>")
-    if seam.get("pyramid") and seam.get("uniform"):
-        parts += ["<h3>Seam score (1.0 = no seam), same overview and noise</h3>",
-                  "<table><tr><th>weight map</th><th>seam score</th><th>image</th></tr>",
-                  f"<tr><td>pyramid (Eq. 6)</td><td>{seam['pyramid'][0]:.3f}</td><td><a href='{rel(same_path(large, uniform))}'>png</a></td></tr>",
-                  f"<tr><td>uniform</td><td>{seam['uniform'][0]:.3f}</td><td><a href='{rel(uniform[0])}'>png</a></td></tr>",
-                  "</table>"]
+    parts += ["<h3>Seam score (1.0 = no seam), same overview and noise</h3>",
+              "<table><tr><th>weight map</th><th>seam score</th><th>image</th></tr>",
+              f"<tr><td>pyramid (Eq. 6)</td><td>{seam['pyramid']:.3f}</td>"
+              f"<td><a href='{rel(Path(seam['pyramid_image']))}'>png</a></td></tr>",
+              f"<tr><td>uniform</td><td>{seam['uniform']:.3f}</td>"
+              f"<td><a href='{rel(Path(seam['uniform_image']))}'>png</a></td></tr>",
+              "</table>"]
     parts += ["<h2>Settings</h2>", f"<pre>{html.escape(json.dumps(to_dict(cfg), indent=2))}</pre>",
               "<p>Files: <a href='dataset/manifest.csv'>dataset manifest</a>, <a href='run/model/model_index.json'>model "
               "(diffusers format)</a>, <a href='metrics/overview.json'>overview metrics</a>, "
@@ -399,10 +394,6 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
     report = out / "report.html"
     atomic_write_text(report, page)
     return report
-
-
-def same_path(large: list[Path], uniform: list[Path]) -> Path:
-    return next(p for p in large if p.name == uniform[0].name)
 
 
 def check_links(page: str, root: Path) -> list[str]:

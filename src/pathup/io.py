@@ -151,3 +151,22 @@ def safe_name(name: str) -> str:
     ``pathup generate`` writes a class's images to ``OUT/<safe_name(class)>/``; readers use the same rule.
     """
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file without decoding it (TIFF through tifffile, level 0)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                shape = tif.pages[0].shape
+                axes = tif.pages[0].axes
+            return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
+        raise PathUpError(f"cannot read image {path}: {err}") from None

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from pathup.data.manifest import SPLITS, read_dataset_info, read_manifest
 from pathup.errors import PathUpError
-from pathup.io import IMAGE_SUFFIXES, safe_name
+from pathup.io import IMAGE_SUFFIXES, image_size, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -365,24 +365,6 @@ def grid_boxes(width: int, height: int, size: int, overlap: int) -> list[Box]:
         return s
 
     return [(x, y, min(size, width), min(size, height)) for y in starts(height) for x in starts(width)]
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file without decoding it (TIFF through tifffile, level 0)."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(str(path)) as tif:
-                shape = tif.pages[0].shape
-                axes = tif.pages[0].axes
-            return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return im.size
-    except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
-        raise PathUpError(f"cannot read image {path}: {err}") from None
 
 
 def synthetic_bags(chosen: dict[str, list[Path]], classes: Sequence[str], size: int, overlap: int) -> list[Bag]:

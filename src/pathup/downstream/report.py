@@ -31,13 +31,12 @@ def fmt(mean: float, std: float) -> str:
 
 def markdown_table(summary: Sequence[dict[str, Any]], classes: Sequence[str], n_seeds: int) -> str:
     """Rows = classifier x arm, columns = per-class F1 and their mean (percent, mean ± std over seeds)."""
-    head = "| Method | " + " | ".join(classes) + " | Mean |"
-    rule = "|---|" + "---|" * (len(classes) + 1)
-    lines = [f"F1 (%) on the test split, mean ± std over {n_seeds} seed(s) (paper Table 6).", "", head, rule]
-    for s in summary:
-        cells = [fmt(m, d) for m, d in zip(s["f1_mean"], s["f1_std"])] + [fmt(s["mean_f1_mean"], s["mean_f1_std"])]
-        lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    from pathup.metrics.report import markdown_table as table
+
+    rows = [[s["label"], *[fmt(m, d) for m, d in zip(s["f1_mean"], s["f1_std"])],
+             fmt(s["mean_f1_mean"], s["mean_f1_std"])] for s in summary]
+    title = f"F1 (%) on the test split, mean ± std over {n_seeds} seed(s) (paper Table 6).\n\n"
+    return title + table(["Method", *classes, "Mean"], rows)
 
 
 def _png(fig) -> bytes:

@@ -26,6 +26,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from pathup.errors import PathUpError
+from pathup.io import image_size
 
 log = logging.getLogger(__name__)
 
@@ -124,21 +125,6 @@ class Sample:
     path: Path
     box: tuple[int, int, int, int] | None
     size: int
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file without decoding the pixels."""
-    from PIL import Image
-
-    if path.suffix.lower() in (".tif", ".tiff"):
-        from pathup.io import load_rgb
-
-        return load_rgb(path).size
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception as err:  # noqa: BLE001
-        raise PathUpError(f"cannot read image {path}: {err}") from None
 
 
 def build_samples(paths: Sequence[Path], level: str, *, overview_size: int, patch_size: int,
