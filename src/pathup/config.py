@@ -6,6 +6,26 @@ explicit options override the YAML. Every run writes its resolved config beside 
 
 Field help text lives in ``field(metadata={"help": ...})``; ``add_config_args`` turns the fields
 into ``--kebab-case`` options, so the CLI and the dataclass never drift apart.
+
+Numeric options are checked once, here: ``from_dict`` (and so ``config_from_args``, the CLI and YAML
+files) ends with ``validate(cfg)``, which Python callers may also call on a config they built
+themselves. It raises a one-line ``PathUpError`` naming the option (``--kebab-name``) and the allowed
+values. The rules:
+
+* every ``float`` value (also inside ``list[float]`` / ``Optional[float]`` fields) must be finite: nan,
+  inf and -inf are refused unless the field's metadata says ``"finite": False`` (then only nan is refused);
+* range metadata on a field bounds its value (ints and floats; each item of a list; ``None`` of an
+  ``Optional`` field is not checked; bools are never range-checked)::
+
+      lr: float = field(default=1e-4, metadata={"help": "...", "min": 0, "min_exclusive": True})
+      fraction: float = field(default=0.1, metadata={"help": "...", "min": 0, "max": 1, "max_exclusive": True})
+      workers: int = field(default=0, metadata={"help": "...", "min": 0})
+
+  keys: ``"min"`` (lower bound, inclusive unless ``"min_exclusive": True``), ``"max"`` (upper bound,
+  inclusive unless ``"max_exclusive": True``). Messages read ``--lr must be > 0, got -1.0``,
+  ``--workers must be at least 0, got -2``, ``--fraction must be in [0, 1), got 1.5``.
+
+Checks that involve several options (e.g. overlap < patch size) stay with the stage's own validation.
 """
 
 from __future__ import annotations
@@ -13,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -95,8 +116,61 @@ def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, sour
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
         if missing:
             raise PathUpError(f"missing required option(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
-        return cls(**values)
-    return dataclasses.replace(base, **values)
+        cfg = cls(**values)
+    else:
+        cfg = dataclasses.replace(base, **values)
+    validate(cfg)
+    return cfg
+
+
+def _fmt_bound(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _range_text(meta: Any) -> str | None:
+    """``"> 0"``, ``"at least 1"``, ``"in [0, 1)"``... from a field's range metadata (None: no range)."""
+    lo, hi = meta.get("min"), meta.get("max")
+    lo_x, hi_x = bool(meta.get("min_exclusive")), bool(meta.get("max_exclusive"))
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_x else '['}{_fmt_bound(lo)}, {_fmt_bound(hi)}{')' if hi_x else ']'}"
+    if lo is not None:
+        return f"> {_fmt_bound(lo)}" if lo_x else f"at least {_fmt_bound(lo)}"
+    if hi is not None:
+        return f"< {_fmt_bound(hi)}" if hi_x else f"at most {_fmt_bound(hi)}"
+    return None
+
+
+def check_value(name: str, value: Any, meta: Any = None) -> None:
+    """Check one numeric option value against the rules of ``validate`` (PathUpError naming ``--name``)."""
+    meta = meta or {}
+    items = value if isinstance(value, (list, tuple)) else [value]
+    flag = "--" + name.replace("_", "-")
+    for v in items:
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and meta.get("finite", True))):
+            raise PathUpError(f"{flag} must be a finite number, got {v}")
+        lo, hi = meta.get("min"), meta.get("max")
+        ok = ((lo is None or (v > lo if meta.get("min_exclusive") else v >= lo))
+              and (hi is None or (v < hi if meta.get("max_exclusive") else v <= hi)))
+        if not ok:
+            raise PathUpError(f"{flag} must be {_range_text(meta)}, got {v}")
+
+
+def validate(cfg: Any) -> Any:
+    """Check every numeric field of a config dataclass: finite floats and the fields' range metadata.
+
+    See the module docstring for the metadata keys (``min``, ``max``, ``min_exclusive``,
+    ``max_exclusive``, ``finite``). Returns ``cfg``.
+
+    Raises:
+        PathUpError: one line naming the option (``--kebab-name``) and its allowed range.
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"validate expects a config dataclass instance, got {type(cfg).__name__}")
+    for f in dataclasses.fields(cfg):
+        check_value(f.name, getattr(cfg, f.name), f.metadata)
+    return cfg
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -70,29 +70,31 @@ class PrepareConfig:
         "metavar": "CSV"})
     levels: list[Literal["patch", "overview"]] = field(default_factory=lambda: list(LEVELS), metadata={
         "help": "spatial levels to cut"})
-    patch_size: int = field(default=512, metadata={"help": "patch tile region, source pixels"})
-    patch_overlap: int = field(default=64, metadata={"help": "overlap of neighbouring patch tiles, source pixels"})
-    overview_size: int = field(default=2048, metadata={"help": "overview tile region, source pixels"})
-    overview_overlap: int = field(default=256, metadata={"help": "overlap of neighbouring overview tiles"})
-    tile_size: int = field(default=512, metadata={"help": "size of the written tiles, both levels"})
+    patch_size: int = field(default=512, metadata={"help": "patch tile region, source pixels", "min": 1})
+    patch_overlap: int = field(default=64, metadata={"help": "overlap of neighbouring patch tiles, source pixels", "min": 0})
+    overview_size: int = field(default=2048, metadata={"help": "overview tile region, source pixels", "min": 1})
+    overview_overlap: int = field(default=256, metadata={"help": "overlap of neighbouring overview tiles", "min": 0})
+    tile_size: int = field(default=512, metadata={"help": "size of the written tiles, both levels", "min": 1})
     small_tile: Literal["resize", "pad"] = field(default="resize", metadata={
         "help": "an image smaller than a tile along an axis is used whole along it, then resized to a "
                 "square tile or padded with white"})
     tissue_threshold: float = field(default=0.08, metadata={
-        "help": "HSV saturation from which a pixel counts as tissue"})
+        "help": "HSV saturation from which a pixel counts as tissue", "min": 0, "max": 1})
     min_tissue: float = field(default=0.25, metadata={
-        "help": "tiles with a smaller tissue fraction are dropped as background (0 keeps all)"})
+        "help": "tiles with a smaller tissue fraction are dropped as background (0 keeps all)", "min": 0, "max": 1})
     max_per_class: int = field(default=6000, metadata={
-        "help": "at most this many tiles per class, level and split, seeded sample (0: no cap)"})
+        "help": "at most this many tiles per class, level and split, seeded sample (0: no cap)", "min": 0})
     split_by: Literal["patient", "slide", "none"] = field(default="patient", metadata={
         "help": "group that stays on one side of a split; a split given by the source is kept"})
-    val_fraction: float = field(default=0.1, metadata={"help": "share of images (by group) for validation"})
-    test_fraction: float = field(default=0.1, metadata={"help": "share of images (by group) for test"})
-    seed: int = field(default=0, metadata={"help": "seed of the split and of the per-class cap"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of images (by group) for validation",
+                                                       "min": 0, "max": 1, "max_exclusive": True})
+    test_fraction: float = field(default=0.1, metadata={"help": "share of images (by group) for test",
+                                                       "min": 0, "max": 1, "max_exclusive": True})
+    seed: int = field(default=0, metadata={"help": "seed of the split and of the per-class cap", "min": 0})
     descriptions: Optional[str] = field(default=None, metadata={
         "help": "YAML or JSON file mapping class -> free-text description used in prompts", "metavar": "FILE"})
     strict: bool = field(default=False, metadata={"help": "stop at the first bad file instead of skipping it"})
-    workers: int = field(default=0, metadata={"help": "worker processes (0: one per available CPU)"})
+    workers: int = field(default=0, metadata={"help": "worker processes (0: one per available CPU)", "min": 0})
     overwrite: bool = field(default=False, metadata={
         "help": "replace a dataset prepared with other options or sources in --out"})
 

@@ -51,31 +51,36 @@ class EvaluateConfig:
                 "TorchScript file, or the offline, non-comparable random-cnn / color-stats"})
     features_weights: str | None = field(default=None, metadata={
         "help": "local weights for the extractor (offline use), e.g. the FID Inception .pth", "metavar": "PATH"})
-    features_size: int = field(default=224, metadata={"help": "input size for a TorchScript extractor"})
-    overview_size: int = field(default=512, metadata={"help": "overview level: images are resized to this"})
-    patch_size: int = field(default=512, metadata={"help": "patch level: crop size"})
+    features_size: int = field(default=224, metadata={"help": "input size for a TorchScript extractor", "min": 1})
+    overview_size: int = field(default=512, metadata={"help": "overview level: images are resized to this",
+                                                      "min": 1})
+    patch_size: int = field(default=512, metadata={"help": "patch level: crop size", "min": 1})
     crops_per_image: int = field(default=1, metadata={"help": "patch level: random crops per image larger "
-                                                              "than --patch-size"})
+                                                              "than --patch-size", "min": 1})
     num_samples: int = field(default=10000, metadata={"help": "at most this many samples per set "
-                                                              "(drawn per seed; 0 = all)"})
-    repeats: int = field(default=5, metadata={"help": "seeds to repeat over (mean +- std)"})
-    seed: int = field(default=0, metadata={"help": "first seed"})
-    k: int = field(default=3, metadata={"help": "nearest neighbours for precision/recall"})
-    kid_subsets: int = field(default=100, metadata={"help": "KID: number of random subsets"})
-    kid_subset_size: int = field(default=1000, metadata={"help": "KID: subset size (shrinks to the smaller set)"})
-    chunk_size: int = field(default=2048, metadata={"help": "rows per pairwise-distance block"})
-    batch_size: int = field(default=32, metadata={"help": "images per feature-extraction batch"})
-    num_workers: int = field(default=0, metadata={"help": "image-loading worker processes"})
+                                                              "(drawn per seed; 0 = all)", "min": 0})
+    repeats: int = field(default=5, metadata={"help": "seeds to repeat over (mean +- std)", "min": 1})
+    seed: int = field(default=0, metadata={"help": "first seed", "min": 0})
+    k: int = field(default=3, metadata={"help": "nearest neighbours for precision/recall", "min": 1})
+    kid_subsets: int = field(default=100, metadata={"help": "KID: number of random subsets", "min": 1})
+    kid_subset_size: int = field(default=1000, metadata={"help": "KID: subset size (shrinks to the smaller set)",
+                                                         "min": 2})
+    chunk_size: int = field(default=2048, metadata={"help": "rows per pairwise-distance block", "min": 1})
+    batch_size: int = field(default=32, metadata={"help": "images per feature-extraction batch", "min": 1})
+    num_workers: int = field(default=0, metadata={"help": "image-loading worker processes", "min": 0})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     cache_dir: str | None = field(default=None, metadata={
         "help": "feature cache folder (default: $XDG_CACHE_HOME/pathup/features)", "metavar": "DIR"})
     cache: bool = field(default=True, metadata={"help": "cache features per file set"})
     seam: bool = field(default=False, metadata={"help": "also compute the seam score of the synthetic images"})
     seam_patch: int | None = field(default=None, metadata={
-        "help": "seam grid patch size in pixels (default: from each image's sidecar .json)", "metavar": "PX"})
+        "help": "seam grid patch size in pixels (default: from each image's sidecar .json)", "metavar": "PX",
+        "min": 1})
     seam_stride: int | None = field(default=None, metadata={
-        "help": "seam grid stride in pixels (default: from each image's sidecar .json)", "metavar": "PX"})
-    seam_band: int = field(default=1, metadata={"help": "seam score: half-width of the band around a line"})
+        "help": "seam grid stride in pixels (default: from each image's sidecar .json)", "metavar": "PX",
+        "min": 1})
+    seam_band: int = field(default=1, metadata={"help": "seam score: half-width of the band around a line",
+                                                "min": 0})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
@@ -300,17 +305,12 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         The JSON content: ``runs`` (per seed: precision, recall, fid, kid_x1000, ...), ``summary`` (mean,
         std, n per metric), ``real``/``fake`` (source, kind, n_images), ``features``, ``seam`` (optional).
     """
-    from pathup.config import save_config, to_dict
+    from pathup.config import save_config, to_dict, validate
     from pathup.io import atomic_write_text
     from pathup.metrics.features import make_extractor
     from pathup.metrics.report import mean_std, summarize_runs
 
-    for name in ("overview_size", "patch_size", "crops_per_image", "repeats", "batch_size", "kid_subsets",
-                 "chunk_size"):
-        if getattr(cfg, name) < 1:
-            raise PathUpError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.k < 1:
-        raise PathUpError(f"--k must be >= 1, got {cfg.k}")
+    validate(cfg)  # every option in its range (the fields' metadata), before any work
     if cfg.num_samples and cfg.num_samples <= cfg.k:
         raise PathUpError(f"--num-samples {cfg.num_samples} must exceed --k {cfg.k} (or be 0 for all)")
     out = Path(cfg.out)

@@ -69,7 +69,10 @@ def kid(real: "np.ndarray | torch.Tensor", fake: "np.ndarray | torch.Tensor", su
     f = as_features(fake, "fake", torch.float32)
     check_same_dim(r, f)
     if subsets < 1:
-        raise PathUpError(f"KID subsets must be >= 1, got {subsets}")
+        raise PathUpError(f"--kid-subsets must be at least 1, got {subsets}")
+    if subset_size < 2:
+        raise PathUpError(f"--kid-subset-size must be at least 2, got {subset_size} "
+                          "(KID compares pairs within a subset)")
     m = min(int(subset_size), r.shape[0], f.shape[0])
     if m < 2:
         raise PathUpError(f"KID needs at least 2 images per set, got {r.shape[0]} real and {f.shape[0]} fake")

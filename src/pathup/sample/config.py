@@ -10,21 +10,27 @@ from typing import Literal
 
 from pathup.errors import PathUpError
 
+MAX_GUIDANCE = 100.0  # beyond this classifier-free guidance only saturates (and overflows in fp16/bf16)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+
 
 @dataclass
 class SampleConfig:
     """Generation settings (SPEC.md section 5; paper defaults)."""
 
-    steps: int = field(default=50, metadata={"help": "inference steps of the full schedule"})
-    guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
+    steps: int = field(default=50, metadata={"help": "inference steps of the full schedule", "min": 1})
+    guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale (0-100; <= 1: none)",
+                                                   "min": 0, "max": MAX_GUIDANCE})
     scheduler: Literal["ddim", "dpm++", "euler", "pndm", "ddpm"] = field(
         default="ddim", metadata={"help": "sampler"})
-    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed + i"})
+    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed + i",
+                                           "min": 0, "max": MAX_SEED})
     size: str = field(default="2048", metadata={"help": "output size in pixels: N (square) or WxH",
                                                  "metavar": "N|WxH"})
-    patch_size: int = field(default=64, metadata={"help": "latent patch size p (64 = 512 px)"})
-    overlap: int = field(default=32, metadata={"help": "latent overlap o between patches"})
-    strength: float = field(default=0.8, metadata={"help": "share of the schedule re-run when upscaling"})
+    patch_size: int = field(default=64, metadata={"help": "latent patch size p (64 = 512 px)", "min": 1})
+    overlap: int = field(default=32, metadata={"help": "latent overlap o between patches", "min": 0})
+    strength: float = field(default=0.8, metadata={"help": "share of the schedule re-run when upscaling",
+                                                   "min": 0, "min_exclusive": True, "max": 1})
     weight_map: Literal["pyramid", "uniform"] = field(
         default="pyramid", metadata={"help": "patch weights: Eq. 6 pyramid, or uniform (Table 4 ablation)"})
     patch_batch: str = field(default="auto", metadata={
@@ -34,10 +40,11 @@ class SampleConfig:
         "help": "one scheduler per patch (Algorithm 1) or per UNet chunk (same result for "
                 "deterministic samplers, fewer kernel launches)"})
     vae_tile: int = field(default=0, metadata={
-        "help": "autoencoder tile in latent positions; 0: twice the UNet's sample size"})
-    vae_overlap: int = field(default=0, metadata={"help": "autoencoder tile overlap; 0: a quarter tile"})
+        "help": "autoencoder tile in latent positions; 0: twice the UNet's sample size", "min": 0})
+    vae_overlap: int = field(default=0, metadata={"help": "autoencoder tile overlap; 0: a quarter tile",
+                                                 "min": 0})
     negative_prompt: str = field(default="", metadata={"help": "unconditional prompt for guidance"})
-    num: int = field(default=1, metadata={"help": "number of images (seeds seed .. seed+num-1)"})
+    num: int = field(default=1, metadata={"help": "number of images (seeds seed .. seed+num-1)", "min": 1})
     format: Literal["png", "tiff"] = field(default="png", metadata={
         "help": "image format; images from 8192 px on are always pyramidal TIFF"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
@@ -81,24 +88,33 @@ def parse_patch_batch(value: str | int | None) -> int | str:
 
 
 def validate(cfg: SampleConfig) -> None:
-    """Check every option before any work starts (one-line PathUpError naming the option)."""
+    """Check every option before any work starts (one-line PathUpError naming the option).
+
+    The per-field rules (finite floats, the ``min``/``max`` metadata above) come from
+    ``pathup.config.validate``; the checks that involve several options follow.
+    """
+    from pathup.config import validate as validate_fields
+
+    validate_fields(cfg)
     parse_size(cfg.size)
     parse_patch_batch(cfg.patch_batch)
-    if cfg.steps < 1:
-        raise PathUpError(f"--steps must be at least 1, got {cfg.steps}")
-    if cfg.guidance < 0:
-        raise PathUpError(f"--guidance must be >= 0, got {cfg.guidance}")
-    if not 0.0 < cfg.strength <= 1.0:
-        raise PathUpError(f"--strength must be in (0, 1], got {cfg.strength}")
     if int(cfg.steps * cfg.strength) < 1:
         raise PathUpError(f"--strength {cfg.strength} x --steps {cfg.steps} re-runs no step; raise either")
-    if cfg.patch_size < 1:
-        raise PathUpError(f"--patch-size must be positive, got {cfg.patch_size}")
     if not 0 <= cfg.overlap < cfg.patch_size:
         raise PathUpError(f"--overlap must be in [0, patch size {cfg.patch_size}), got {cfg.overlap}")
-    if cfg.vae_tile < 0 or cfg.vae_overlap < 0:
-        raise PathUpError("--vae-tile and --vae-overlap must be >= 0 (0: automatic)")
     if cfg.vae_tile and cfg.vae_overlap >= cfg.vae_tile:
         raise PathUpError(f"--vae-overlap {cfg.vae_overlap} must be smaller than --vae-tile {cfg.vae_tile}")
-    if cfg.num < 1:
-        raise PathUpError(f"--num must be at least 1, got {cfg.num}")
+
+
+def check_options(**values: object) -> None:
+    """Check single option values (e.g. ``guidance=...``) by the rules of ``SampleConfig``'s fields.
+
+    For the Python API calls that take options one by one (``PathUpPipeline.overview`` / ``upscale``).
+    """
+    from dataclasses import fields
+
+    from pathup.config import check_value
+
+    meta = {f.name: f.metadata for f in fields(SampleConfig)}
+    for name, value in values.items():
+        check_value(name, value, meta[name])

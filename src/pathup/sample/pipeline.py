@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from pathup.errors import PathUpError
 from pathup.model.ldm import make_scheduler
 from pathup.prompts import build_prompt
-from pathup.sample.config import SampleConfig, parse_patch_batch, parse_size, validate
+from pathup.sample.config import SampleConfig, check_options, parse_patch_batch, parse_size, validate
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings
 from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
@@ -136,6 +136,7 @@ class PathUpPipeline:
                  steps: int = 50, guidance: float = 7.5, scheduler: str | None = "ddim",
                  negative_prompt: str = "") -> Any:
         """Step 1: the reference overview at the model's training resolution (PIL image)."""
+        check_options(seed=seed, steps=steps, guidance=guidance)
         text = self._resolve_prompt(class_name, prompt, "overview")
         img = generate_overview(self.ldm, text, scheduler=self.scheduler(scheduler), steps=steps,
                                 guidance=guidance, seed=seed, negative_prompt=negative_prompt,
@@ -165,6 +166,8 @@ class PathUpPipeline:
         """
         from PIL import Image
 
+        check_options(seed=seed, steps=steps, guidance=guidance, strength=strength, patch_size=patch_size,
+                      overlap=overlap, vae_tile=vae_tile, vae_overlap=vae_overlap)
         ldm = self.ldm
         width, height = parse_size(size)
         text = self._resolve_prompt(class_name, prompt, "patch")
