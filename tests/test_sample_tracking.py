@@ -38,7 +38,7 @@ def _diffusers_img2img(ldm, cond, uncond, name, x0, seed, steps, strength):
                     generator=torch.Generator().manual_seed(seed), output_type="latent").images
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpm++", "euler"])
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "euler", "ddpm"])
 def test_one_patch_equals_diffusers_img2img(tiny, name):
     ldm, cond, uncond = tiny
     x0 = torch.randn(1, 4, 14, 11, generator=torch.Generator().manual_seed(5))
@@ -137,3 +137,77 @@ def test_img2img_timesteps_and_bad_values():
         img2img_timesteps(make_scheduler("ddim"), 2, 0.3)
     with pytest.raises(PathUpError, match="steps"):
         img2img_timesteps(make_scheduler("ddim"), 0, 0.5)
+
+
+def _zero_denoiser(x, t):
+    return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("weight_map,mode", [("pyramid", "per-patch"), ("uniform", "per-patch"),
+                                             ("pyramid", "per-chunk")])
+def test_ddpm_step_noise_std_is_right_where_patches_overlap(weight_map, mode):
+    """Issue 12 item 14: a stochastic step's noise must keep its std where 1, 2 or 4 patches overlap.
+
+    With a zero prediction on a zero canvas one DDPM step is pure noise ``sigma_t * z``. Before the fix
+    every patch drew its own ``z`` and the weighted mean shrank it (about 0.40 / 0.56 of ``sigma_t``
+    where four / two patches overlap).
+    """
+    from pathup.sample.grid import patch_grid
+    from pathup.sample.tracking import track_patches
+
+    x = torch.zeros(1, 4, 48, 48)
+    sched = make_scheduler("ddpm")
+    ts = img2img_timesteps(sched, 10, 0.5)[:1]  # one step at t > 0
+    kw = dict(patch=32, overlap=16, weight_map=weight_map, step_mode=mode, patch_batch=2)
+    assert len(patch_grid(48, 48, 32, 16)) == 4
+    out = track_patches(_zero_denoiser, x, sched, ts, generator=torch.Generator().manual_seed(0), **kw)
+    ref = track_patches(_zero_denoiser, x, sched, ts, generator=torch.Generator().manual_seed(1),
+                        patch=64, overlap=0)  # one patch: diffusers' own step, sigma_t * z
+    sigma = ref.std().item()
+    assert sigma > 0.05
+    regions = {1: out[..., :16, :16], 2: out[..., :16, 16:32], 4: out[..., 16:32, 16:32]}
+    for count, values in regions.items():
+        ratio = values.std().item() / sigma
+        assert abs(ratio - 1.0) < 0.08, (count, ratio)
+    # Overlapping patches share their noise: the canvas noise is one draw, also across chunks.
+    assert abs(out[..., 32:, 32:].std().item() / sigma - 1.0) < 0.08
+
+
+def test_ddpm_noise_does_not_depend_on_patch_batch():
+    from pathup.sample.tracking import track_patches
+
+    x = torch.randn(1, 4, 20, 28, generator=torch.Generator().manual_seed(3))
+    sched = make_scheduler("ddpm")
+    ts = img2img_timesteps(sched, 6, 0.7)
+
+    def run(batch, mode="per-patch"):
+        return track_patches(_zero_denoiser, x, sched, ts, generator=torch.Generator().manual_seed(0),
+                             patch=12, overlap=4, patch_batch=batch, step_mode=mode)
+
+    base = run(None)
+    assert torch.equal(run(1), base) and torch.equal(run(4, "per-chunk"), base)
+
+
+def test_pndm_strength_runs_img2img_steps_of_diffusers(tiny):
+    """Issue 12 item 15: a from-scratch model's PNDM config has no ``skip_prk_steps``; strength 0.8 of
+    50 steps must run 41 steps from t=801 (as diffusers' img2img with SD's PNDM config), not 49 from 931."""
+    ldm, cond, uncond = tiny
+    config = dict(ldm.scheduler.config)
+    assert not config.get("skip_prk_steps", False)  # the from-scratch model's schedule, as saved
+    ours = img2img_timesteps(make_scheduler("pndm", config), 50, 0.8)
+    sd_pndm = make_scheduler("pndm", {**config, "skip_prk_steps": True})
+    pipe = _img2img_pipe(ldm, sd_pndm)
+    sd_pndm.set_timesteps(50)
+    ref, _ = pipe.get_timesteps(50, 0.8, "cpu")
+    assert len(ours) == len(ref) == 41 and int(ours[0]) == 801
+    assert torch.equal(ours, ref)
+    # And the whole one-patch run equals diffusers' img2img with that scheduler.
+    x0 = torch.randn(1, 4, 10, 12, generator=torch.Generator().manual_seed(5))
+    pipe = _img2img_pipe(ldm, make_scheduler("pndm", {**config, "skip_prk_steps": True}))
+    with torch.no_grad():
+        want = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, image=x0, strength=0.8,
+                    num_inference_steps=6, guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(3),
+                    output_type="latent").images
+    got = tracked_img2img(guided_denoiser(ldm.unet, cond, uncond, GUIDANCE), x0, make_scheduler("pndm", config),
+                          steps=6, strength=0.8, generator=torch.Generator().manual_seed(3), patch=64, overlap=32)
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())

@@ -13,15 +13,30 @@ depend on the chunk size (up to the UNet's own float rounding across batch sizes
 ``tracked_img2img`` wraps steps 2-5 of SPEC.md section 5: img2img timesteps from ``strength`` (the same
 rule as diffusers' ``StableDiffusionImg2ImgPipeline``), forward noising with the scheduler's own
 ``add_noise``, then ``track_patches``. With one patch covering the whole canvas it is plain img2img.
+``tracked_text2img`` runs the same loop from pure noise over the whole schedule.
+
+Regions (SPEC.md section 7, ``pathup compose``): the denoiser may be a ``RegionDenoiser``, which is told
+which patches it denoises and blends the guided noise predictions of several prompts per position by
+soft class masks (MultiDiffusion's region rule, Bar-Tal et al. 2023, "MultiDiffusion: Fusing Diffusion
+Paths for Controlled Image Generation", ICML). It evaluates, per patch, only the prompts whose mask is
+non-zero under it; plain generation is its one-prompt case (``guided_denoiser``), so there is one loop.
+
+Stochastic samplers (DDPM, DDIM with eta > 0, SDE solvers): the step noise is drawn once per step on the
+whole latent canvas and every patch gets its own slice of it, so the weighted mean of overlapping patches
+carries noise of the right standard deviation (independent noise per patch would be shrunk by the mean:
+to about 0.5 of it where four patches overlap). With one patch it is exactly diffusers' own draw.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
 import math
-from typing import Any, Callable, Literal, Sequence
+import sys
+import threading
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -37,12 +52,116 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepMode = Literal["per-patch", "per-chunk"]
 
 
+class RegionDenoiser:
+    """Guided noise prediction of one or several prompts, blended per position by soft masks.
+
+    MultiDiffusion's region rule (Bar-Tal et al. 2023, Eq. 5 with per-pixel masks) applied inside
+    PathUp's patch-wise timestep tracking: for each patch, every prompt ``c`` whose mask is non-zero under
+    the patch gets the guided prediction ``e_u + g * (e_c - e_u)``; the patch's prediction is
+    ``sum_c m_c * guided_c`` with the masks (which sum to 1 at every position) cut to the patch. The
+    unconditional pass ``e_u`` does not depend on the prompt, so it runs once per patch: a patch under
+    ``n`` prompts costs ``n + 1`` UNet evaluations with guidance (``n`` without), a patch under one prompt
+    exactly what plain generation costs. For a deterministic step (DDIM) ``x_{t-1}`` is affine in the
+    prediction, so blending predictions equals MultiDiffusion's blending of the denoised patches.
+
+    With one prompt and no masks it is plain classifier-free guidance (``guided_denoiser``); a one-prompt
+    call builds the very same UNet batch as plain generation, so the two give bit-equal results.
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel`` (or any module with that call signature).
+        conds: prompt embeddings, one (1, L, D) tensor per prompt (or a (K, L, D) tensor).
+        uncond: empty-prompt embeddings, (1, L, D), or None.
+        guidance: guidance scale g (``<= 1``: conditional passes only).
+        masks: soft masks on the latent canvas, (K, H, W), non-negative, summing to 1 per position;
+            None with one prompt.
+
+    Attributes:
+        evaluations: UNet samples evaluated so far (batch items; the cost measure of ``pathup compose``).
+    """
+
+    takes_boxes = True
+
+    def __init__(self, unet: torch.nn.Module, conds: Sequence[torch.Tensor] | torch.Tensor,
+                 uncond: torch.Tensor | None = None, guidance: float = 7.5,
+                 masks: torch.Tensor | None = None) -> None:
+        self.unet = unet
+        self.conds = [c.reshape(1, *c.shape[-2:]) for c in conds]  # K x (1, L, D)
+        if not self.conds:
+            raise PathUpError("a region denoiser needs at least one prompt")
+        if masks is None and len(self.conds) != 1:
+            raise PathUpError(f"{len(self.conds)} prompts need masks to blend them")
+        if masks is not None and (masks.ndim != 3 or masks.shape[0] != len(self.conds)):
+            raise PathUpError(f"masks must be (K={len(self.conds)}, H, W), got {tuple(masks.shape)}")
+        self.uncond = uncond
+        self.guidance = float(guidance)
+        self.use_cfg = uncond is not None and guidance > 1.0
+        self.masks = masks
+        self.evaluations = 0
+
+    @property
+    def cross_dim(self) -> tuple[int, int]:
+        """(L, D) of the prompt embeddings."""
+        return tuple(self.conds[0].shape[1:])  # type: ignore[return-value]
+
+    def present(self, box: Any) -> list[int]:
+        """Indices of the prompts whose mask is non-zero somewhere under ``box`` (all without masks)."""
+        if self.masks is None or box is None:
+            return list(range(len(self.conds)))
+        sy, sx = box.slices
+        return [c for c in range(len(self.conds)) if bool((self.masks[c, sy, sx] > 0).any())]
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        self.evaluations += x.shape[0]
+        return self.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0].float()
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, boxes: Sequence[Any] | None = None) -> torch.Tensor:
+        """Predictions for a batch of patches ``x`` (B, C, h, w) lying at ``boxes`` (None: no masks)."""
+        b = x.shape[0]
+        if boxes is None:
+            if self.masks is not None and len(self.conds) > 1:
+                raise PathUpError("a region denoiser with several prompts needs the patch boxes")
+            boxes = [None] * b
+        dtype = self.unet.dtype
+        xin = x.to(dtype)  # (B, C, h, w)
+        present = [self.present(box) for box in boxes]
+        pairs = [(k, c) for k in range(b) for c in present[k]]  # one conditional pass per (patch, prompt)
+        rows = [k for k, _ in pairs]
+        parts_x = ([xin] if self.use_cfg else []) + [xin[rows]]
+        parts_e = ([self.uncond.expand(b, -1, -1)] if self.use_cfg else []) + [
+            torch.cat([self.conds[c] for _, c in pairs])]
+        allx = torch.cat(parts_x)  # (B + P, C, h, w) with guidance, (P, ...) without
+        emb = torch.cat(parts_e).to(dtype)  # (B + P, L, D)
+        # Memory stays that of plain generation (2 B samples per UNet call) however many prompts a patch sees.
+        limit = 2 * b if self.use_cfg else b
+        out = torch.cat([self._unet(allx[i:i + limit], t, emb[i:i + limit])
+                         for i in range(0, allx.shape[0], limit)])  # (B + P, C, h, w) float32
+        if self.use_cfg:
+            e_u, e_c = out[:b], out[b:]
+            guided = e_u[rows] + self.guidance * (e_c - e_u[rows])  # (P, C, h, w)
+        else:
+            guided = out
+        result = torch.empty((b, *guided.shape[1:]), dtype=guided.dtype, device=guided.device)
+        j = 0
+        for k in range(b):
+            n = len(present[k])
+            if n == 1:  # one prompt under the patch: its mask is 1 there, the prediction is the guided one
+                result[k] = guided[j]
+            else:
+                sy, sx = boxes[k].slices
+                m = self.masks[present[k]][:, sy, sx].to(guided)  # (n, h, w)
+                result[k] = (m[:, None] * guided[j:j + n]).sum(0)
+            j += n
+        return result
+
+
 def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None = None,
-                    guidance: float = 7.5) -> Denoiser:
+                    guidance: float = 7.5) -> RegionDenoiser:
     """A denoiser with classifier-free guidance: ``e_u + g * (e_c - e_u)``.
 
     The unconditional and conditional inputs go through the UNet in one batch of ``2 B`` (as in
     diffusers' pipelines). With ``guidance <= 1`` or no ``uncond`` only the conditional pass runs.
+    It is the one-prompt ``RegionDenoiser``.
 
     Args:
         unet: a diffusers ``UNet2DConditionModel``.
@@ -50,24 +169,7 @@ def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Ten
         uncond: empty-prompt embeddings, (1, L, D), or None.
         guidance: guidance scale g.
     """
-    use_cfg = uncond is not None and guidance > 1.0
-
-    @torch.no_grad()
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        xin = x.to(unet.dtype)  # (B, C, h, w)
-        if use_cfg:
-            xin = torch.cat([xin, xin])  # (2B, C, h, w)
-            emb = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])  # (2B, L, D)
-        else:
-            emb = cond.expand(b, -1, -1)  # (B, L, D)
-        out = unet(xin, t, encoder_hidden_states=emb.to(unet.dtype), return_dict=False)[0].float()
-        if use_cfg:
-            e_u, e_c = out.chunk(2)  # (B, C, h, w) each
-            return e_u + guidance * (e_c - e_u)
-        return out
-
-    return denoise
+    return RegionDenoiser(unet, [cond], uncond, guidance)
 
 
 def img2img_timesteps(scheduler: Any, steps: int, strength: float,
@@ -76,6 +178,11 @@ def img2img_timesteps(scheduler: Any, steps: int, strength: float,
 
     The same rule as diffusers' img2img pipeline: ``int(steps * strength)`` steps are re-run, and the
     scheduler's begin index is set so that order-aware schedulers start in the right place.
+
+    PNDM runs with ``skip_prk_steps=True`` (set on ``scheduler``'s config when it is off, as it is for
+    models trained from scratch): its Runge-Kutta warm-up adds steps at the start of the schedule that
+    img2img's cut ignores (50 steps at strength 0.8 would run 49 steps from t=931 instead of 41 from t=801).
+    Stable Diffusion's own scheduler config sets it, and so does diffusers' img2img with SD.
     """
     if steps < 1:
         raise PathUpError(f"--steps must be at least 1, got {steps}")
@@ -84,6 +191,8 @@ def img2img_timesteps(scheduler: Any, steps: int, strength: float,
     init = min(int(steps * strength), steps)
     if init < 1:
         raise PathUpError(f"--strength {strength} x --steps {steps} re-runs no step; raise either")
+    if "skip_prk_steps" in scheduler.config and not scheduler.config.skip_prk_steps:
+        scheduler.register_to_config(skip_prk_steps=True)
     scheduler.set_timesteps(steps, device=device)
     t_start = max(steps - init, 0)
     timesteps = scheduler.timesteps[t_start * scheduler.order:]
@@ -100,6 +209,83 @@ def _step_kwargs(scheduler: Any, generator: torch.Generator | None, eta: float) 
     if "generator" in params:
         kw["generator"] = generator
     return kw
+
+
+class CanvasNoise:
+    """The step noise of one timestep, drawn on the whole latent canvas; each patch takes its slice.
+
+    A stochastic step adds ``sigma_t * z``. If every patch drew its own ``z``, the weighted mean over
+    ``n`` overlapping patches would have standard deviation ``sigma_t * sqrt(sum w^2) / sum w`` (1/2 of
+    it where four equal weights overlap). Giving every patch the slice of one canvas draw ``Z`` makes the
+    combined noise ``sigma_t * Z`` exactly, for any weights. Draws are made lazily (deterministic
+    samplers draw nothing) with diffusers' ``randn_tensor`` and the run's generator, so with one patch
+    the draw is bit-equal to diffusers' own. A scheduler that draws twice in a step gets a second canvas
+    draw for the second.
+    """
+
+    def __init__(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.shape, self.generator, self.device, self.dtype = tuple(shape), generator, device, dtype
+        self.draws: list[torch.Tensor] = []  # (1, C, H, W) each
+
+    def canvas(self, index: int) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        while len(self.draws) <= index:
+            self.draws.append(randn_tensor(self.shape, generator=self.generator, device=self.device,
+                                           dtype=self.dtype))
+        return self.draws[index]
+
+    def for_patches(self, boxes: Sequence[PatchBox], index: int) -> torch.Tensor:
+        """The slices of canvas draw ``index`` under ``boxes``, stacked: (n, C, ph, pw)."""
+        z = self.canvas(index)
+        return torch.stack([z[0, :, box.slices[0], box.slices[1]] for box in boxes])
+
+
+_NOISE_LOCK = threading.RLock()
+_NOISE_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def canvas_step_noise(scheduler: Any, noise: CanvasNoise, boxes: Sequence[PatchBox]) -> Iterator[None]:
+    """While a scheduler steps the patches ``boxes``, its noise draws return their slices of ``noise``.
+
+    diffusers' schedulers draw step noise with ``randn_tensor`` (DDPM has no ``variance_noise``
+    argument), so the name is pointed, for this thread and this call only, to the canvas slices; other
+    threads calling the same function meanwhile still get diffusers' own draw.
+    """
+    globs = getattr(type(scheduler).step, "__globals__", {})
+    original = globs.get("randn_tensor")
+    if original is None:  # this scheduler draws no noise through randn_tensor
+        yield
+        return
+    counter = [0]
+
+    def draw(shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, **kw: Any) -> torch.Tensor:
+        if getattr(_NOISE_LOCAL, "active", None) is not counter:
+            return original(shape, generator=generator, device=device, dtype=dtype, **kw)
+        z = noise.for_patches(boxes, counter[0])
+        counter[0] += 1
+        if tuple(z.shape) != tuple(shape):
+            raise PathUpError(f"{type(scheduler).__name__} drew step noise of shape {tuple(shape)}, expected "
+                              f"{tuple(z.shape)}; use --step-mode per-patch or another sampler")
+        return z.to(device=device if device is not None else z.device, dtype=dtype or z.dtype)
+
+    with _NOISE_LOCK:
+        globs["randn_tensor"] = draw
+        _NOISE_LOCAL.active = counter
+        try:
+            yield
+        finally:
+            globs["randn_tensor"] = original
+            _NOISE_LOCAL.active = None
+
+
+def _call_denoiser(denoiser: Any, x: torch.Tensor, t: torch.Tensor, boxes: Sequence[PatchBox]) -> torch.Tensor:
+    """A ``RegionDenoiser`` (``takes_boxes``) is told where the patches lie; a plain one gets ``(x, t)``."""
+    if getattr(denoiser, "takes_boxes", False):
+        return denoiser(x, t, boxes)
+    return denoiser(x, t)
 
 
 def resolve_patch_batch(patch_batch: int | str | None, n_patches: int) -> int:
@@ -195,7 +381,7 @@ def combine_patches(patches: torch.Tensor, boxes: Sequence[PatchBox], weight: to
     return num / den
 
 
-def track_patches(denoiser: Denoiser, x: torch.Tensor, scheduler: Any, timesteps: Sequence | torch.Tensor, *,
+def track_patches(denoiser: Denoiser | RegionDenoiser, x: torch.Tensor, scheduler: Any, timesteps: Sequence | torch.Tensor, *,
                   patch: int = 64, overlap: int = 32, weight_map: str = "pyramid",
                   patch_batch: int | str | None = None, step_mode: StepMode = "per-patch",
                   generator: torch.Generator | None = None, eta: float = 0.0, progress: bool = False,
@@ -203,7 +389,8 @@ def track_patches(denoiser: Denoiser, x: torch.Tensor, scheduler: Any, timesteps
     """Implements Algorithm 1 of the PathUp paper (patch-wise timestep tracking), steps 3-5.
 
     Args:
-        denoiser: ``(x, t) -> model output`` on a batch of patches (e.g. ``guided_denoiser``).
+        denoiser: ``(x, t) -> model output`` on a batch of patches (e.g. ``guided_denoiser``), or a
+            ``RegionDenoiser`` (called as ``(x, t, boxes)`` with the patches' boxes on the canvas).
         x: the noised latent canvas X_t at ``timesteps[0]``, (1, C, H, W).
         scheduler: a diffusers scheduler already set for these timesteps (``img2img_timesteps``);
             it is deep-copied, never stepped itself.
@@ -215,10 +402,9 @@ def track_patches(denoiser: Denoiser, x: torch.Tensor, scheduler: Any, timesteps
         step_mode: ``per-patch`` (default): one scheduler per patch, stepped on that patch alone, as
             Algorithm 1 reads. ``per-chunk``: one scheduler per chunk of ``patch_batch`` patches,
             stepped on the stacked chunk; each patch still keeps its own state (its rows of the
-            stacked tensors), so for deterministic schedulers (DDIM, DPM-Solver++, Euler, PNDM) the
-            result is the same, with fewer kernel launches. Stochastic steps (DDPM, DDIM eta > 0)
-            then draw their noise per chunk.
-        generator: random generator for stochastic scheduler steps.
+            stacked tensors), so the result is the same, with fewer kernel launches.
+        generator: random generator for stochastic scheduler steps (DDPM, DDIM eta > 0): their step
+            noise is drawn once per step on the whole canvas and sliced per patch (``CanvasNoise``).
         eta: DDIM eta (ignored by schedulers without it).
         progress: show a progress bar over the timesteps.
         callback: called as ``callback(i, t, x)`` after each combined step.
@@ -247,17 +433,20 @@ def track_patches(denoiser: Denoiser, x: torch.Tensor, scheduler: Any, timesteps
     steps = tqdm(timesteps, desc="denoising", leave=False, disable=not progress)
     for i, t in enumerate(steps):
         num = torch.zeros_like(x)  # (1, C, H, W)
+        noise = CanvasNoise(tuple(x.shape), generator, x.device, x.dtype)  # this step's noise, drawn on need
         for members in chunks:
             xs = torch.stack([x[0, :, boxes[k].slices[0], boxes[k].slices[1]] for k in members])  # (B, C, ph, pw)
             # Scale inputs per scheduler state (identity for DDIM/DPM++, sigma scaling for Euler).
             xin = torch.cat([schedulers[g].scale_model_input(xs[_rows(groups[g], members)], t)
                              for g in _groups_in(members, group_of)])  # (B, C, ph, pw)
-            eps = denoiser(xin, t)  # (B, C, ph, pw)
+            eps = _call_denoiser(denoiser, xin, t, [boxes[k] for k in members])  # (B, C, ph, pw)
             for g in _groups_in(members, group_of):
                 rows = _rows(groups[g], members)
-                new = schedulers[g].step(eps[rows].to(x.dtype), t, xs[rows], **step_kw,
-                                         return_dict=False)[0]  # (b, C, ph, pw)
-                accumulate_patches(num, new, [boxes[k] for k in groups[g]], weight)
+                group_boxes = [boxes[k] for k in groups[g]]
+                with canvas_step_noise(schedulers[g], noise, group_boxes):
+                    new = schedulers[g].step(eps[rows].to(x.dtype), t, xs[rows], **step_kw,
+                                             return_dict=False)[0]  # (b, C, ph, pw)
+                accumulate_patches(num, new, group_boxes, weight)
         x = num / den  # (1, C, H, W): Eq. 6's weighted mean
         if callback is not None:
             callback(i, t, x)
@@ -308,3 +497,36 @@ def tracked_img2img(denoiser: Denoiser, x0: torch.Tensor, scheduler: Any, *, ste
         raise PathUpError(f"noise shape {tuple(noise.shape)} does not match the latents {tuple(x0.shape)}")
     xt = scheduler.add_noise(x0, noise.to(x0.device, x0.dtype), timesteps[:1])  # (1, C, H, W)
     return track_patches(denoiser, xt, scheduler, timesteps, generator=generator, **track_kwargs)
+
+
+def tracked_text2img(denoiser: Denoiser | RegionDenoiser, shape: tuple[int, int, int, int], scheduler: Any, *,
+                     steps: int, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                     **track_kwargs: Any) -> torch.Tensor:
+    """Text-to-image with the same loop: pure noise ``x_T`` over the whole schedule, then ``track_patches``.
+
+    With a ``RegionDenoiser`` and one patch covering the canvas this is MultiDiffusion's region-based
+    generation (Bar-Tal et al. 2023): each prompt's guided prediction counts where its mask is; with one
+    prompt it is diffusers' text-to-image loop (``randn_tensor(shape, generator) * init_noise_sigma``,
+    all timesteps).
+
+    Args:
+        denoiser: ``(x, t) -> model output`` or a ``RegionDenoiser``.
+        shape: latent shape (1, C, H, W).
+        scheduler: a diffusers scheduler (deep-copied).
+        steps: inference steps.
+        generator: random generator for the initial noise and stochastic steps.
+        device: device of the latents.
+        **track_kwargs: passed to ``track_patches`` (patch, overlap, weight_map, patch_batch, ...).
+
+    Returns:
+        The denoised latents, (1, C, H, W), float32.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    if steps < 1:
+        raise PathUpError(f"--steps must be at least 1, got {steps}")
+    scheduler = copy.deepcopy(scheduler)
+    scheduler.set_timesteps(steps, device=device)
+    x = randn_tensor(tuple(shape), generator=generator, device=torch.device(device or "cpu"), dtype=torch.float32)
+    x = x * scheduler.init_noise_sigma
+    return track_patches(denoiser, x, scheduler, scheduler.timesteps, generator=generator, **track_kwargs)
