@@ -151,3 +151,202 @@ def test_pipeline_stage_calls_refuse_non_finite_guidance(method):
     for bad in (float("nan"), float("inf")):
         with pytest.raises(PathUpError, match="--guidance must be a finite number"):
             call(*args, prompt="x", guidance=bad)
+
+
+# ----------------------------------------------------------------------------------------- items 3, 4
+GEN = dict(size="64", steps=2, patch_size=8, overlap=4, guidance=2.0)
+CLASSES = ["a b", "a_b", "腫瘍", "良性"]
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    from pathup.model import build_ldm
+    from pathup.prompts import PromptTable
+    from pathup.sample.pipeline import PathUpPipeline
+
+    ldm = build_ldm("tiny", PromptTable(CLASSES), seed=0)
+    return PathUpPipeline(ldm, model_name="model-one", progress=False), \
+        PathUpPipeline(ldm, model_name="model-two", progress=False)
+
+
+def test_class_folder_names_are_injective_and_readable():
+    from pathup.sample.generate import class_dirname
+
+    assert class_dirname("a_b") == "a_b" and class_dirname("DCIS") == "DCIS"
+    names = [class_dirname(c) for c in CLASSES + ["a  b", "a/b", "..", "class"]]
+    assert len(set(names)) == len(names)
+    assert names[0].startswith("a_b-") and len(names[0]) == len("a_b-") + 8
+    assert all(n and "/" not in n and not n.startswith(".") for n in names)
+    assert class_dirname("a b") == class_dirname("a b")  # deterministic
+
+
+def test_generate_keeps_colliding_classes_apart_and_reads_them_back(pipes, tmp_path):
+    from pathup.sample import SampleConfig
+    from pathup.sample.generate import generate_to_folder, read_generated
+
+    pipe = pipes[0]
+    out = tmp_path / "gen"
+    cfg = SampleConfig(num=1, **GEN)
+    for cls in CLASSES:
+        res = generate_to_folder(pipe, cls, out, cfg, progress=False)
+        assert len(res.written) == 1 and res.skipped == [], cls  # nobody's images were taken for its own
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 4
+    found = read_generated(out)
+    finals = {(g.class_name, g.level) for g in found}
+    assert finals == {(c, lv) for c in CLASSES for lv in ("upscaled", "overview")}
+    for g in found:
+        assert json.loads(g.path.with_suffix(".json").read_text())["class"] == g.class_name
+
+
+# ----------------------------------------------------------------------------------------- item 4
+def test_generate_rerun_with_other_settings_or_model_is_refused_unless_overwrite(pipes, tmp_path):
+    from pathup.sample import SampleConfig
+    from pathup.sample.generate import GENERATE_SETTINGS, class_folder, generate_to_folder, pending_seeds
+
+    one, two = pipes
+    out = tmp_path / "gen"
+    cfg = SampleConfig(num=1, **GEN)
+    first = generate_to_folder(one, "a_b", out, cfg, progress=False)
+    folder = class_folder(out, "a_b")
+    assert (folder / GENERATE_SETTINGS).is_file()
+    # More images with the same settings: resumes (the first is kept).
+    more = generate_to_folder(one, "a_b", out, SampleConfig(num=2, **GEN), progress=False)
+    assert more.skipped == first.written and len(more.written) == 1
+    # Another model, or another option that changes the images: one line naming the folder and setting.
+    with pytest.raises(PathUpError) as err:
+        generate_to_folder(two, "a_b", out, cfg, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and str(folder) in msg and "model" in msg and "--overwrite" in msg
+    with pytest.raises(PathUpError, match=r"--guidance.*2\.0.*3\.0"):
+        generate_to_folder(one, "a_b", out, SampleConfig(num=1, **{**GEN, "guidance": 3.0}), progress=False)
+    with pytest.raises(PathUpError, match="--guidance"):
+        pending_seeds(out, "a_b", SampleConfig(num=1, **{**GEN, "guidance": 3.0}), model="model-one")
+    # Options that never change an image (device, patch batch) do not count.
+    same = generate_to_folder(one, "a_b", out, SampleConfig(num=1, patch_batch="3", device="cpu", **GEN),
+                              progress=False)
+    assert same.written == [] and same.skipped == first.written
+    # A folder from before the settings file: its sidecars are compared instead.
+    (folder / GENERATE_SETTINGS).unlink()
+    with pytest.raises(PathUpError, match="--steps"):
+        generate_to_folder(one, "a_b", out, SampleConfig(num=1, **{**GEN, "steps": 3}), progress=False)
+    # --overwrite replaces the folder's images.
+    new = SampleConfig(num=1, overwrite=True, **{**GEN, "guidance": 3.0})
+    res = generate_to_folder(two, "a_b", out, new, progress=False)
+    assert res.written == first.written and res.skipped == []
+    meta = json.loads(first.written[0].with_suffix(".json").read_text())
+    assert meta["model"] == "model-two" and meta["options"]["guidance"] == 3.0
+    assert sorted(p.name for p in folder.glob("*.png")) == [first.written[0].name]  # the seed-1 image is gone
+    again = generate_to_folder(two, "a_b", out, SampleConfig(num=1, **{**GEN, "guidance": 3.0}), progress=False)
+    assert again.skipped == first.written
+
+
+def test_upscale_rerun_with_other_settings_is_refused_unless_overwrite(pipes, tmp_path):
+    from PIL import Image
+
+    from pathup.sample import SampleConfig
+    from pathup.sample.generate import upscale_to_file
+
+    one, two = pipes
+    src = tmp_path / "ov.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(src)
+    out = tmp_path / "up"
+    first = upscale_to_file(one, src, "a b", out, SampleConfig(**GEN))
+    assert len(first.written) == 1
+    assert upscale_to_file(one, src, "a b", out, SampleConfig(**GEN)).skipped == first.written
+    with pytest.raises(PathUpError, match="--strength"):
+        upscale_to_file(one, src, "a b", out, SampleConfig(**{**GEN, "strength": 0.5}))
+    with pytest.raises(PathUpError, match="model"):
+        upscale_to_file(two, src, "a b", out, SampleConfig(**GEN))
+    res = upscale_to_file(one, src, "a b", out, SampleConfig(overwrite=True, **{**GEN, "strength": 0.5}))
+    assert res.written == first.written
+    assert json.loads(first.written[0].with_suffix(".json").read_text())["options"]["strength"] == 0.5
+
+
+def test_generate_cli_rerun_with_other_model_or_settings(pipes, tmp_path, capsys):
+    import shutil
+
+    from pathup.model import save_ldm
+
+    model = save_ldm(pipes[0].ldm, tmp_path / "m1")
+    other = tmp_path / "m2"
+    shutil.copytree(model, other)
+    out = tmp_path / "gen"
+    base = ["generate", str(model), "--class", "a b", "--out", str(out), "--steps", "2", "--patch-size", "8",
+            "--overlap", "4", "--size", "64", "--guidance", "2"]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main(base) == 0 and "nothing to do" in capsys.readouterr().out
+    for argv, what in ((["--guidance", "4"], "--guidance"), (["--size", "72"], "--size")):
+        rc = main([*base, *argv])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and what in err and "--overwrite" in err, err
+    rc = main(["generate", str(other), *base[2:]])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "model" in err and str(out) in err
+    assert main(["generate", str(other), *base[2:], "--overwrite"]) == 0
+    assert "wrote 1" in capsys.readouterr().out
+    from pathup.sample.generate import class_folder
+
+    sidecars = [p for p in class_folder(out, "a b").glob("*.json") if p.name != "generate_settings.json"]
+    assert [json.loads(p.read_text())["model"] for p in sidecars] == [str(other)]
+
+
+# ----------------------------------------------------------------------------------------- item 5
+def _img(path, rng, size=64):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def gen_layout(tmp_path):
+    """A ``generate`` folder written by hand: 2 classes x 3 seeds, large images and their overviews."""
+    from pathup.sample.generate import class_dirname
+
+    rng = np.random.default_rng(0)
+    out = tmp_path / "gen"
+    for cls in ("a b", "c"):
+        folder = out / class_dirname(cls)
+        for s in range(3):
+            name = f"{class_dirname(cls)}_s{s}"
+            opts = {"patch_size": 4, "overlap": 0}
+            _img(folder / f"{name}.png", rng, 96)
+            (folder / f"{name}.json").write_text(json.dumps({"class": cls, "level": "upscaled", "options": opts}))
+            _img(folder / "overview" / f"{name}.png", rng, 64)
+            (folder / "overview" / f"{name}.json").write_text(json.dumps({"class": cls, "level": "overview",
+                                                                          "options": opts}))
+        (folder / "generate_config.yaml").write_text("steps: 2\n")
+    real = tmp_path / "real"
+    for i in range(6):
+        _img(real / f"r{i}.png", rng, 96)
+    return out, real
+
+
+def _eval_cfg(tmp_path, real, fake, **kw):
+    from pathup.metrics.evaluate import EvaluateConfig
+
+    base = dict(real=str(real), fake=str(fake), out=str(tmp_path / "m" / "metrics.json"), features="color-stats",
+                overview_size=32, patch_size=32, repeats=1, kid_subsets=2, cache=False, progress=False)
+    base.update(kw)
+    return EvaluateConfig(**base)
+
+
+def test_evaluate_counts_only_the_generated_images_of_the_level(tmp_path, gen_layout):
+    from pathup.metrics.evaluate import evaluate
+
+    fake, real = gen_layout
+    res = evaluate(_eval_cfg(tmp_path, real, fake, level="patch", seam=True))
+    assert res["fake"]["n_images"] == 6
+    assert all("overview" not in p for p in res["seam"]["per_image"])
+    assert res["fake"]["classes"] == {"a b": 3, "c": 3}
+    res = evaluate(_eval_cfg(tmp_path, real, fake, level="overview"))
+    assert res["fake"]["n_images"] == 6 and res["fake"]["classes"] == {"a b": 3, "c": 3}
+    # Without sidecars the layout (``<class>/overview/`` beside generate_config.yaml) still tells them apart.
+    for p in fake.rglob("*.json"):
+        p.unlink()
+    res = evaluate(_eval_cfg(tmp_path, real, fake, level="patch"))
+    assert res["fake"]["n_images"] == 6
+    # A plain folder of images is read as before.
+    assert evaluate(_eval_cfg(tmp_path, real, real, level="patch"))["fake"]["n_images"] == 6

@@ -25,29 +25,31 @@ def test_generate_to_folder_layout_equals_pipeline_and_rerun_skips(pipe, tmp_pat
     out = tmp_path / "gen"
     cfg = SampleConfig(seed=3, num=2, **OPTIONS)
     result = generate_to_folder(pipe, "in situ carcinoma", out, cfg, progress=False)
-    cls = out / "in_situ_carcinoma"  # safe_name of the class
-    expected = [cls / f"in_situ_carcinoma_s{s}.png" for s in (3, 4)]
+    name = "in_situ_carcinoma-79b784ab"  # class_dirname: a safe name + a hash of the exact name (issue 12 item 3)
+    cls = out / name
+    expected = [cls / f"{name}_s{s}.png" for s in (3, 4)]
     assert isinstance(result, GenerateResult)
     assert result.written == expected and result.skipped == []
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "in_situ_carcinoma/generate_config.yaml",
-        "in_situ_carcinoma/in_situ_carcinoma_s3.json", "in_situ_carcinoma/in_situ_carcinoma_s3.png",
-        "in_situ_carcinoma/in_situ_carcinoma_s4.json", "in_situ_carcinoma/in_situ_carcinoma_s4.png",
-        "in_situ_carcinoma/overview/in_situ_carcinoma_s3.json",
-        "in_situ_carcinoma/overview/in_situ_carcinoma_s3.png",
-        "in_situ_carcinoma/overview/in_situ_carcinoma_s4.json",
-        "in_situ_carcinoma/overview/in_situ_carcinoma_s4.png",
+        f"{name}/generate_config.yaml", f"{name}/generate_settings.json",
+        f"{name}/{name}_s3.json", f"{name}/{name}_s3.png",
+        f"{name}/{name}_s4.json", f"{name}/{name}_s4.png",
+        f"{name}/overview/{name}_s3.json",
+        f"{name}/overview/{name}_s3.png",
+        f"{name}/overview/{name}_s4.json",
+        f"{name}/overview/{name}_s4.png",
     ]
+    assert json.loads((cls / "generate_settings.json").read_text())["class"] == "in situ carcinoma"
     for seed, path in zip((3, 4), expected):
         assert image_paths(out, "in situ carcinoma", seed, "png") == (
-            path, cls / "overview" / f"in_situ_carcinoma_s{seed}.png")
+            path, cls / "overview" / f"{name}_s{seed}.png")
         assert is_done(path)
         meta = read_settings(path)
         with Image.open(path) as im:
             assert im.size == (128, 128) and json.loads(im.text["pathup"]) == meta
         assert meta["seed"] == seed and meta["model"] == "tiny-test" and meta["level"] == "upscaled"
         assert meta["prompt"] == "in situ carcinoma, patch"
-        assert meta["overview"] == str(cls / "overview" / f"in_situ_carcinoma_s{seed}.png")
+        assert meta["overview"] == str(cls / "overview" / f"{name}_s{seed}.png")
         assert meta["options"]["steps"] == 3 and meta["options"]["seed"] == seed
         assert read_settings(cls / "overview" / path.name)["level"] == "overview"
         # The file holds exactly what the in-memory pipeline makes for this seed.

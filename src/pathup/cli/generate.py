@@ -7,9 +7,14 @@ Layout (other stages rely on it)::
     DIR/<class>/overview/<class>_s<seed>.png (+ .json)
     DIR/<class>/generate_config.yaml       the resolved options of the last run
 
+``<class>`` is the class name, or for names that are not safe file names a safe form plus a short hash
+(``pathup.sample.generate.class_dirname``), so two classes never share a folder.
+
 ``--num N`` makes seeds seed .. seed+N-1; under ``accelerate launch`` they are shared across the
 processes (process i takes every num_processes-th seed). Images already written (image and sidecar
-present) are skipped, so an interrupted run resumes where it stopped.
+present) are skipped, so an interrupted run resumes where it stopped. A folder made with another model
+or other image-changing settings is an error (naming the folder and the setting) unless ``--overwrite``
+replaces its images.
 
 A thin wrapper over ``pathup.sample.generate.generate_to_folder`` (argument parsing, the process share
 under ``accelerate launch``, printing).
@@ -42,14 +47,22 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from pathup.sample.config import validate
-    from pathup.sample.generate import class_folder, generate_to_folder, pending_seeds
+    from pathup.sample.generate import (check_class_folder, class_folder, clear_class_folder, generate_to_folder,
+                                        pending_seeds)
 
     cfg = config_from_args(SampleConfig, args)
     validate(cfg)  # every option checked before any process group or model starts
     out = Path(args.out)
     state = PartialState(cpu=cfg.device == "cpu")
     share = dict(process_index=state.process_index, num_processes=state.num_processes)
-    todo, done = pending_seeds(out, args.class_name, cfg, **share)  # no model loaded yet
+    # A folder made with another model or other settings: an error, or with --overwrite cleared once.
+    stale = check_class_folder(out, args.class_name, cfg, args.model)
+    if cfg.overwrite:
+        state.wait_for_everyone()  # every process has looked before process 0 clears
+        if stale and state.is_main_process:
+            clear_class_folder(out, args.class_name)
+        state.wait_for_everyone()
+    todo, done = pending_seeds(out, args.class_name, cfg, **share, model=args.model)  # no model loaded yet
     if not todo:
         print(f"pathup generate: all {len(done)} image(s) already in {out}; nothing to do")
         return 0

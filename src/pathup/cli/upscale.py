@@ -3,7 +3,9 @@
 Runs SPEC.md section 5 from step 1 on a given low-resolution image (for example a real overview, to
 compare upscalers): resize to --size, encode, noise to --strength, denoise with one scheduler per
 patch and the pyramid weights, decode. Writes ``OUT/<image stem>_<class>_s<seed>.png`` (or .tiff)
-with a JSON sidecar, and the resolved options in ``OUT/upscale_config.yaml``.
+with a JSON sidecar, and the resolved options in ``OUT/upscale_config.yaml``. A rerun skips a target
+made with the same settings; one made from another image, model or settings is an error unless
+``--overwrite`` replaces it.
 
 A thin wrapper over ``pathup.sample.generate.upscale_to_file`` (argument parsing, printing).
 """
@@ -35,13 +37,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathup.io import load_rgb
-    from pathup.sample.generate import is_done, upscale_path, upscale_to_file
+    from pathup.sample.generate import check_upscale_target, upscale_path, upscale_to_file
 
     cfg = config_from_args(SampleConfig, args)
     out = Path(args.out)
     target = upscale_path(args.image, args.class_name, out, cfg)  # checks every option first
     image = load_rgb(args.image)  # PathUpError on a missing or corrupt file
-    if is_done(target):
+    if check_upscale_target(target, args.image, args.class_name, cfg, args.model):  # same settings: done
         print(f"pathup upscale: {target} already exists; nothing to do")
         return 0
 

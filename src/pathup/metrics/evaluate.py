@@ -87,11 +87,13 @@ class EvaluateConfig:
 # --------------------------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class ImageSet:
-    """A resolved set of image files; ``kind`` is ``folder`` or ``manifest``."""
+    """A resolved set of image files; ``kind`` is ``folder`` or ``manifest``; ``classes``: images per class
+    where the files name their class (manifest rows, ``pathup generate`` sidecars), else empty."""
 
     source: str
     kind: str
     paths: tuple[Path, ...]
+    classes: tuple[tuple[str, int], ...] = ()
 
 
 def resolve_images(spec: str | Path, level: str, split: str, role: str) -> ImageSet:
@@ -113,14 +115,38 @@ def resolve_images(spec: str | Path, level: str, split: str, role: str) -> Image
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise PathUpError(f"--{role} {path}: {len(missing)} listed file(s) missing, e.g. {missing[0]}")
-        return ImageSet(str(path), "manifest", paths)
+        return ImageSet(str(path), "manifest", paths, _class_counts(r["class"] for r in rows))
     if path.is_file():
         raise PathUpError(f"--{role} {path}: expected a folder of images or a manifest .csv")
-    paths = tuple(list_images(path))
-    if not paths:
+    images = _generated_of_level(path, level, role)
+    if not images:
         raise PathUpError(f"--{role} {path}: no images found (looked for .png .jpg .jpeg .tif .tiff .bmp .webp, "
                           "recursively)")
-    return ImageSet(str(path), "folder", paths)
+    return ImageSet(str(path), "folder", tuple(g.path for g in images),
+                    _class_counts(g.class_name for g in images if g.class_name is not None))
+
+
+def _class_counts(names: Any) -> tuple[tuple[str, int], ...]:
+    from collections import Counter
+
+    return tuple(sorted(Counter(names).items()))
+
+
+def _generated_of_level(path: Path, level: str, role: str) -> list[Any]:
+    """The images of a folder; in a ``pathup generate`` folder only the final images of ``level``:
+    the large images (sidecar level ``upscaled``) for ``patch``, the overviews for ``overview``."""
+    from pathup.sample.generate import read_generated
+
+    images = read_generated(path)
+    wanted = "overview" if level == "overview" else "upscaled"
+    if not any(g.level for g in images):
+        return images  # a plain folder of images
+    keep = [g for g in images if g.level in (None, wanted)]
+    if not keep:  # e.g. only upscaled images and --level overview: use what there is, resized
+        log.warning("--%s %s: no generated images of level %s; using the %d %s image(s)", role, path, wanted,
+                    len(images), "/".join(sorted({g.level for g in images if g.level})))
+        return images
+    return keep
 
 
 @dataclass(frozen=True)
@@ -353,8 +379,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "level": cfg.level,
-        "real": {"source": real_set.source, "kind": real_set.kind, "n_images": len(real_set.paths)},
-        "fake": {"source": fake_set.source, "kind": fake_set.kind, "n_images": len(fake_set.paths)},
+        "real": {"source": real_set.source, "kind": real_set.kind, "n_images": len(real_set.paths),
+                 **({"classes": dict(real_set.classes)} if real_set.classes else {})},
+        "fake": {"source": fake_set.source, "kind": fake_set.kind, "n_images": len(fake_set.paths),
+                 **({"classes": dict(fake_set.classes)} if fake_set.classes else {})},
         "features": {"extractor": cfg.features, "id": extractor.cache_id, "dim": extractor.dim,
                      "comparable_with_literature": extractor.comparable},
         "runs": runs,

@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +163,11 @@ def upscaler_names(paths: list[str]) -> dict[str, str]:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    """A class, model or upscaler name as a file-name part: ``pathup.sample.generate.class_dirname``
+    (injective: ``a b`` and ``a_b`` never share a file)."""
+    from pathup.sample.generate import class_dirname
+
+    return class_dirname(name)
 
 
 def dataset_info(cfg: ExperimentConfig) -> dict[str, Any]:

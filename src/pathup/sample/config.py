@@ -50,6 +50,9 @@ class SampleConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = field(default="auto", metadata={
         "help": "model precision; auto: bf16 on CUDA, fp32 on CPU"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace the images of an output folder (or file) made with another model or other settings; "
+                "without it a rerun resumes only when the settings match"})
 
 
 def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:

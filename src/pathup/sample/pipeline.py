@@ -231,7 +231,7 @@ class PathUpPipeline:
                 patch_size, overlap, weight_map, patch_batch, step_mode, vae_tile, vae_overlap,
                 negative_prompt); ``size`` may also be an int or a (width, height) tuple.
         """
-        names = set(SampleConfig.__dataclass_fields__) - {"num", "format", "device", "dtype"}
+        names = set(SampleConfig.__dataclass_fields__) - {"num", "format", "device", "dtype", "overwrite"}
         unknown = sorted(set(options) - names)
         if unknown:
             raise PathUpError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
