@@ -39,11 +39,11 @@ class DemoConfig:
     """Options of ``pathup demo``; the defaults finish in about 10 minutes on 2 CPU cores."""
 
     out: str = field(default="pathup-demo", metadata={"help": "output folder", "metavar": "DIR"})
+    sample: str = field(default="kather", metadata={
+        "help": "shipped sample: kather (8 visibly distinct colorectal classes) or breakhis (4 breast classes)"})
     classes: list[str] = field(default_factory=list, metadata={
         "help": "classes of the shipped sample to use (default: all four)", "metavar": "NAME"})
     tile_size: int = field(default=128, metadata={"help": "tile size in pixels (the tiny model's resolution)"})
-    patch_size: int = field(default=128, metadata={"help": "patch tiles: source region in pixels"})
-    overview_size: int = field(default=460, metadata={"help": "overview tiles: source region in pixels"})
     vae_steps: int = field(default=300, metadata={"help": "autoencoder training steps"})
     train_steps: int = field(default=1000, metadata={"help": "UNet training steps"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
@@ -97,7 +97,6 @@ class _Stages:
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo; returns the path of ``report.html``."""
     from pathup.config import save_config, to_dict
-    from pathup.sample_data import breakhis_manifest
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -111,8 +110,9 @@ def run_demo(cfg: DemoConfig) -> Path:
         return {k: s[k] for k in names}
 
     dataset = out / "dataset"
-    stages.run("prepare", pick("classes", "tile_size", "patch_size", "overview_size", "seed"),
-               lambda: _prepare(cfg, breakhis_manifest(), dataset))
+    stages.run("prepare", pick("sample", "classes", "tile_size", "seed"),
+               lambda: prepare_sample(cfg.sample, dataset, classes=cfg.classes, tile_size=cfg.tile_size,
+                                      seed=cfg.seed, progress=cfg.progress))
     run_dir = out / "run"
     stages.run("train", pick("vae_steps", "train_steps", "batch_size", "fel_beta", "seed", "device"),
                lambda: _train(cfg, dataset, run_dir))
@@ -127,28 +127,55 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- stages
-def _prepare(cfg: DemoConfig, manifest: Path, dataset: Path) -> dict[str, Any]:
+# How each shipped sample is tiled (both are small images: a patch tile is a crop at full resolution,
+# an overview tile the whole image or a large part of it, resized to the model's resolution).
+SAMPLE_TILING = {
+    # Kather 2016: 150 px tiles at 20x; empty glass (08_EMPTY) and fat (07_ADIPOSE) are classes, so no
+    # tissue filter; the shipped MANIFEST.csv gives the split (held-out slide CRC-Prim-HE-05, and 10
+    # 08_EMPTY tiles split by tile because that class comes from one slide only).
+    "kather": dict(patch_size=128, overview_size=150, min_tissue=0.0),
+    # BreakHis: 700x460 images at 100X; the last patient of each class is held out (split by patient).
+    "breakhis": dict(patch_size=128, overview_size=460),
+}
+
+
+def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = None, tile_size: int = 128,
+                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Prepare a shipped sample (``kather`` or ``breakhis``) as a dataset with a held-out test split.
+
+    Args:
+        sample: the sample's name (``pathup.sample_data.SAMPLES``).
+        dataset: output folder (replaced).
+        classes: classes to keep (default: all).
+        tile_size: tile size in pixels (the model's resolution).
+        seed: seed of the tiling.
+        progress: show progress bars.
+    """
     import csv
 
     from pathup.data.prepare import PrepareConfig, prepare
+    from pathup.sample_data import sample_manifest
 
-    source = manifest
-    if cfg.classes:
-        rows = list(csv.DictReader(manifest.open()))
-        known = sorted({r["class"] for r in rows})
-        bad = [c for c in cfg.classes if c not in known]
-        if bad:
-            raise PathUpError(f"--classes: unknown {', '.join(bad)}; the sample has: {', '.join(known)}")
-        source = dataset.parent / "sample_manifest.csv"
-        lines = ["path,class,patient,slide"] + [
-            f"{manifest.parent / r['path']},{r['class']},{r['patient']},{r['slide']}"
-            for r in rows if r["class"] in cfg.classes]
-        atomic_write_text(source, "\n".join(lines) + "\n")
-    pcfg = PrepareConfig(out=str(dataset), sources=[str(source)], layout="csv", patch_size=cfg.patch_size,
-                         patch_overlap=0, overview_size=cfg.overview_size, overview_overlap=0,
-                         tile_size=cfg.tile_size, val_fraction=0.0, test_fraction=0.0, seed=cfg.seed,
-                         overwrite=True)
-    summary = prepare(pcfg, progress=cfg.progress)
+    manifest = sample_manifest(sample)
+    rows = list(csv.DictReader(manifest.open()))
+    known = sorted({r["class"] for r in rows})
+    bad = [c for c in (classes or []) if c not in known]
+    if bad:
+        raise PathUpError(f"--classes: unknown {', '.join(bad)}; the {sample} sample has: {', '.join(known)}")
+    rows = [r for r in rows if not classes or r["class"] in classes]
+    if "split" not in rows[0]:  # hold out the last patient of each class
+        last = {r["class"]: r["patient"] for r in rows}
+        for r in rows:
+            r["split"] = "test" if r["patient"] == last[r["class"]] else "train"
+    source = dataset.parent / f"{sample}_manifest.csv"
+    cols = [c for c in ("path", "class", "patient", "slide", "split") if c in rows[0]]
+    source.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(source, "\n".join([",".join(cols)] + [
+        ",".join(str(manifest.parent / r[c]) if c == "path" else r[c] for c in cols) for r in rows]) + "\n")
+    pcfg = PrepareConfig(out=str(dataset), sources=[str(source)], layout="csv", patch_overlap=0,
+                         overview_overlap=0, tile_size=tile_size, val_fraction=0.0, test_fraction=0.0, seed=seed,
+                         overwrite=True, **SAMPLE_TILING[sample])
+    summary = prepare(pcfg, progress=progress)
     print(summary.table(), flush=True)
     return {"tiles": summary.n_tiles}
 

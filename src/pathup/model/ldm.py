@@ -105,11 +105,15 @@ class LDM:
 
 def build_ldm(size: str | ModelSize = "tiny", prompts: PromptTable | None = None, *, seed: int = 0,
               scheduler: str = "ddim") -> LDM:
-    """A randomly initialised model of a named size (``tiny``, ``small``, ``sd15``)."""
+    """A randomly initialised model of a named size (``tiny``, ``small``, ``sd15``).
+
+    The tokenizer has one token per word of ``prompts`` (see ``pathup.model.tokenizer``); a table in
+    which two prompts would map to the same tokens is refused.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from pathup.model.tokenizer import build_char_tokenizer
+    from pathup.model.tokenizer import build_prompt_tokenizer, check_prompts
 
     if isinstance(size, str):
         if size not in MODEL_SIZES:
@@ -119,7 +123,9 @@ def build_ldm(size: str | ModelSize = "tiny", prompts: PromptTable | None = None
     torch.manual_seed(seed)
     vae = AutoencoderKL(**size.vae)
     unet = UNet2DConditionModel(**size.unet)
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_prompt_tokenizer(prompts.prompts() if prompts is not None else ())
+    if prompts is not None:
+        check_prompts(tokenizer, prompts.prompts())
     vocab = len(tokenizer)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
+SAMPLES = ("kather", "breakhis")
+
 
 def breakhis_dir() -> Path:
     """Folder with one sub-folder per class and ``MANIFEST.csv`` (path, class, patient, slide)."""
@@ -14,6 +16,24 @@ def breakhis_dir() -> Path:
 
 def breakhis_manifest() -> Path:
     return ROOT / "breakhis" / "MANIFEST.csv"
+
+
+def kather_dir() -> Path:
+    """336 Kather 2016 colorectal tiles (8 classes, 150 px, 20x); ``MANIFEST.csv``: path, class, slide, split."""
+    return ROOT / "kather"
+
+
+def kather_manifest() -> Path:
+    return ROOT / "kather" / "MANIFEST.csv"
+
+
+def sample_manifest(name: str) -> Path:
+    """The ``MANIFEST.csv`` of a shipped sample by name (``kather`` or ``breakhis``)."""
+    from pathup.errors import PathUpError
+
+    if name not in SAMPLES:
+        raise PathUpError(f"unknown sample {name!r}; allowed: {', '.join(SAMPLES)}")
+    return ROOT / name / "MANIFEST.csv"
 
 
 def wsi_path() -> Path:

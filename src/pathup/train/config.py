@@ -49,6 +49,9 @@ class TrainConfig:
     seed: int = _f(0, "seed of the model initialisation, data order, noise and timesteps")
     num_workers: int = _f(2, "data-loading worker processes")
     # conditioning and losses
+    train_text_encoder: Optional[bool] = _f(None, "train the text encoder with the UNet (default: on for a model built "
+                                                  "from scratch, whose random encoder knows no words; off when "
+                                                  "fine-tuning a pretrained checkpoint: the paper's frozen CLIP)")
     prompt_dropout: float = _f(0.1, "share of samples trained with the empty prompt (classifier-free guidance)")
     fel_beta: float = _f(0.1, "weight beta of the feature entropy loss (0 turns it off)")
     fel_tau: float = _f(0.07, "temperature tau of the feature entropy loss")
@@ -82,6 +85,6 @@ class TrainConfig:
         import dataclasses
 
         s = self.from_scratch
-        fill = {"max_steps": 2000 if s else 50000, "batch_size": 8 if s else 4, "lr": 2e-4 if s else 5e-6,
+        fill = {"train_text_encoder": s, "max_steps": 2000 if s else 50000, "batch_size": 8 if s else 4, "lr": 2e-4 if s else 5e-6,
                 "lr_warmup_steps": 100 if s else 0, "ema_decay": 0.999 if s else 0.9999}
         return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})

@@ -15,9 +15,11 @@ Randomness of a step (flips, posterior sample, noise, timesteps, prompt dropout)
 generator seeded by (seed, step, micro-batch, process) and the data order from (seed, epoch), so a
 resumed run repeats the uninterrupted run's steps.
 
-The text encoder is frozen for every model (also the from-scratch ones: a frozen random encoder
-still gives every prompt its own embedding, the UNet learns to read them through cross-attention,
-and the few prompt embeddings are computed once). The VAE is frozen during UNet training.
+The text encoder trains with the UNet for models built from scratch (``--train-text-encoder``, on by
+default there: a random encoder gives every prompt an embedding, but one the UNet cannot tell apart
+at small compute) and stays frozen when fine-tuning a pretrained checkpoint (the paper's recipe; its
+few prompt embeddings are then computed once). The EMA covers whatever trains. The VAE is frozen
+during UNet training.
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ class Trainer:
         if list(old.get("levels", [])) != list(table.levels):
             raise PathUpError(f"the prompt levels {table.levels} differ from the checkpoint's {old.get('levels')} "
                               "(--no-patho-align or --levels changed); use a new --out")
-        for key in ("model", "fel_proj_dim", "ema"):
+        for key in ("model", "fel_proj_dim", "ema", "train_text_encoder"):
             if state["config"].get(key) != getattr(cfg, key):
                 raise PathUpError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the checkpoint's "
                                   f"{state['config'].get(key)}; resume with the same value or use a new --out")
@@ -237,6 +239,7 @@ class Trainer:
     def _load_model(self, acc, ckpt: Path | None):
         """The LDM to train (from the run's base, a size or a pretrained checkpoint) and its tiles."""
         from pathup.model import build_ldm, load_ldm, save_ldm
+        from pathup.model.tokenizer import check_prompts
 
         cfg, run = self.cfg, self.run_dir
         base = run / "base"
@@ -267,6 +270,7 @@ class Trainer:
             raise PathUpError(f"cannot load --model {cfg.model}: {str(err).splitlines()[0]}") from None
         res = cfg.resolution or ldm.resolution
         tiles = TrainTiles(cfg.dataset, cfg.split, cfg.levels, cfg.patho_align, res)
+        check_prompts(ldm.tokenizer, tiles.table.prompts() + tiles.unique_prompts())
         ldm.prompts = tiles.table
         return ldm, tiles, cfg.model
 
@@ -283,7 +287,7 @@ class Trainer:
         drop = torch.rand(b, generator=g) < cfg.prompt_dropout  # (B,)
         emb_idx = torch.tensor([self.prompt_index[p] for p in prompts])  # (B,)
         emb_idx[drop] = self.empty_index
-        emb = self.emb_table[emb_idx.to(dev)]  # (B, L, D)
+        emb = self._prompt_embeddings()[emb_idx.to(dev)]  # (B, L, D)
         noisy = ldm.scheduler.add_noise(latents, noise, t)  # (B, 4, h, w)
         target = denoising_target(ldm.scheduler, latents, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=emb).sample  # (B, 4, h, w)
@@ -298,6 +302,26 @@ class Trainer:
             z, l_e, loss = None, torch.zeros((), device=dev), l_r
         return _StepOutput(loss=loss, l_r=l_r, l_e=l_e, z=z, ids=ids, keep=keep)
 
+    def _prompt_embeddings(self) -> torch.Tensor:
+        """Embeddings of every training prompt and, last, of "": (P + 1, L, D).
+
+        A trained text encoder recomputes them (with gradient in training mode); a frozen one's were
+        computed once.
+        """
+        if self.text_encoder is None:
+            return self.emb_table
+        return self.text_encoder(self.prompt_ids)[0].to(self.weight_dtype)  # (P + 1, L, D)
+
+    def _trained_modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.unet, self.head, self.text_encoder) if m is not None]
+
+    def _ema_target(self) -> torch.nn.Module:
+        """The modules the EMA averages: the UNet, with the text encoder when that trains."""
+        unet = self.acc.unwrap_model(self.unet)
+        if self.text_encoder is None:
+            return unet
+        return torch.nn.ModuleDict({"unet": unet, "text_encoder": self.acc.unwrap_model(self.text_encoder)})
+
     def _sample_grid(self, step: int) -> None:
         from pathup.train.sampling import ddim_sample, image_grid
 
@@ -305,14 +329,17 @@ class Trainer:
         table = self.table
         n_cols = table.n_levels
         prompts = table.prompts()
-        cond = self.emb_table[[self.prompt_index[p] for p in prompts]]  # (N, L, D)
-        was_training = unet.training
-        unet.eval()
+        target = self._ema_target()
+        was_training = target.training
+        target.eval()
         if self.ema is not None:
-            self.ema.swap(unet)
+            self.ema.swap(target)
         try:
+            with torch.no_grad():
+                emb_table = self._prompt_embeddings()  # (P + 1, L, D)
+            cond = emb_table[[self.prompt_index[p] for p in prompts]]  # (N, L, D)
             with self.acc.autocast():
-                lat = ddim_sample(unet, self.ldm.scheduler, cond, self.emb_table[self.empty_index][None],
+                lat = ddim_sample(unet, self.ldm.scheduler, cond, emb_table[self.empty_index][None],
                                   (unet.config.in_channels, self.latent_size, self.latent_size),
                                   steps=self.cfg.sample_steps, guidance_scale=self.cfg.guidance_scale,
                                   generator=torch.Generator().manual_seed(self.cfg.seed))
@@ -320,8 +347,8 @@ class Trainer:
                     imgs = self.ldm.decode_latents(lat.to(self.weight_dtype))  # (N, 3, R, R)
         finally:
             if self.ema is not None:
-                self.ema.swap(unet)
-            unet.train(was_training)
+                self.ema.swap(target)
+            target.train(was_training)
         out = self.run_dir / "samples" / f"step-{step:08d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         from pathup.io import atomic_path
@@ -356,17 +383,25 @@ class Trainer:
         ldm = self.ldm
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision, torch.float32)
         self.latent_size = tiles.tiles.size // ldm.vae_scale_factor if tiles.tiles.size else ldm.unet.config.sample_size
-        for m in (ldm.vae, ldm.text_encoder):
+        frozen = [ldm.vae] + ([] if cfg.train_text_encoder else [ldm.text_encoder])
+        for m in frozen:
             m.requires_grad_(False).eval()
             m.to(acc.device) if self.weight_dtype == torch.float32 else m.to(acc.device, self.weight_dtype)
 
-        # prompt embeddings of the frozen text encoder, computed once: (P + 1, L, D), the last is ""
+        # every training prompt and, last, "": their token ids (P + 1, L) and, for a frozen text encoder,
+        # their embeddings computed once (P + 1, L, D)
         train_prompts = tiles.unique_prompts()
         all_prompts = list(dict.fromkeys(train_prompts + table.prompts()))
-        with torch.no_grad():
-            self.emb_table = ldm.encode_prompts(all_prompts + [""]).to(self.weight_dtype)  # (P + 1, L, D)
+        self.prompt_ids = ldm.tokenize(all_prompts + [""]).to(acc.device)  # (P + 1, L)
         self.prompt_index = {p: i for i, p in enumerate(all_prompts)}
         self.empty_index = len(all_prompts)
+        self.text_encoder = None
+        if cfg.train_text_encoder:
+            ldm.text_encoder.to(acc.device).train().requires_grad_(True)
+            self.emb_table = None
+        else:
+            with torch.no_grad():
+                self.emb_table = ldm.encode_prompts(all_prompts + [""]).to(self.weight_dtype)  # (P + 1, L, D)
 
         unet = ldm.unet
         unet.train().requires_grad_(True)
@@ -382,6 +417,8 @@ class Trainer:
         if cfg.compile:
             unet = torch.compile(unet)
         params = list(unet.parameters()) + (list(self.head.parameters()) if self.head is not None else [])
+        if cfg.train_text_encoder:
+            params += list(ldm.text_encoder.parameters())
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 fused=acc.device.type == "cuda")
         from diffusers.optimization import get_scheduler
@@ -389,12 +426,16 @@ class Trainer:
         name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
         lr_sched = get_scheduler(name, opt, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.max_steps)
+        trained = [unet] + ([self.head] if self.head is not None else []) + \
+            ([ldm.text_encoder] if cfg.train_text_encoder else [])
+        prepared = acc.prepare(*trained, opt)
+        self.unet, self.opt = prepared[0], prepared[-1]
         if self.head is not None:
-            self.unet, self.head, self.opt = acc.prepare(unet, self.head, opt)
-        else:
-            self.unet, self.opt = acc.prepare(unet, opt)
+            self.head = prepared[1]
+        if cfg.train_text_encoder:
+            self.text_encoder = prepared[-2]
         self.lr_sched = lr_sched
-        self.ema = EMA(acc.unwrap_model(self.unet), cfg.ema_decay).to(acc.device) if cfg.ema else None
+        self.ema = EMA(self._ema_target(), cfg.ema_decay).to(acc.device) if cfg.ema else None
         acc.register_for_checkpointing(lr_sched)
         if self.ema is not None:
             acc.register_for_checkpointing(self.ema)
@@ -474,7 +515,7 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             images, ids, prompts = next(batches)
             g = step_generator(cfg.seed, step, micro, acc.process_index)
-            with acc.accumulate(self.unet):
+            with acc.accumulate(*self._trained_modules()):
                 out = self._forward(images, ids, prompts, g)
                 if not torch.isfinite(out.loss):
                     newest = ckpt_io.newest_checkpoint(self.run_dir)
@@ -497,7 +538,7 @@ class Trainer:
         lr = float(self.lr_sched.get_last_lr()[0])  # the rate this step used
         self.lr_sched.step()
         if self.ema is not None:
-            self.ema.update(acc.unwrap_model(self.unet))
+            self.ema.update(self._ema_target())
         if self.bank is not None:
             z = acc.gather(torch.cat(zs).float().contiguous())  # (B * accum * world, D)
             ids = acc.gather(torch.cat(idss))
@@ -515,14 +556,17 @@ class Trainer:
 
         unet = self.acc.unwrap_model(self.unet)
         unet = getattr(unet, "_orig_mod", unet)
+        target = self._ema_target()
         if self.ema is not None:
-            self.ema.swap(unet)
+            self.ema.swap(target)
         try:
             if self.weight_dtype != torch.float32:  # the frozen parts were cast down: save the originals
                 frozen = load_ldm(base)
                 vae, text_encoder = frozen.vae, frozen.text_encoder
             else:
                 vae, text_encoder = self.ldm.vae, self.ldm.text_encoder
+            if self.text_encoder is not None:
+                text_encoder = self.acc.unwrap_model(self.text_encoder)
             ldm = LDM(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=self.ldm.tokenizer,
                       scheduler=self.ldm.scheduler, prompts=self.table,
                       fel_bank=self.bank.bank.detach().cpu() if self.bank is not None else None,
@@ -536,7 +580,7 @@ class Trainer:
                           str(out / "fel_head.safetensors"))
         finally:
             if self.ema is not None:
-                self.ema.swap(unet)
+                self.ema.swap(target)
 
 
 def _trim_history(path: Path, step: int) -> None:

@@ -1,0 +1,138 @@
+"""Does a model trained by ``pathup train`` follow its class prompt? Class-consistency, measured.
+
+Prepares a shipped sample (Kather 2016 colorectal by default, or BreakHis) with a held-out split by
+slide / patient, trains the ``tiny`` model with ``pathup train``'s defaults (``--train-arg`` overrides
+one option, for experiments), generates overviews per class at several guidance scales, and reports:
+
+* class-consistency: a classifier trained on the real training tiles predicts the class of every
+  generated overview; accuracy overall and per class, beside the same classifier's accuracy on the
+  held-out real tiles (the ceiling) and chance;
+* per-class mean colour of generated vs real overviews (Pearson r over classes x RGB);
+* the targets of the class-learning issue: generated >= 80 % of the ceiling, >= 6 of 8 classes above
+  3x chance (Kather), colour r >= 0.8, guidance 3 above guidance 1.
+
+Usage (about 10-15 minutes on 2 CPU cores):
+    python benchmarks/bench_classes.py --out runs/bench_classes
+    python benchmarks/bench_classes.py --sample breakhis --out runs/bench_classes_breakhis
+    python benchmarks/bench_classes.py --out runs/x --train-arg lr=1e-3 --train-arg max_steps=1500
+    python benchmarks/bench_classes.py --model runs/bench_classes/run/model --out runs/again   # no training
+Writes OUT/classes.json and OUT/classes.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def parse_override(text: str, cfg) -> tuple[str, object]:
+    from pathup.config import _coerce  # the config layer's own type conversion
+
+    key, _, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    if key not in fields:
+        raise SystemExit(f"--train-arg {text}: unknown option {key!r}")
+    import yaml
+
+    return key, _coerce(key, fields[key].type if not isinstance(fields[key].type, str) else
+                        type(cfg).__annotations__[key], yaml.safe_load(value))
+
+
+def generate(model: Path, out: Path, guidance: float, per_class: int, steps: int, seed: int) -> Path:
+    """``per_class`` overviews of every class at one guidance scale, in OUT/<class>/ (PNG + sidecar)."""
+    from pathup.sample.pipeline import PathUpPipeline
+    from pathup.sample.writers import save_png
+
+    pipe = PathUpPipeline.from_pretrained(str(model), device="cpu", dtype="fp32", progress=False)
+    folder = out / f"g{guidance:g}"
+    for c in pipe.ldm.prompts.classes:
+        for i in range(per_class):
+            img = pipe.overview(c, seed=seed + i, steps=steps, guidance=guidance)
+            save_png(img, folder / c / f"{c}_s{seed + i}.png", {"class": c, "seed": seed + i, "guidance": guidance})
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_classes"))
+    ap.add_argument("--sample", default="kather", choices=["kather", "breakhis"])
+    ap.add_argument("--model", type=Path, default=None, help="a trained model folder (skips prepare + train "
+                                                             "unless --dataset is missing)")
+    ap.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one TrainConfig option (repeatable)")
+    ap.add_argument("--per-class", type=int, default=10, help="generated overviews per class and guidance")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.5])
+    ap.add_argument("--steps", type=int, default=20, help="sampling steps")
+    ap.add_argument("--features", default="color-stats", help="features of the class classifier")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from pathup.demo import prepare_sample
+    from pathup.metrics.consistency import measure
+    from pathup.train import TrainConfig, train
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = out / "dataset"
+    times = {}
+    t0 = time.perf_counter()
+    if not (dataset / "manifest.csv").is_file():
+        prepare_sample(args.sample, dataset, seed=args.seed, progress=False)
+    times["prepare_s"] = time.perf_counter() - t0
+    model = args.model
+    cfg = None
+    if model is None:
+        cfg = TrainConfig(dataset=dataset, out=out / "run", model="tiny", num_workers=0, seed=args.seed)
+        for text in args.train_arg:
+            k, v = parse_override(text, cfg)
+            cfg = dataclasses.replace(cfg, **{k: v})
+        t0 = time.perf_counter()
+        model = out / "run" / "model"
+        if not (model / "model_index.json").is_file():
+            cfg = dataclasses.replace(cfg, resume=(out / "run" / "checkpoints").is_dir())
+            train(cfg)
+        times["train_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    folders = [generate(model, out / "generated", g, args.per_class, args.steps, args.seed) for g in args.guidance]
+    times["generate_s"] = time.perf_counter() - t0
+    res = measure(dataset, folders, level="overview", features=args.features, seed=args.seed)
+    res["times"] = times
+    res["train_config"] = {k: str(v) for k, v in dataclasses.asdict(cfg.resolved()).items()} if cfg else None
+    res["model"] = str(model)
+    res["guidance"] = args.guidance
+
+    lines = [f"# Class-consistency: {args.sample} sample, model {model}", "",
+             f"features {args.features}; classifier trained on {res['real_tiles']['train']} real "
+             f"'{res['train_split']}' overview tiles, ceiling on {res['real_tiles']['heldout']} held-out "
+             f"'{res['heldout_split']}' tiles; {args.per_class} generated overviews per class, {args.steps} DDIM steps",
+             "", "| set | accuracy | ceiling | ratio | classes > 3x chance | colour r | "
+             + " | ".join(res["sets"][str(folders[0])]["classes"]) + " |",
+             "|---" * (6 + len(res["sets"][str(folders[0])]["classes"])) + "|"]
+    first = None
+    for g, f in zip(args.guidance, folders):
+        r = res["sets"][str(f)]
+        first = first or r
+        lines.append(f"| guidance {g:g} | {r['generated']['accuracy']:.3f} | {r['real_heldout']['accuracy']:.3f} | "
+                     f"{r['ratio']:.2f} | {len(r['above_3x_chance'])}/{len(r['classes'])} | {r['colour_r']:.3f} | "
+                     + " | ".join(f"{r['generated']['per_class'][c]:.2f}" for c in r["classes"]) + " |")
+    lines.append(f"| real held-out (ceiling) | {first['real_heldout']['accuracy']:.3f} | | | | | "
+                 + " | ".join(f"{first['real_heldout']['per_class'][c]:.2f}" for c in first["classes"]) + " |")
+    lines += ["", f"chance {first['chance']:.3f}; times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())]
+    text = "\n".join(lines) + "\n"
+    (out / "classes.md").write_text(text)
+    (out / "classes.json").write_text(json.dumps(res, indent=2, default=float))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

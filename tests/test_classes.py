@@ -1,0 +1,199 @@
+"""Class learning (issue 11): the prompt tokenizer, the trained text encoder, the diffusers round trip of a
+from-scratch model, and the class-consistency metric on real Kather tiles (near its ceiling for real images,
+near chance with shuffled labels), with colour statistics checked by hand."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pathup.errors import PathUpError
+from pathup.model.tokenizer import build_char_tokenizer, build_prompt_tokenizer, check_prompts
+
+from test_train import FAST, make_dataset
+
+
+# ------------------------------------------------------------------------------------------- tokenizer
+def test_prompt_tokenizer_round_trip_one_token_per_word():
+    prompts = ["ductal carcinoma in situ, overview", "01 TUMOR, patch", "腫瘍, patch", "a_b, patch"]
+    tok = build_prompt_tokenizer(prompts)
+    for p in prompts:
+        ids = tok(p).input_ids
+        assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == p.lower().replace(" ", "")
+    toks = tok.convert_ids_to_tokens(tok("ductal carcinoma in situ, overview").input_ids)
+    assert toks == ["<|startoftext|>", "ductal</w>", "carcinoma</w>", "in</w>", "situ</w>", ",</w>", "overview</w>",
+                    "<|endoftext|>"]
+    # unknown text still tokenizes (spelled out), and the character tokenizer is the no-prompt case
+    assert len(tok("unseen words, patch").input_ids) > 5
+    assert len(build_char_tokenizer()) == 514
+
+
+def test_long_descriptions_no_longer_collide():
+    # over 75 characters of shared text: the character-level tokenizer cut both at 75 tokens (same ids)
+    base = "a long free-text description of the tissue with many words that goes on and on and on and on and on "
+    prompts = [base + "alpha, patch", base + "beta, patch"]
+    char = build_char_tokenizer()
+    assert char(prompts[0], truncation=True).input_ids == char(prompts[1], truncation=True).input_ids
+    tok = build_prompt_tokenizer(prompts)
+    check_prompts(tok, prompts)  # fits whole: no error
+    assert tok(prompts[0]).input_ids != tok(prompts[1]).input_ids
+
+
+def test_collision_error_names_both_prompts():
+    with pytest.raises(PathUpError, match="'Tumor, patch' and 'tumor,  patch'.*case or spacing"):
+        check_prompts(build_prompt_tokenizer([]), ["Tumor, patch", "tumor,  patch"])
+    long = ["x " * 80 + "one", "x " * 80 + "two"]
+    with pytest.raises(PathUpError, match="differ only after the tokenizer's 75 tokens"):
+        check_prompts(build_prompt_tokenizer(long), long)
+
+
+def test_build_ldm_refuses_colliding_prompt_table():
+    from pathup.model import build_ldm
+    from pathup.prompts import PromptTable
+
+    table = PromptTable(["A", "a"], ["patch"])
+    with pytest.raises(PathUpError, match="map to the same tokens"):
+        build_ldm("micro", table)
+
+
+# ------------------------------------------------------------------------------------ training + diffusers
+@pytest.fixture(scope="module")
+def two_class(tmp_path_factory, sample_breakhis):
+    return make_dataset(tmp_path_factory.mktemp("cls") / "two", sample_breakhis,
+                        ["fibroadenoma", "ductal_carcinoma"])
+
+
+def _te_state(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "text_encoder" / "model.safetensors"))
+
+
+def test_text_encoder_trains_from_scratch_and_loads_in_diffusers(two_class, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from pathup.train import TrainConfig, train
+
+    out = train(TrainConfig(dataset=two_class, out=tmp_path / "run", max_steps=3, lr=1e-3, **FAST))
+    base, final = _te_state(tmp_path / "run" / "base"), _te_state(out)
+    changed = [k for k in base if not torch.equal(base[k], final[k])]
+    assert changed, "the text encoder did not train"
+    assert any("token_embedding" in k for k in changed)
+    cfg = json.loads((out / "unet" / "config.json").read_text())
+    assert cfg["sample_size"] == 8
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None)
+    assert pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer("fibroadenoma, overview").input_ids)[1] == \
+        "fibroadenoma</w>"
+    g = torch.Generator().manual_seed(0)
+    img = pipe("fibroadenoma, overview", num_inference_steps=2, height=64, width=64, generator=g,
+               output_type="np").images
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
+
+
+def test_text_encoder_frozen_when_fine_tuning(two_class, tmp_path):
+    from pathup.train import TrainConfig, train
+
+    src = train(TrainConfig(dataset=two_class, out=tmp_path / "src", max_steps=1, **FAST))
+    fast = {k: v for k, v in FAST.items() if k != "model"}
+    out = train(TrainConfig(dataset=two_class, out=tmp_path / "ft", model=str(src), max_steps=2, lr=1e-3, **fast))
+    a, b = _te_state(src), _te_state(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and it can be switched on explicitly
+    out2 = train(TrainConfig(dataset=two_class, out=tmp_path / "ft2", model=str(src), max_steps=2, lr=1e-3,
+                             train_text_encoder=True, **fast))
+    c = _te_state(out2)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+# -------------------------------------------------------------------------------- class-consistency
+@pytest.fixture(scope="module")
+def kather(tmp_path_factory):
+    from pathup.demo import prepare_sample
+
+    root = tmp_path_factory.mktemp("kather")
+    prepare_sample("kather", root / "ds", progress=False)
+    rows = [r for r in __import__("csv").DictReader(open(root / "ds" / "manifest.csv"))
+            if r["split"] == "test" and r["level"] == "overview"]
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation([r["class"] for r in rows])
+    for r, s in zip(rows, shuffled):
+        for name, cls in (("same", r["class"]), ("shuffled", s)):
+            dst = root / name / cls / Path(r["path"]).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "ds" / r["path"], dst)
+    return root
+
+
+def test_class_consistency_near_ceiling_and_near_chance(kather):
+    from sklearn.metrics import accuracy_score
+
+    from pathup.metrics import consistency as cc
+
+    res = cc.measure(kather / "ds", [kather / "same", kather / "shuffled"], features="color-stats", size=128)
+    assert res["heldout_split"] == "test" and res["real_tiles"] == {"train": 256, "heldout": 80}
+    same, shuf = res["sets"][str(kather / "same")], res["sets"][str(kather / "shuffled")]
+    chance = 1 / 8
+    ceiling = same["real_heldout"]["accuracy"]
+    assert ceiling > 3 * chance  # 8 visibly distinct classes, held-out slide
+    assert same["generated"]["accuracy"] == pytest.approx(ceiling)  # the held-out real images themselves
+    assert shuf["generated"]["accuracy"] < 2 * chance
+    assert same["colour_r"] > 0.9 and shuf["colour_r"] < 0.5
+
+    # the accuracy equals sklearn's on the same classifier's predictions
+    paths, classes, splits = cc.labelled_real(kather / "ds", "overview")
+    imgs = cc.load_rgb(paths, 128)
+    from pathup.metrics.features import make_extractor
+
+    f = cc.extract(imgs, make_extractor("color-stats"))
+    tr = [i for i, s in enumerate(splits) if s == "train"]
+    clf = cc.fit_classifier(f[tr], [classes[i] for i in tr])
+    fp, fc = cc.labelled_fake(kather / "shuffled")
+    pred = clf.predict(cc.extract(cc.load_rgb(fp, 128), make_extractor("color-stats")))
+    assert shuf["generated"]["accuracy"] == pytest.approx(accuracy_score(fc, pred))
+
+
+def test_evaluate_reports_class_consistency(kather, tmp_path):
+    from pathup.metrics.evaluate import EvaluateConfig, evaluate
+
+    res = evaluate(EvaluateConfig(real=str(kather / "ds"), fake=str(kather / "same"), out=str(tmp_path / "m.json"),
+                                  features="color-stats", repeats=1, overview_size=128, cache=False, progress=False))
+    cc = res["class_consistency"]
+    assert Path(cc["plot"]).is_file()
+    md = (tmp_path / "m.md").read_text()
+    assert "Class-consistency" in md and "real held-out" in md and "08_EMPTY (real)" in md
+    # off on request; an explicit request that cannot be met is a one-line error
+    res = evaluate(EvaluateConfig(real=str(kather / "ds"), fake=str(kather / "same"), out=str(tmp_path / "n.json"),
+                                  features="color-stats", repeats=1, overview_size=128, cache=False, progress=False,
+                                  class_consistency=False))
+    assert "class_consistency" not in res
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in list((kather / "same").rglob("*.png"))[:8]:
+        shutil.copy(p, flat / p.name)
+    with pytest.raises(PathUpError, match="no class"):
+        evaluate(EvaluateConfig(real=str(kather / "ds"), fake=str(flat), out=str(tmp_path / "o.json"),
+                                features="color-stats", repeats=1, overview_size=128, cache=False, progress=False,
+                                class_consistency=True))
+
+
+def test_colour_stats_by_hand():
+    from pathup.metrics.consistency import colour_correlation, colour_stats
+
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    s = colour_stats(red)
+    assert (s["R_mean"], s["G_mean"], s["B_mean"], s["R_std"]) == (255, 0, 0, 0)
+    assert s["H_mean"] == pytest.approx(0) and s["S_mean"] == 255 and s["V_mean"] == 255 and s["H_std"] < 1e-3
+    # hue is circular: half just below red (h = 0.99) and half just above (h = 0.01) average to red, not cyan
+    from matplotlib.colors import hsv_to_rgb
+
+    img = np.concatenate([hsv_to_rgb(np.full((2, 4, 3), [0.99, 1, 1])), hsv_to_rgb(np.full((2, 4, 3), [0.01, 1, 1]))])
+    s = colour_stats((img * 255).round().astype(np.uint8))
+    assert min(s["H_mean"], 255 - s["H_mean"]) < 1.0
+    real = {"a": {"R_mean": 10, "G_mean": 20, "B_mean": 30}, "b": {"R_mean": 200, "G_mean": 100, "B_mean": 50}}
+    fake = {k: {c: v * 0.5 + 3 for c, v in d.items()} for k, d in real.items()}
+    assert colour_correlation(real, fake) == pytest.approx(1.0)
