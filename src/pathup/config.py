@@ -86,6 +86,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise PathUpError(f"option '{name}' must be true or false, got {value!r}")
     if tp in (int, float, str):
+        if tp in (int, float) and isinstance(value, bool):  # YAML true/false is not a number
+            raise PathUpError(f"option '{name}' must be {tp.__name__}, got {value!r}")
         try:
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +17,34 @@ import numpy as np
 from pathup.errors import PathUpError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+# The largest image (width x height) that is decoded: 16384 x 16384 (about 0.8 GB as 8-bit RGB). The size
+# is read from the file's header before anything is decoded, so a tiny file claiming a huge size (a
+# decompression bomb) is refused at once. ``PATHUP_MAX_IMAGE_PIXELS`` raises it for every command;
+# ``pathup prepare --max-image-pixels`` for one run. Whole-slide files go through the slide reader instead.
+DEFAULT_MAX_IMAGE_PIXELS = 16384 * 16384
+MAX_PIXELS_ENV = "PATHUP_MAX_IMAGE_PIXELS"
+_PIL_LIMIT_LOCK = threading.RLock()
+
+
+def umask() -> int:
+    """The process' file mode creation mask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # no /proc: set and restore (not thread-safe, but only a fallback)
+    os.umask(old)
+    return old
+
+
+def _honour_umask(path: Path, base: int) -> None:
+    """mkstemp / mkdtemp create 0600 / 0700 whatever the umask; give ``path`` the mode a plain open or
+    mkdir would have given it (``base & ~umask``)."""
+    os.chmod(path, base & ~umask())
 
 
 @contextlib.contextmanager
@@ -30,6 +60,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            _honour_umask(tmp_path, 0o666)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -53,6 +85,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        _honour_umask(tmp, 0o777)
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -93,27 +126,115 @@ def to_rgb8(img: "Image.Image") -> "Image.Image":  # noqa: F821
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> "Image.Image":  # noqa: F821
-    """Open an image file fully as 8-bit RGB; a missing, corrupt or truncated file raises PathUpError."""
+def max_image_pixels(value: int | None = None) -> int:
+    """The pixel limit in force: ``value`` when given, else ``$PATHUP_MAX_IMAGE_PIXELS``, else the default."""
+    if value is not None:
+        if isinstance(value, bool) or int(value) < 1:
+            raise PathUpError(f"the image pixel limit must be a positive whole number, got {value!r}")
+        return int(value)
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        limit = int(raw.replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise PathUpError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {raw!r}")
+    return limit
+
+
+def check_pixels(path: str | Path, width: int, height: int, max_pixels: int | None = None,
+                 option: str | None = None) -> None:
+    """Raise a one-line PathUpError when a ``width x height`` image exceeds the pixel limit."""
+    limit = max_image_pixels(max_pixels)
+    if int(width) * int(height) > limit:
+        how = f"{option} N or " if option else ""
+        raise PathUpError(f"image {path} is {width}x{height} = {int(width) * int(height):,} pixels, over the limit "
+                          f"of {limit:,} (a decompression bomb?); if the file is genuine raise the limit with "
+                          f"{how}{MAX_PIXELS_ENV}=N")
+
+
+@contextlib.contextmanager
+def _pil_limit(limit: int) -> Iterator[None]:
+    """PIL's own decompression-bomb check stays on, at least as high as ``limit`` (its warning is silenced:
+    the size was checked before)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if Image.MAX_IMAGE_PIXELS is not None and limit <= Image.MAX_IMAGE_PIXELS:
+            yield
+            return
+        with _PIL_LIMIT_LOCK:  # raised for this call only, and never switched off
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = limit
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+
+
+def _bomb_error(path: Path, err: Exception, limit: int, option: str | None) -> PathUpError:
+    m = re.search(r"\((\d+) pixels\)", str(err))
+    size = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+    how = f"{option} N or " if option else ""
+    return PathUpError(f"image {path} has {size}, over the limit of {limit:,} (a decompression bomb?); if the file "
+                       f"is genuine raise the limit with {how}{MAX_PIXELS_ENV}=N")
+
+
+def _tiff_size(path: Path) -> tuple[int, int]:
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tif:
+        page = tif.pages[0]
+        shape, axes = page.shape, page.axes
+    return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
+
+
+def open_image(path: str | Path, max_pixels: int | None = None, *, option: str | None = None
+               ) -> "Image.Image":  # noqa: F821
+    """Open an image file from user input fully as 8-bit RGB, refusing decompression bombs.
+
+    The size is read from the header and checked against the pixel limit (``max_pixels``, else
+    ``$PATHUP_MAX_IMAGE_PIXELS``, else ``DEFAULT_MAX_IMAGE_PIXELS``) before any pixel is decoded; ``option``
+    names the command's option that raises the limit, for the message. A missing, corrupt, truncated
+    or too large file raises a one-line PathUpError naming it.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    limit = max_image_pixels(max_pixels)
     if not path.is_file():
         raise PathUpError(f"image not found: {path}")
     if path.suffix.lower() in (".tif", ".tiff"):
         try:
+            w, h = _tiff_size(path)
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
+            raise PathUpError(f"cannot read image {path}: {err}") from None
+        check_pixels(path, w, h, limit, option)
+        try:
             import tifffile
 
             arr = tifffile.imread(str(path))
-        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
+        except Exception as err:  # noqa: BLE001
             raise PathUpError(f"cannot read image {path}: {err}") from None
         return to_rgb8(_array_to_pil(arr, path))
     try:
-        with Image.open(path) as img:
+        with _pil_limit(limit), Image.open(path) as img:
+            check_pixels(path, *img.size, limit, option)  # from the header: nothing decoded yet
             img.load()
             return to_rgb8(img)
+    except Image.DecompressionBombError as err:
+        raise _bomb_error(path, err, limit, option) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise PathUpError(f"cannot read image {path}: {err}") from None
+
+
+def load_rgb(path: str | Path, max_pixels: int | None = None) -> "Image.Image":  # noqa: F821
+    """Open an image file fully as 8-bit RGB (``open_image``): a missing, corrupt, truncated or too large
+    file raises PathUpError."""
+    return open_image(path, max_pixels)
 
 
 def _array_to_pil(arr: np.ndarray, path: Path) -> "Image.Image":  # noqa: F821
@@ -155,18 +276,17 @@ def safe_name(name: str) -> str:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file without decoding it (TIFF through tifffile, level 0)."""
+    from PIL import Image
+
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(str(path)) as tif:
-                shape = tif.pages[0].shape
-                axes = tif.pages[0].axes
-            return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
-        from PIL import Image
-
-        with Image.open(path) as im:
+            return _tiff_size(path)
+        with _pil_limit(max_image_pixels()), Image.open(path) as im:
             return im.size
+    except Image.DecompressionBombError as err:
+        raise _bomb_error(path, err, max_image_pixels(), None) from None
+    except PathUpError:
+        raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
         raise PathUpError(f"cannot read image {path}: {err}") from None

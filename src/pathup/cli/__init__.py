@@ -53,14 +53,53 @@ def _quiet_library_progress_bars() -> None:
             pass
 
 
+def _os_error_line(err: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x'`` -> ``No space left on device: x`` (one line, naming the path)."""
+    what = err.strerror or str(err) or type(err).__name__
+    paths = [str(p) for p in (err.filename, getattr(err, "filename2", None)) if p]
+    return f"{what}: {' -> '.join(paths)}" if paths else what
+
+
+def _interrupted(command: str | None, exiting: bool) -> int:
+    import signal
+
+    if exiting:  # a second Ctrl+C while Python shuts down must not print a traceback either
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except (ValueError, OSError):  # pragma: no cover - not the main thread
+            pass
+    try:
+        print(f"pathup{' ' + command if command else ''}: interrupted", file=sys.stderr)
+    except (OSError, ValueError):  # pragma: no cover - stderr gone
+        pass
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one ``pathup`` command; returns the exit status (0, 2 for a user error, 130 for Ctrl+C).
+
+    Errors caused by input or environment (``PathUpError``, and any ``OSError`` such as an unwritable or
+    full output folder) are one line naming the file or option; ``-v`` shows the traceback instead.
+    Ctrl+C at any moment, start-up imports included, exits 130 without a traceback.
+    """
+    command = None
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        return _interrupted(command, exiting=argv is None)  # (argv given: called from Python, which goes on)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     if not args.verbose:  # libraries' progress chatter (checkpoint saving etc.) only with -v
         for name in ("accelerate", "diffusers", "transformers", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("tifffile", "tiffslide"):  # their warnings about a damaged file repeat our one-line error
+            logging.getLogger(name).setLevel(logging.ERROR)
         _quiet_library_progress_bars()
     if not getattr(args, "func", None):
         parser.print_help()
@@ -72,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pathup {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"pathup {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except OSError as err:  # unwritable or read-only output, disk full, a folder where a file should be...
+        if args.verbose:
+            raise
+        print(f"pathup {args.command}: error: {_os_error_line(err)} (-v shows where)", file=sys.stderr)
+        return 2
     return int(result or 0)

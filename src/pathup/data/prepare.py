@@ -43,7 +43,7 @@ from pathup.data.splits import assign_splits, stable_int
 from pathup.data.tiling import LevelSpec, region_to_tile, tile_grid
 from pathup.data.tissue import TissueMap, tissue_mask
 from pathup.errors import PathUpError
-from pathup.io import atomic_path, atomic_write_text, load_rgb
+from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, atomic_path, atomic_write_text, open_image
 from pathup.prompts import LEVELS, PromptTable, build_prompt
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ STATE_DIR = ".prepare"
 PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_HUFFMAN_ONLY}
 MASK_TILE_PIXELS = 32  # the tissue mask resolves the smallest tile into about 32 x 32 cells
 MAX_MASK_SIDE = 4096  # a slide's mask is at most this many pixels on its long side
+MIN_IMAGE_SIDE = 16  # a smaller image (or slide) cannot make a meaningful tile: skipped as a bad file
+MAX_TILE_SIZE = 4096  # --tile-size bound (a 4096 px RGB tile is 48 MB in memory)
+MAX_REGION_SIZE = 65536  # --patch-size / --overview-size bound, source pixels
 
 
 @dataclass
@@ -70,11 +73,14 @@ class PrepareConfig:
         "metavar": "CSV"})
     levels: list[Literal["patch", "overview"]] = field(default_factory=lambda: list(LEVELS), metadata={
         "help": "spatial levels to cut"})
-    patch_size: int = field(default=512, metadata={"help": "patch tile region, source pixels", "min": 1})
+    patch_size: int = field(default=512, metadata={"help": "patch tile region, source pixels (at most 65536)",
+                                                   "min": 1, "max": 65536})
     patch_overlap: int = field(default=64, metadata={"help": "overlap of neighbouring patch tiles, source pixels", "min": 0})
-    overview_size: int = field(default=2048, metadata={"help": "overview tile region, source pixels", "min": 1})
+    overview_size: int = field(default=2048, metadata={"help": "overview tile region, source pixels (at most 65536)",
+                                                       "min": 1, "max": 65536})
     overview_overlap: int = field(default=256, metadata={"help": "overlap of neighbouring overview tiles", "min": 0})
-    tile_size: int = field(default=512, metadata={"help": "size of the written tiles, both levels", "min": 1})
+    tile_size: int = field(default=512, metadata={"help": "size of the written tiles, both levels (8 to 4096 pixels)",
+                                                  "min": 8, "max": 4096})
     small_tile: Literal["resize", "pad"] = field(default="resize", metadata={
         "help": "an image smaller than a tile along an axis is used whole along it, then resized to a "
                 "square tile or padded with white"})
@@ -97,6 +103,9 @@ class PrepareConfig:
     workers: int = field(default=0, metadata={"help": "worker processes (0: one per available CPU)", "min": 0})
     overwrite: bool = field(default=False, metadata={
         "help": "replace a dataset prepared with other options or sources in --out"})
+    max_image_pixels: int = field(default=DEFAULT_MAX_IMAGE_PIXELS, metadata={
+        "help": "images (not whole-slide files) with more pixels (width x height) are skipped as bad files "
+                "before decoding (decompression bombs); raise it for genuinely large RoIs", "min": 1})
 
 
 @dataclass
@@ -152,23 +161,15 @@ class _Params:
     tissue_threshold: float
     min_tissue: float
     small_tile: str
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
-@contextlib.contextmanager
-def _no_pixel_limit() -> Iterator[None]:
-    """Large RoIs and slide levels exceed PIL's decompression-bomb limit; the user's own data is trusted."""
-    from PIL import Image
-
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
-
-
-def _open(item: SourceItem) -> Any:
-    return SlideReader(item.path) if item.kind == "slide" else load_rgb(item.path)
+def _open(item: SourceItem, params: _Params) -> Any:
+    """A slide reader for whole-slide files; other images are decoded whole, after their header's size
+    was checked against ``--max-image-pixels`` (PIL's own limit stays on)."""
+    if item.kind == "slide":
+        return SlideReader(item.path, params.max_pixels)
+    return open_image(item.path, params.max_pixels, option="--max-image-pixels")
 
 
 def _error_text(item: SourceItem, err: BaseException) -> str:
@@ -176,22 +177,32 @@ def _error_text(item: SourceItem, err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _check_side(item: SourceItem, width: int, height: int) -> None:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        what = "slide" if item.kind == "slide" else "image"
+        raise PathUpError(f"{what} {item.path} is {width}x{height} px: too small to cut a meaningful tile "
+                          f"(each side needs at least {MIN_IMAGE_SIDE} px)")
+
+
 def scan_source(item: SourceItem, params: _Params) -> dict[str, Any]:
     """Step 1 for one source: its size and, per level, the tissue tiles ``[x, y, w, h, fraction]`` and
     the number of background tiles dropped. Errors come back as ``{"error": ...}``."""
     min_size = min(s.size for s in params.levels)
     try:
-        with _no_pixel_limit():
-            src = _open(item)
-            if isinstance(src, SlideReader):
+        src = _open(item, params)
+        if isinstance(src, SlideReader):
+            try:
                 W, H = src.dimensions
+                _check_side(item, W, H)
                 d = max(1.0, min_size / MASK_TILE_PIXELS, max(W, H) / MAX_MASK_SIDE)
                 ov = src.overview(d)
+            finally:
                 src.close()
-                tmap = TissueMap(tissue_mask(np.asarray(ov), params.tissue_threshold), W / ov.size[0], H / ov.size[1])
-            else:
-                W, H = src.size
-                tmap = TissueMap.from_image(src, params.tissue_threshold, max(1, min_size // MASK_TILE_PIXELS))
+            tmap = TissueMap(tissue_mask(np.asarray(ov), params.tissue_threshold), W / ov.size[0], H / ov.size[1])
+        else:
+            W, H = src.size
+            _check_side(item, W, H)
+            tmap = TissueMap.from_image(src, params.tissue_threshold, max(1, min_size // MASK_TILE_PIXELS))
     except Exception as err:  # noqa: BLE001 - any decoder failure makes this one file bad
         return {"key": item.key, "error": _error_text(item, err)}
     levels = {}
@@ -222,8 +233,8 @@ def write_source(item: SourceItem, tiles: dict[str, list[list[float]]], split: s
     """Step 3 for one source: cut, resize and save its planned tiles; returns its manifest rows."""
     rows = []
     try:
-        with _no_pixel_limit():
-            src = _open(item)
+        src = _open(item, params)
+        try:
             for spec in params.levels:
                 for x, y, w, h, frac in tiles.get(spec.name, []):
                     x, y, w, h = int(x), int(y), int(w), int(h)
@@ -234,11 +245,17 @@ def write_source(item: SourceItem, tiles: dict[str, list[list[float]]], split: s
                         region = src.crop((x, y, x + w, y + h))
                     tile = region_to_tile(region, spec, params.small_tile, source_size=(w, h))  # type: ignore[arg-type]
                     rel = tile_file(item, spec.name, x, y)
-                    with atomic_path(Path(out) / rel) as tmp:
-                        tile.save(tmp, format="PNG", **PNG_OPTIONS)
+                    try:
+                        with atomic_path(Path(out) / rel) as tmp:
+                            tile.save(tmp, format="PNG", **PNG_OPTIONS)
+                    except OSError as err:  # the output's fault, not the source's: stop the run
+                        where = err.filename or Path(out) / rel
+                        return {"key": item.key, "fatal": f"cannot write tiles to {Path(out)}: "
+                                                          f"{err.strerror or err} ({where})"}
                     rows.append({"path": rel, "class": item.class_name, "level": spec.name,
                                  "source": str(item.path), "patient": item.patient, "slide": item.slide,
                                  "split": split, "x": x, "y": y, "width": w, "height": h, "tissue": frac})
+        finally:
             if isinstance(src, SlideReader):
                 src.close()
     except Exception as err:  # noqa: BLE001
@@ -246,8 +263,51 @@ def write_source(item: SourceItem, tiles: dict[str, list[list[float]]], split: s
     return {"key": item.key, "rows": rows}
 
 
+def _proc_start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux /proc), "" when there is no /proc, None when it is gone
+    or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        if not os.path.isdir("/proc/self"):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                pass
+            return ""
+        return None
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _watch_parent(pid: int, started: str | None, interval: float = 0.5) -> None:
+    while True:
+        time.sleep(interval)
+        if _proc_start_time(pid) != started:  # gone, a zombie, or its pid reused
+            os._exit(1)
+
+
+def _worker_init(parent_pid: int, parent_started: str | None) -> None:
+    """Runs in each worker: Ctrl+C is the parent's to handle (it stops the workers), and a worker exits by
+    itself when the parent dies, even by SIGKILL (a forkserver worker's own parent is the forkserver, which
+    lives as long as its workers, so the parent's pid is watched)."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent_pid, parent_started), daemon=True,
+                     name="pathup-parent-watch").start()
+
+
 def _run(fn: Callable[..., dict], jobs: list[tuple], workers: int, desc: str, progress: bool) -> Iterator[dict]:
-    """``fn(*job)`` for every job, in worker processes when ``workers > 1``; yields results as they finish."""
+    """``fn(*job)`` for every job, in worker processes when ``workers > 1``; yields results as they finish.
+
+    On any exception (Ctrl+C included) the workers are stopped at once; a worker whose parent died exits.
+    """
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc=desc, unit="src", disable=not progress or not jobs, dynamic_ncols=True)
@@ -262,7 +322,9 @@ def _run(fn: Callable[..., dict], jobs: list[tuple], workers: int, desc: str, pr
         from concurrent.futures.process import BrokenProcessPool
 
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        ex = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx)
+        me = os.getpid()
+        ex = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init,
+                                 initargs=(me, _proc_start_time(me)))
         try:
             futures = [ex.submit(fn, *job) for job in jobs]
             for fut in as_completed(futures):
@@ -273,10 +335,37 @@ def _run(fn: Callable[..., dict], jobs: list[tuple], workers: int, desc: str, pr
                                       f"rerun with --workers 1 to resume") from None
                 yield res
                 bar.update()
+        except BaseException:
+            _stop_workers(ex)
+            raise
         finally:
             ex.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
+
+
+def _stop_workers(ex: Any) -> None:
+    """Terminate the pool's worker processes now (they would finish their current source first)."""
+    for proc in list((getattr(ex, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    for proc in list((getattr(ex, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.join(5)
+
+
+def remove_stale_temp_files(out: Path) -> int:
+    """Remove temporary tiles (``.<name>.<random>.tmp.png``) left in ``out/tiles`` by an interrupted or killed
+    run; returns how many."""
+    n = 0
+    tiles = out / "tiles"
+    if tiles.is_dir():
+        for p in tiles.rglob(".*.tmp*"):
+            if p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
+    return n
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -307,6 +396,8 @@ class _State:
 def _fingerprint(cfg: PrepareConfig, items: list[SourceItem]) -> dict[str, Any]:
     opts = {k: v for k, v in to_dict(cfg).items()
             if k not in ("out", "sources", "descriptions", "strict", "workers", "overwrite")}
+    if opts.get("max_image_pixels") == DEFAULT_MAX_IMAGE_PIXELS:
+        del opts["max_image_pixels"]  # datasets prepared before the option existed still resume
     listing = hashlib.sha1(json.dumps([[it.key, it.class_name, it.kind, it.patient, it.slide, it.split]
                                        for it in items]).encode()).hexdigest()
     return {"options": opts, "sources": listing, "n_sources": len(items)}
@@ -438,9 +529,34 @@ def _check(cfg: PrepareConfig) -> None:
         raise PathUpError(f"--max-per-class must be >= 0 (0: no cap), got {cfg.max_per_class}")
     if cfg.workers < 0:
         raise PathUpError(f"--workers must be >= 0, got {cfg.workers}")
+    if not 8 <= cfg.tile_size <= MAX_TILE_SIZE:
+        raise PathUpError(f"--tile-size must be between 8 and {MAX_TILE_SIZE} pixels, got {cfg.tile_size}")
+    for name in ("patch_size", "overview_size"):
+        value = getattr(cfg, name)
+        if not 1 <= value <= MAX_REGION_SIZE:
+            raise PathUpError(f"--{name.replace('_', '-')} must be between 1 and {MAX_REGION_SIZE} source pixels, "
+                              f"got {value}")
+    if cfg.max_image_pixels < 1:
+        raise PathUpError(f"--max-image-pixels must be a positive number of pixels, got {cfg.max_image_pixels}")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise PathUpError(f"--out {out} exists and is not a folder")
+    check_writable_dir(out, "--out")
+
+
+def check_writable_dir(folder: Path, option: str) -> None:
+    """Create ``folder`` when needed and make sure a file can be written in it; else a one-line PathUpError."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PathUpError(f"{option} {folder}: cannot write there ({err.strerror or err}"
+                          f"{': ' + str(err.filename) if err.filename and str(err.filename) != str(folder) else ''})"
+                          ) from None
 
 
 def _available_cpus() -> int:
@@ -466,7 +582,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
     _check(cfg)
     specs = level_specs(cfg)
     levels = [s.name for s in specs]
-    params = _Params(tuple(specs), cfg.tissue_threshold, cfg.min_tissue, cfg.small_tile)
+    params = _Params(tuple(specs), cfg.tissue_threshold, cfg.min_tissue, cfg.small_tile, cfg.max_image_pixels)
     workers = cfg.workers or _available_cpus()
 
     with logging_redirect_tqdm():
@@ -480,6 +596,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
 
         out = Path(cfg.out)
         state = _open_state(out, _fingerprint(cfg, items), cfg.overwrite)
+        stale = remove_stale_temp_files(out)
+        if stale:
+            log.info("removed %d temporary file(s) left by an interrupted run in %s", stale, out / "tiles")
         by_key = {it.key: it for it in items}
 
         plan_file = state.dir / "plan.json"
@@ -491,13 +610,14 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
             scans = state.read_jsonl("scan.jsonl")
             scan_bad = []
             jobs = [(it, params) for it in items if it.key not in scans]
-            for res in _run(scan_source, jobs, workers, "scan", progress):
-                if "error" in res:
-                    _bad(bad, res["key"], res["error"], cfg.strict)
-                    scan_bad.append([res["key"], res["error"]])
-                else:
-                    state.append("scan.jsonl", res)
-                    scans[res["key"]] = res
+            with contextlib.closing(_run(scan_source, jobs, workers, "scan", progress)) as results:
+                for res in results:  # (closing: an error or Ctrl+C here stops the workers at once)
+                    if "error" in res:
+                        _bad(bad, res["key"], res["error"], cfg.strict)
+                        scan_bad.append([res["key"], res["error"]])
+                    else:
+                        state.append("scan.jsonl", res)
+                        scans[res["key"]] = res
             plan = _plan(items, splits, scans, cfg, levels)
             plan["bad"] = scan_bad
             atomic_write_text(plan_file, json.dumps(plan))
@@ -506,12 +626,19 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         n_resumed = sum(1 for k in plan["tiles"] if k in done)
         jobs = [(by_key[k], plan["tiles"][k], plan["splits"][k], params, str(out))
                 for k in plan["tiles"] if k not in done]
-        for res in _run(write_source, jobs, workers, "tiles", progress):
-            if "error" in res:
-                _bad(bad, res["key"], res["error"], cfg.strict)
-            else:
-                state.append("done.jsonl", res)
-                done[res["key"]] = res
+        try:
+            with contextlib.closing(_run(write_source, jobs, workers, "tiles", progress)) as results:
+                for res in results:
+                    if "fatal" in res:
+                        raise PathUpError(res["fatal"])
+                    if "error" in res:
+                        _bad(bad, res["key"], res["error"], cfg.strict)
+                    else:
+                        state.append("done.jsonl", res)
+                        done[res["key"]] = res
+        except BaseException:  # Ctrl+C, a fatal error: the workers are stopped; no temporary tile stays
+            remove_stale_temp_files(out)
+            raise
 
         rows = []
         for it in items:  # listing order, whatever order the workers finished in
@@ -526,7 +653,13 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
         tiles = Counter((r["class"], r["level"], r["split"]) for r in rows)
         empty = [c for c in classes if not any(tiles.get((c, lv, s)) for lv in levels for s in SPLITS)]
         if empty:
-            log.warning("class(es) %s have no tiles (all background or bad files)", ", ".join(empty))
+            log.warning("class(es) %s have no tiles (all background or bad files; --min-tissue %s): a model "
+                        "trained on this dataset cannot learn them, and 'pathup train' refuses them",
+                        ", ".join(repr(c) for c in empty), cfg.min_tissue)
+        no_train = [c for c in classes if c not in empty and not any(tiles.get((c, lv, "train")) for lv in levels)]
+        if no_train:
+            log.warning("class(es) %s have no tiles in the train split (all went to val/test); "
+                        "'pathup train' refuses them", ", ".join(repr(c) for c in no_train))
         write_manifest(out, rows, extra_columns=("tissue",))
         table = PromptTable(classes=classes, levels=levels, descriptions=descriptions)
         info = {"classes": classes, "levels": levels, "descriptions": descriptions, "tile_size": cfg.tile_size,

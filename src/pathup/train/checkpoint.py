@@ -10,6 +10,7 @@ carries a checkpoint name. Leftover temporary folders of a killed run are remove
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -65,27 +66,50 @@ def save_checkpoint(accelerator, run: str | Path, step: int, state: dict[str, An
     """Write checkpoint ``step`` atomically on every process' behalf; prune to the last ``keep``.
 
     Every process must call this (each saves its RNG state); the main process renames and prunes.
+    On any failure the temporary folder is removed; a full disk or another write error becomes a
+    one-line PathUpError naming the folder (the previous checkpoints are untouched).
     """
     root = checkpoint_dir(run)
     final = root / f"checkpoint-{step:08d}"
     tmp = root / f".tmp-checkpoint-{step:08d}"
+    try:
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            if final.exists():  # the same step saved again (e.g. the end of a resumed run)
+                trash = root / f".trash-{final.name}"
+                os.replace(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(tmp, final)
+    except BaseException as err:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise _write_error(err, final, root) from None
+        raise
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        if final.exists():  # the same step saved again (e.g. the end of a resumed run)
-            trash = root / f".trash-{final.name}"
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, final)
         for _, old in list_checkpoints(run)[:-max(1, keep)]:
             trash = root / f".trash-{old.name}"
             os.replace(old, trash)
             shutil.rmtree(trash, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_error(err: OSError, final: Path, root: Path) -> PathUpError:
+    if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", -1):
+        free = ""
+        try:
+            free = f"; {shutil.disk_usage(root).free / 2**20:.0f} MiB free"
+        except OSError:
+            pass
+        return PathUpError(f"disk full while writing checkpoint {final} ({err.strerror}{free}); free space or "
+                           f"lower --keep-checkpoints, then resume with --resume (earlier checkpoints are intact)")
+    where = err.filename or root
+    return PathUpError(f"cannot write checkpoint {final}: {err.strerror or err} ({where})")

@@ -29,9 +29,13 @@ class TrainTiles(torch.utils.data.Dataset):
         levels: levels to keep (empty: all levels of the dataset).
         patho_align: prompts with the level (True) or class-only prompts (False).
         resolution: tile size fed to the model (tiles are resized when they differ).
+        allow_empty_classes: accept classes of ``dataset.json`` that have no tile in ``split`` (at the kept
+            levels). By default they are refused: the model would advertise (and be prompted with) a class
+            it never saw.
     """
 
-    def __init__(self, root: str | Path, split: str, levels: list[str], patho_align: bool, resolution: int) -> None:
+    def __init__(self, root: str | Path, split: str, levels: list[str], patho_align: bool, resolution: int,
+                 *, allow_empty_classes: bool = False) -> None:
         root = Path(root)
         if not root.is_dir():
             raise PathUpError(f"dataset folder not found: {root}")
@@ -53,6 +57,15 @@ class TrainTiles(torch.utils.data.Dataset):
         bad = sorted({r["level"] for r in self.tiles.rows} - set(ds_levels))
         if bad:
             raise PathUpError(f"{root / 'manifest.csv'}: level(s) {bad} not in dataset.json levels {ds_levels}")
+        present = {r["class"] for r in self.tiles.rows}
+        empty = [c for c in self.tiles.classes if c not in present]
+        if empty and not allow_empty_classes:
+            at = f" at level(s) {', '.join(levels)}" if levels else ""
+            raise PathUpError(f"{root / 'dataset.json'}: class(es) {', '.join(repr(c) for c in empty)} have no {split} "
+                              f"tiles{at} (all background or bad files at prepare?); the model would offer a class "
+                              f"it never saw: prepare again (e.g. a lower --min-tissue), or allow empty classes "
+                              f"(--allow-empty-classes)")
+        self.empty_classes = empty
         self.tiles.check_files()
         self.table = PromptTable(list(self.tiles.classes), ds_levels if patho_align else [],
                                  dict(self.tiles.descriptions))
