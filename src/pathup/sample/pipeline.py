@@ -148,7 +148,7 @@ class PathUpPipeline:
                 scheduler: str | None = "ddim", strength: float = 0.8, patch_size: int = 64,
                 overlap: int = 32, weight_map: str = "pyramid", patch_batch: int | str = "auto",
                 step_mode: str = "per-patch", vae_tile: int = 0, vae_overlap: int = 0,
-                negative_prompt: str = "", output_type: str = "pil") -> Any:
+                negative_prompt: str = "", output_type: str = "pil", denoiser: Any = None) -> Any:
         """Steps 1-6 of SPEC.md section 5: resize, encode, noise, track patches, decode.
 
         Args:
@@ -163,6 +163,8 @@ class PathUpPipeline:
             vae_tile, vae_overlap: autoencoder tiling in latent positions (0: automatic).
             negative_prompt: unconditional prompt.
             output_type: ``pil``, ``np`` (uint8 (H, W, 3)) or ``latent`` ((1, C, h, w)).
+            denoiser: a ready ``RegionDenoiser`` (``pathup compose``: several prompts blended by masks)
+                instead of the prompt's guided one; None for plain generation.
         """
         from PIL import Image
 
@@ -183,14 +185,15 @@ class PathUpPipeline:
         x0 = encode_tiled(ldm.encode_images, pixels, tile=tile, overlap=tile_overlap, factor=f,
                           latent_channels=int(ldm.vae.config.latent_channels), device=device,
                           progress=self.progress)  # (1, C, h, w) float32
-        cond, uncond = text_embeddings(ldm, text, negative_prompt)
-        denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance)
+        if denoiser is None:
+            cond, uncond = text_embeddings(ldm, text, negative_prompt)
+            denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance)
         pb = parse_patch_batch(patch_batch)
         if pb == "auto":
             n = len(patch_grid(x0.shape[2], x0.shape[3], patch_size, overlap))
             ph, pw = min(patch_size, x0.shape[2]), min(patch_size, x0.shape[3])
             pb = auto_patch_batch(ldm.unet, n, (ph, pw), guidance=guidance > 1.0,
-                                  cross_dim=tuple(cond.shape[1:]))
+                                  cross_dim=denoiser.cross_dim)
         # 2-5. Noise to the start timestep and run patch-wise timestep tracking.
         z = tracked_img2img(denoiser, x0, self.scheduler(scheduler), steps=steps, strength=strength,
                             generator=torch.Generator().manual_seed(int(seed)), patch=patch_size,
@@ -261,3 +264,27 @@ class PathUpPipeline:
             out.settings.append(self.settings(class_name, cfg, seed=seed, prompts=prompts,
                                               source="generated" if image is None else "given"))
         return out
+
+    def compose(self, layout: Any = None, *, legend: Any = None, num_images: int = 1, output_type: str = "pil",
+                **options: Any) -> Any:
+        """Mixed-tissue images from a class map, with label masks (``pathup compose``; issue 14).
+
+        Regional conditioning in the overview and in patch-wise timestep tracking (MultiDiffusion's
+        region rule, Bar-Tal et al. 2023, inside PathUp Algorithm 1): see ``pathup.sample.compose``.
+
+        Args:
+            layout: a label image or JSON of regions (path), a ``pathup.sample.layout.Layout``, or None
+                with ``random_layout=K``.
+            legend: the label image's legend (file or dict ``class: colour`` / ``class: id``).
+            num_images: images with seeds ``seed`` .. ``seed + num_images - 1``.
+            output_type: ``pil``, ``np`` or ``latent``.
+            **options: any ``ComposeConfig`` field (the generation options plus random_layout,
+                layout_shape, region_size, feather).
+
+        Returns:
+            ``ComposeOutput``: images, masks (class ids at full resolution), overviews, layouts, UNet
+            evaluation counts and settings per image.
+        """
+        from pathup.sample.compose import compose
+
+        return compose(self, layout, legend=legend, num_images=num_images, output_type=output_type, **options)
