@@ -350,3 +350,113 @@ def test_evaluate_counts_only_the_generated_images_of_the_level(tmp_path, gen_la
     assert res["fake"]["n_images"] == 6
     # A plain folder of images is read as before.
     assert evaluate(_eval_cfg(tmp_path, real, real, level="patch"))["fake"]["n_images"] == 6
+
+
+# ----------------------------------------------------------------------------------------- item 16
+@pytest.fixture(scope="module")
+def tissue(sample_breakhis):
+    from pathup.io import list_images, load_rgb
+
+    return [np.asarray(load_rgb(p)) for p in list_images(sample_breakhis)[::6]]  # 4 images, 460 x 700
+
+
+def test_seam_score_of_a_flat_image_is_nan_with_a_warning():
+    from pathup.metrics.seam import seam_score
+
+    with pytest.warns(UserWarning, match="flat"):
+        assert math.isnan(seam_score(np.full((256, 256, 3), 128, np.uint8), 64, 64))
+
+
+def test_seam_score_of_an_invisible_step_on_a_near_flat_image_is_small():
+    from pathup.metrics.seam import seam_score
+
+    rng = np.random.default_rng(0)
+    img = np.full((256, 256, 3), 200.0) + (rng.random((256, 256, 1)) < 0.01)  # sparse +1 grey-level specks
+    img[:, 64:] += 1  # a +1 grey-level step on the grid lines x = 64 and y = 64
+    img[64:, :] += 1
+    score = seam_score(img.astype(np.uint8), 64, 64)
+    assert 0.8 < score < 1.3, score
+
+
+def test_seam_score_is_local_glass_columns_do_not_move_it(tissue):
+    from pathup.metrics.seam import seam_score
+
+    rng = np.random.default_rng(1)
+
+    def glass(img):  # white glass in bands of columns around some grid lines (their borders off the grid)
+        img = img.copy()
+        for c in (100, 300, 500):
+            img[:, c - 40:c + 40] = 250
+        return img
+
+    for img in tissue:
+        seamless = seam_score(glass(img), 100, 100)
+        assert abs(seamless - 1.0) < 0.1, seamless  # the global background gave 0.82-0.87 here
+        pasted = seam_score(glass(_pasted(img, 100, rng)), 100, 100)
+        assert pasted > 1.4 and pasted > seamless + 0.4, pasted
+
+
+def _pasted(img, tile, rng):
+    h, w = img.shape[:2]
+    out = np.empty_like(img)
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            th, tw = min(tile, h - y), min(tile, w - x)
+            sy, sx = rng.integers(0, h - th + 1), rng.integers(0, w - tw + 1)
+            out[y:y + th, x:x + tw] = img[sy:sy + th, sx:sx + tw]
+    return out
+
+
+def test_seam_score_is_bounded_where_only_part_of_a_line_is_textured(tissue):
+    """A line through glass and tissue: the glass half neither divides by ~0 nor drowns the tissue half."""
+    from pathup.metrics.seam import seam_score
+
+    for tile in tissue:
+        img = tile[:400, :400].copy()
+        img[:150] = 250  # the top is glass (its border off the grid)
+        score = seam_score(img, 100, 100)
+        assert abs(score - 1.0) < 0.15, score
+
+
+def test_evaluate_with_seam_survives_a_flat_image_and_writes_the_metrics(tmp_path, tissue, caplog):
+    from PIL import Image
+
+    from pathup.metrics.evaluate import evaluate
+
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    real.mkdir()
+    fake.mkdir()
+    for i, img in enumerate(tissue):
+        Image.fromarray(img[:256, :256]).save(real / f"r{i}.png")
+        Image.fromarray(img[:256, 256:512]).save(fake / f"f{i}.png")
+    Image.fromarray(np.full((256, 256, 3), 240, np.uint8)).save(fake / "flat.png")
+    Image.fromarray(tissue[0][200:456, 300:556]).save(real / "r9.png")
+    cfg = _eval_cfg(tmp_path, real, fake, seam=True, seam_patch=64, seam_stride=64)
+    with pytest.warns(UserWarning, match="flat"):
+        res = evaluate(cfg)
+    assert res["seam"]["fake"]["n"] == 4 and abs(res["seam"]["fake"]["mean"] - 1.0) < 0.2
+    on_disk = json.loads((tmp_path / "m" / "metrics.json").read_text())  # valid JSON: no bare NaN
+    assert on_disk["seam"]["per_image"][str(fake / "flat.png")] is None
+    assert "fid" in on_disk["runs"][0]
+
+
+def test_evaluate_writes_the_computed_metrics_when_the_seam_step_fails(tmp_path, gen_layout, monkeypatch):
+    import pathup.metrics.seam as seam
+    from pathup.metrics.evaluate import evaluate
+
+    fake, real = gen_layout
+
+    def boom(*args, **kwargs):
+        raise PathUpError("seam step failed")
+
+    monkeypatch.setattr(seam, "seam_score", boom)
+    with pytest.raises(PathUpError, match="seam step failed.*other metrics were written to"):
+        evaluate(_eval_cfg(tmp_path, real, fake, level="patch", seam=True))
+    on_disk = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert on_disk["runs"][0]["fid"] >= 0 and "seam" not in on_disk
+    # A missing sidecar (no patch grid) is found before any feature is computed.
+    next(fake.glob("*/*.json")).unlink()
+    (tmp_path / "m" / "metrics.json").unlink()
+    with pytest.raises(PathUpError, match="no sidecar"):
+        evaluate(_eval_cfg(tmp_path, real, fake, level="patch", seam=True))
+    assert not (tmp_path / "m" / "metrics.json").exists()

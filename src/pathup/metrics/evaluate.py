@@ -290,18 +290,15 @@ def compute_metrics(real: np.ndarray, fake: np.ndarray, *, k: int = 3, kid_subse
             "n_real": int(real.shape[0]), "n_fake": int(fake.shape[0])}
 
 
-def seam_scores(paths: Sequence[Path], patch: int | None, stride: int | None, band: int = 1,
-                progress: bool = True) -> list[float]:
-    """Seam score of each image; the grid comes from ``patch``/``stride`` or from ``<image>.json``."""
-    from tqdm.auto import tqdm
-
-    from pathup.io import load_rgb
-    from pathup.metrics.seam import grid_from_sidecar, seam_score
+def seam_grids(paths: Sequence[Path], patch: int | None, stride: int | None) -> list[tuple[int, int, int]]:
+    """``(patch_px, stride_px, factor)`` of each image, from ``patch``/``stride`` or from ``<image>.json``
+    (read before any work, so that a missing or bad sidecar stops ``evaluate`` at once)."""
+    from pathup.metrics.seam import grid_from_sidecar, grid_lines
 
     if (patch is None) != (stride is None):
         raise PathUpError("give both --seam-patch and --seam-stride, or neither (then the sidecar .json is read)")
-    scores = []
-    for p in tqdm(paths, desc="seam", unit="img", disable=not progress):
+    grids = []
+    for p in paths:
         if patch is None:
             meta_file = p.with_suffix(".json")
             if not meta_file.is_file():
@@ -311,11 +308,45 @@ def seam_scores(paths: Sequence[Path], patch: int | None, stride: int | None, ba
                 meta = json.loads(meta_file.read_text())
             except json.JSONDecodeError as err:
                 raise PathUpError(f"{meta_file}: not valid JSON ({err})") from None
-            pp, ss, fac = grid_from_sidecar(meta)
+            if not isinstance(meta, dict):
+                raise PathUpError(f"{meta_file}: expected a JSON object with the patch grid")
+            grid = grid_from_sidecar(meta)
         else:
-            pp, ss, fac = patch, stride, 1
-        scores.append(seam_score(np.asarray(load_rgb(p)), pp, ss, band=band, factor=fac))
+            grid = (patch, stride, 1)
+        grid_lines(grid[0], grid[0], grid[1], 0, grid[2])  # checks the units of the grid (PathUpError)
+        grids.append(grid)
+    return grids
+
+
+def seam_scores(paths: Sequence[Path], patch: int | None, stride: int | None, band: int = 1,
+                progress: bool = True, grids: Sequence[tuple[int, int, int]] | None = None) -> list[float]:
+    """Seam score of each image; the grid comes from ``patch``/``stride`` or from ``<image>.json``
+    (or ``grids`` from ``seam_grids``). An undefined score (flat image) is NaN, with a warning."""
+    import math
+
+    from tqdm.auto import tqdm
+
+    from pathup.io import load_rgb
+    from pathup.metrics.seam import seam_score
+
+    grids = seam_grids(paths, patch, stride) if grids is None else grids
+    scores = []
+    for p, (pp, ss, fac) in tqdm(list(zip(paths, grids)), desc="seam", unit="img", disable=not progress):
+        score = seam_score(np.asarray(load_rgb(p)), pp, ss, band=band, factor=fac)
+        if math.isnan(score):
+            log.warning("%s: no seam score (flat image or no interior grid line); left out of the mean", p)
+        scores.append(score)
     return scores
+
+
+def _write_result(cfg: EvaluateConfig, out: Path, result: dict[str, Any]) -> None:
+    """``OUT`` (JSON), the Markdown table beside it and the resolved config."""
+    from pathup.config import save_config
+    from pathup.io import atomic_write_text
+
+    atomic_write_text(out, json.dumps(result, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(out.with_suffix(".md"), metrics_markdown(result))
+    save_config(cfg, out.with_suffix(".config.yaml"))
 
 
 def resolve_device(device: str) -> str:
@@ -349,6 +380,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         if len(s.paths) <= cfg.k and not (cfg.level == "patch" and cfg.crops_per_image * len(s.paths) > cfg.k):
             raise PathUpError(f"--{role} {s.source}: {len(s.paths)} image(s); precision/recall with k = {cfg.k} "
                               f"needs at least {cfg.k + 1} samples per set")
+    grids = seam_grids(fake_set.paths, cfg.seam_patch, cfg.seam_stride) if cfg.seam else None
 
     device = resolve_device(cfg.device)
     extractor = make_extractor(cfg.features, cfg.features_weights, cfg.features_size, device)
@@ -390,8 +422,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "config": to_dict(cfg),
     }
     if cfg.seam:
-        scores = seam_scores(fake_set.paths, cfg.seam_patch, cfg.seam_stride, cfg.seam_band, cfg.progress)
-        result["seam"] = {"fake": mean_std(scores), "per_image": {str(p): s for p, s in zip(fake_set.paths, scores)}}
+        try:
+            scores = seam_scores(fake_set.paths, cfg.seam_patch, cfg.seam_stride, cfg.seam_band, cfg.progress,
+                                 grids=grids)
+        except PathUpError as err:  # keep the metrics computed so far
+            _write_result(cfg, out, result)
+            raise PathUpError(f"{err} (the other metrics were written to {out})") from None
+        result["seam"] = {"fake": mean_std(scores),  # NaN (undefined) -> null: the JSON stays valid
+                          "per_image": {str(p): None if s != s else s for p, s in zip(fake_set.paths, scores)}}
     atomic_write_text(out, json.dumps(result, indent=2, allow_nan=True) + "\n")
     atomic_write_text(out.with_suffix(".md"), metrics_markdown(result))
     save_config(cfg, out.with_suffix(".config.yaml"))

@@ -5,25 +5,36 @@ measures them. Patch-wise timestep tracking (SPEC.md section 5, Algorithm 1) spl
 p x p patches with stride p - o, the last row and column aligned to the border; in pixels the patch
 borders are at ``vae_factor`` times those latent positions. A seam is a discontinuity across those
 borders, so it raises the mean absolute difference between neighbouring pixel columns (rows) exactly
-there. The score is
+there. The score compares each grid line with its own neighbourhood:
 
-    seam = mean over grid lines of E(line) / E(background)
+    seam = mean over grid lines x and windows t along them of  max(E_line(x, t), F) / max(E_near(x, t), F)
 
-where E(x) is the mean absolute difference between pixel columns x - 1 and x (over rows and RGB channels),
-averaged over a band of ``2 * band + 1`` columns around x, and E(background) is the mean of the same
-difference over all columns farther than ``band + 2`` px from any grid line (the "other offsets"); rows
-are treated alike for the horizontal lines, and the two axes are combined weighted by their line counts.
+where E(x', t) is the mean absolute difference between pixel columns x' - 1 and x' (over RGB channels)
+in a window t of ``window`` rows (default: the stride) along the line, E_line averages it over the band
+of ``2 * band + 1`` columns around x, E_near over as many columns on each side at offsets
+``band + 2 .. 3 * band + 2`` (those inside another line's band are left out), and F = ``FLOOR`` (one grey
+level) bounds both, so flat or near-flat stretches (glass, background) give 1 instead of dividing by ~0.
+Rows are treated alike for the horizontal lines; all (line, window) ratios are averaged. Being local, the
+score does not move when part of the image is glass, and an invisible +1 grey-level step scores about 1.
+A flat image (no gradient anywhere) has no score: NaN with a ``SeamWarning``.
 1.0 means no seam; a visible seam gives clearly more. JPEG files carry their own 8 x 8 block edges: on
 JPEGs, prefer grid strides that are not multiples of 8 or compare against a seamless reference.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from pathup.errors import PathUpError
+
+FLOOR = 1.0  # grey levels (0-255): energies below this count as this much (no division by ~0)
+
+
+class SeamWarning(UserWarning):
+    """The seam score of an image is undefined (flat image, or no grid line to compare)."""
 
 
 def patch_starts(length: int, patch: int, stride: int) -> list[int]:
@@ -81,51 +92,84 @@ def grid_from_sidecar(meta: Mapping[str, Any]) -> tuple[int, int, int]:
     return p * f, (p - o) * f, f
 
 
-def _axis_ratios(diff: np.ndarray, lines: Sequence[int], band: int) -> np.ndarray:
-    """Per-line E(line) / E(background) along one axis; ``diff[x]`` is the energy between x - 1 and x."""
-    n = diff.shape[0]  # positions 1..n-1 are valid (diff[0] unused)
+def _energies(arr: np.ndarray, axis: int) -> np.ndarray:
+    """``E[x, t]``: mean absolute difference (over channels) between positions x - 1 and x along ``axis``
+    (1: columns, 0: rows), at position t along the line; ``E[0]`` is 0 (no difference there)."""
+    d = np.abs(np.diff(arr, axis=axis)).mean(axis=2)  # (H, W-1) for columns, (H-1, W) for rows
+    d = d.T if axis == 1 else d  # (positions - 1, along-line)
+    return np.concatenate([np.zeros((1, d.shape[1])), d], axis=0)
+
+
+def _axis_ratios(energy: np.ndarray, lines: Sequence[int], band: int, window: int) -> np.ndarray:
+    """One ratio per (grid line, window along it): the line's energy over its neighbours' (module docstring).
+
+    ``energy[x, t]`` is the energy between positions x - 1 and x at t along the line.
+    """
+    n, length = energy.shape
     if not lines:
         return np.empty(0)
-    valid = np.zeros(n, dtype=bool)
-    valid[1:] = True
-    near = np.zeros(n, dtype=bool)
+    near = np.zeros(n, dtype=bool)  # positions in the band of any grid line (or next to it): no neighbour
+    near[0] = True
     for x in lines:
-        near[max(0, x - band - 2): x + band + 3] = True
-    bg_mask = valid & ~near
-    if bg_mask.sum() < 4:
-        raise PathUpError("seam score: too few columns/rows away from the grid lines to compare with "
-                          f"(image size {n} px, {len(lines)} lines); use a larger image or stride")
-    background = float(diff[bg_mask].mean())
-    if background <= 0:
-        raise PathUpError("seam score: the image is flat (no gradient anywhere)")
-    vals = [float(diff[max(1, x - band): min(n, x + band + 1)].mean()) for x in lines]
-    return np.asarray(vals) / background
+        near[max(0, x - band - 1): x + band + 2] = True
+    width = 2 * band + 1  # neighbours on each side: as many positions as the line's band
+    edges = list(range(0, length, window))
+    if len(edges) > 1 and length - edges[-1] < window // 2:
+        edges.pop()  # a short last window joins the previous one
+    sizes = np.diff(edges + [length])
+    ratios = []
+    for x in lines:
+        on = np.arange(max(1, x - band), min(n, x + band + 1))
+        off = np.array([x + s * d for d in range(band + 2, band + 2 + width) for s in (-1, 1)])
+        off = off[(off > 0) & (off < n)]
+        off = off[~near[off]]
+        if on.size == 0 or off.size == 0:
+            continue
+        e_on = np.add.reduceat(energy[on].mean(axis=0), edges) / sizes  # (windows,)
+        e_off = np.add.reduceat(energy[off].mean(axis=0), edges) / sizes
+        ratios.append(np.maximum(e_on, FLOOR) / np.maximum(e_off, FLOOR))
+    return np.concatenate(ratios) if ratios else np.empty(0)
 
 
 def seam_score(image: "np.ndarray | Any", patch: int, stride: int, offset: tuple[int, int] = (0, 0),
-               band: int = 1, factor: int = 1) -> float:
+               band: int = 1, factor: int = 1, window: int | None = None) -> float:
     """Seam score of one image for a patch grid (1.0 = no seam; see the module docstring).
 
     Args:
-        image: (H, W, 3) or (H, W) array, or a PIL image.
+        image: (H, W, 3) or (H, W) array (0-255; a float image in [0, 1] is scaled), or a PIL image.
         patch: patch size in pixels. stride: patch stride in pixels.
         offset: ``(x, y)`` pixel position of the grid origin.
         band: half-width in pixels of the band around each line (the decoder spreads a latent seam).
         factor: grid unit in pixels (the VAE factor; see ``grid_lines``).
+        window: length in pixels of the stretches of a line compared on their own (default: the stride,
+            at least 16 px).
 
     Returns:
-        The score; NaN if the grid has no interior line (image no larger than one patch).
+        The score; NaN for a grid without an interior line (image no larger than one patch), and NaN with
+        a ``SeamWarning`` for a flat image (no gradient anywhere) or lines too dense to have neighbours.
     """
     arr = np.asarray(image, dtype=np.float64)
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3:
         raise PathUpError(f"seam score: expected an (H, W, C) image, got shape {arr.shape}")
+    if band < 0:
+        raise PathUpError(f"seam score: band must be >= 0, got {band}")
+    if np.asarray(image).dtype.kind == "f" and arr.size and arr.max() <= 1.0:
+        arr = arr * 255.0
     h, w = arr.shape[:2]
-    col = np.zeros(w)
-    col[1:] = np.abs(np.diff(arr, axis=1)).mean(axis=(0, 2))  # (W,) energy between columns x-1 and x
-    row = np.zeros(h)
-    row[1:] = np.abs(np.diff(arr, axis=0)).mean(axis=(1, 2))  # (H,) energy between rows y-1 and y
-    ratios = np.concatenate([_axis_ratios(col, grid_lines(w, patch, stride, offset[0], factor), band),
-                             _axis_ratios(row, grid_lines(h, patch, stride, offset[1], factor), band)])
-    return float(ratios.mean()) if ratios.size else float("nan")
+    if h < 2 or w < 2 or np.ptp(arr.reshape(-1, arr.shape[2]), axis=0).max() == 0:
+        warnings.warn(f"seam score: the image ({w}x{h}) is flat (no gradient anywhere); score undefined (NaN)",
+                      SeamWarning, stacklevel=2)
+        return float("nan")
+    win = max(16, int(window or stride))
+    lines_x = grid_lines(w, patch, stride, offset[0], factor)
+    lines_y = grid_lines(h, patch, stride, offset[1], factor)
+    ratios = np.concatenate([_axis_ratios(_energies(arr, 1), lines_x, band, win),
+                             _axis_ratios(_energies(arr, 0), lines_y, band, win)])
+    if not ratios.size:
+        if lines_x or lines_y:
+            warnings.warn(f"seam score: no grid line of patch {patch} / stride {stride} px has neighbours to "
+                          f"compare with in a {w}x{h} image; score undefined (NaN)", SeamWarning, stacklevel=2)
+        return float("nan")
+    return float(ratios.mean())
