@@ -460,3 +460,20 @@ def test_evaluate_writes_the_computed_metrics_when_the_seam_step_fails(tmp_path,
     with pytest.raises(PathUpError, match="no sidecar"):
         evaluate(_eval_cfg(tmp_path, real, fake, level="patch", seam=True))
     assert not (tmp_path / "m" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"guidance": "nan"}, "--guidance must be a finite number"),
+    ({"guidance": "inf"}, "--guidance must be a finite number"),
+    ({"kid_subset_size": 0}, "--kid-subset-size must be at least 2"),
+    ({"upscale_factor": "nan"}, "--upscale-factor must be a finite number"),
+])
+def test_experiment_config_ranges(data, message):
+    from pathup.metrics.runner import ExperimentConfig, validate as runner_validate
+
+    with pytest.raises(PathUpError, match=message):
+        from_dict(ExperimentConfig, {"data": "d", "out": "o", **data})
+    cfg = ExperimentConfig(data="d", out="o")
+    with pytest.raises(PathUpError, match=message):
+        runner_validate(dataclasses.replace(cfg, **{k: float(v) if k != "kid_subset_size" else v
+                                                    for k, v in data.items()}))

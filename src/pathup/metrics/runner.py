@@ -82,11 +82,11 @@ class ExperimentConfig:
                                "metavar": "OUT"})
     tables: list[int] = _f([2, 3, 4], "tables to produce: 1 (models), 2 (ablation), 3 (upscaling), 4 (weight map)",
                            metavar="N")
-    seeds: int = _f(5, "seeds (image sets and evaluation seeds 0 .. N-1); tables show mean +- std over them")
+    seeds: int = _f(5, "seeds (image sets and evaluation seeds 0 .. N-1); tables show mean +- std over them", min=1)
     model: str = _f("tiny", "model size to train from scratch (micro, tiny, small, sd15) or a diffusers Stable "
                             "Diffusion folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
     train_steps: Optional[int] = _f(None, "optimizer steps of each training run (default: pathup train's)",
-                                    metavar="N")
+                                    metavar="N", min=1)
     train_config: Optional[str] = _f(None, "YAML with further 'pathup train' options for all runs (e.g. "
                                            "batch_size, lr, vae_steps)", metavar="YAML")
     train_options: dict = _f({}, "further TrainConfig options (Python API / --config YAML)", cli=False)
@@ -95,25 +95,25 @@ class ExperimentConfig:
     upscaler: list[str] = _f([], "Table 3: diffusers upscaler folders (StableDiffusionUpscalePipeline, "
                                  "LDMSuperResolutionPipeline)", metavar="PATH")
     classes: list[str] = _f([], "classes to generate (default: all of the dataset's)", metavar="CLASS")
-    images_per_class: int = _f(10, "overviews per class and seed")
+    images_per_class: int = _f(10, "overviews per class and seed", min=1)
     split: str = _f("all", "split of the real tiles (train, val, test, all)")
-    steps: int = _f(50, "sampling steps (overview and upscaling)")
-    guidance: float = _f(7.5, "classifier-free guidance scale")
+    steps: int = _f(50, "sampling steps (overview and upscaling)", min=1)
+    guidance: float = _f(7.5, "classifier-free guidance scale", min=0, max=100)
     scheduler: str = _f("ddim", "sampler (ddim, dpm++, euler, pndm, ddpm)")
-    strength: float = _f(0.8, "upscaling: share of the schedule re-run")
-    latent_patch: int = _f(0, "upscaling: latent patch size (0: the UNet's sample size)")
-    latent_overlap: Optional[int] = _f(None, "upscaling: latent overlap (default: half the patch)")
+    strength: float = _f(0.8, "upscaling: share of the schedule re-run", min=0, min_exclusive=True, max=1)
+    latent_patch: int = _f(0, "upscaling: latent patch size (0: the UNet's sample size)", min=0)
+    latent_overlap: Optional[int] = _f(None, "upscaling: latent overlap (default: half the patch)", min=0)
     upscale_factor: float = _f(0.0, "upscaled size = tile_size x factor (0: overview / patch region of "
-                                    "dataset.json, else 4)")
-    upscaler_steps: int = _f(50, "inference steps of the --upscaler pipelines")
-    noise_level: int = _f(20, "noise level of a StableDiffusionUpscalePipeline")
+                                    "dataset.json, else 4)", min=0)
+    upscaler_steps: int = _f(50, "inference steps of the --upscaler pipelines", min=1)
+    noise_level: int = _f(20, "noise level of a StableDiffusionUpscalePipeline", min=0)
     features: str = _f("inception", "feature extractor of the metrics (see pathup evaluate --features)")
     features_weights: Optional[str] = _f(None, "local weights for the extractor", metavar="PATH")
-    crops_per_image: int = _f(1, "patch level: random crops per upscaled image")
-    num_samples: int = _f(10000, "at most this many samples per set and seed (0 = all)")
-    kid_subsets: int = _f(100, "KID: number of random subsets")
-    kid_subset_size: int = _f(1000, "KID: subset size (shrinks to the smaller set)")
-    batch_size: int = _f(32, "images per feature-extraction batch")
+    crops_per_image: int = _f(1, "patch level: random crops per upscaled image", min=1)
+    num_samples: int = _f(10000, "at most this many samples per set and seed (0 = all)", min=0)
+    kid_subsets: int = _f(100, "KID: number of random subsets", min=1)
+    kid_subset_size: int = _f(1000, "KID: subset size (shrinks to the smaller set)", min=2)
+    batch_size: int = _f(32, "images per feature-extraction batch", min=1)
     device: str = _f("auto", "auto, cpu, cuda, cuda:N")
     progress: bool = _f(True, "show progress bars")
 
@@ -211,6 +211,9 @@ def upscale_size(cfg: ExperimentConfig, info: dict[str, Any]) -> int:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Check every option that can be checked before any work starts (PathUpError, one line)."""
+    from pathup.config import validate as validate_fields
+
+    validate_fields(cfg)  # finite floats and the fields' ranges
     bad = [t for t in cfg.tables if t not in TABLES]
     if bad or not cfg.tables:
         raise PathUpError(f"--tables {' '.join(map(str, cfg.tables)) or '(none)'}: allowed: 1 2 3 4")
