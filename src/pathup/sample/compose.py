@@ -231,9 +231,8 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
     classes = layout.classes
     for cls in classes:
         pipe.prompts_for(cls)  # a class the model does not know -> PathUpError naming the known ones
-    labels = _resize(layout.labels, width, height)  # (H, W) layout indices
-    ids = np.asarray(layout.ids, dtype=np.int64)
-    mask = ids[labels]
+    labels = _resize(layout.labels.astype(np.uint16), width, height)  # (H, W) layout indices
+    mask = np.asarray(layout.ids, dtype=np.uint16)[labels]  # (H, W) class ids
     overview, ov_evals = compose_overview(pipe, layout, cfg, seed)
     f = ldm.vae_scale_factor
     hl, wl = math.ceil(height / f), math.ceil(width / f)
