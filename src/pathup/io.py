@@ -101,6 +101,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_writable_dir(folder: str | Path, option: str) -> None:
+    """Create ``folder`` when needed and make sure a file can be written in it; else a one-line PathUpError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PathUpError(f"{option} {folder}: cannot write there ({err.strerror or err}"
+                          f"{': ' + str(err.filename) if err.filename and str(err.filename) != str(folder) else ''})"
+                          ) from None
+
+
 def to_rgb8(img: "Image.Image") -> "Image.Image":  # noqa: F821
     """Convert any PIL image (RGBA, LA, P, L, I;16, I, F, CMYK...) to 8-bit RGB.
 

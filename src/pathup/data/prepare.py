@@ -43,7 +43,7 @@ from pathup.data.splits import assign_splits, stable_int
 from pathup.data.tiling import LevelSpec, region_to_tile, tile_grid
 from pathup.data.tissue import TissueMap, tissue_mask
 from pathup.errors import PathUpError
-from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, atomic_path, atomic_write_text, open_image
+from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, atomic_path, atomic_write_text, check_writable_dir, open_image
 from pathup.prompts import LEVELS, PromptTable, build_prompt
 
 log = logging.getLogger(__name__)
@@ -542,21 +542,6 @@ def _check(cfg: PrepareConfig) -> None:
     if out.exists() and not out.is_dir():
         raise PathUpError(f"--out {out} exists and is not a folder")
     check_writable_dir(out, "--out")
-
-
-def check_writable_dir(folder: Path, option: str) -> None:
-    """Create ``folder`` when needed and make sure a file can be written in it; else a one-line PathUpError."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise PathUpError(f"{option} {folder}: cannot write there ({err.strerror or err}"
-                          f"{': ' + str(err.filename) if err.filename and str(err.filename) != str(folder) else ''})"
-                          ) from None
 
 
 def _available_cpus() -> int:

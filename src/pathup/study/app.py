@@ -45,6 +45,67 @@ SECURITY_HEADERS = {
 }
 
 
+MAX_BODY_BYTES = 16 * 1024  # a rating is about 60 bytes of JSON; anything larger is refused with 413
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 before the app reads them: a declared
+    Content-Length is checked up front, a chunked body is counted as it arrives (at most
+    ``max_bytes + 1`` bytes are ever held)."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > self.max_bytes
+            except ValueError:
+                too_large = True
+            if too_large:
+                await self._refuse(scope, receive, send)
+                return
+        if declared is None and b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body (GET)
+            return
+        body, more = [], True
+        size = 0
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            body.append(chunk)
+            more = message.get("more_body", False)
+        data = b"".join(body)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        response = _error(413, f"request body too large (at most {self.max_bytes} bytes)")
+        response.headers.update(SECURITY_HEADERS)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+
 class RatingIn(BaseModel):
     """Body of ``POST /api/rating``."""
 
@@ -106,6 +167,8 @@ def create_app(db_path: str | Path) -> FastAPI:
             where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
             parts.append(f"{where}: {e.get('msg')}")
         return _error(422, 'expected a JSON body {"image_id": "...", "score": 1..10}; ' + "; ".join(parts))
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)  # outermost: before auth and routing
 
     # -- pages ---------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

@@ -7,9 +7,10 @@ class folder are used, so the ``overview/`` sub-folders are ignored.
 Every chosen image goes through the same path so that nothing but its pixels tells real from
 synthetic: decoded to 8-bit RGB, centre-cropped to a square and resized to one common size,
 re-encoded with the same encoder and settings (no EXIF, ICC profile or text chunks), saved under a
-random file name, zero-padded after the end-of-image marker to one common byte length (decoders
-ignore those bytes) and given one common modification time. Image ids are random too and the files
-are written in a random order.
+random file name, padded after the end-of-image marker with random bytes (decoders ignore them; unlike
+zeros they do not show how long the padding is) to one common byte length, a multiple of
+``SIZE_BUCKET`` above the largest encoded image, and given one common modification time. Image ids are
+random too and the files are written in a random order. The database (the answer key) is created 0600.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from pathlib import Path
 from typing import Literal
 
 from pathup.errors import PathUpError
-from pathup.io import IMAGE_SUFFIXES, load_rgb
+from pathup.io import IMAGE_SUFFIXES, check_writable_dir, load_rgb
 from pathup.study.db import ImageRow, StudyDB, files_dir_for, now_iso
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"jpeg": ".jpg", "png": ".png"}
+SIZE_BUCKET = 64 * 1024  # every study file is padded to the same multiple of this many bytes
 
 
 @dataclass
@@ -126,6 +128,7 @@ def create_study(real_dir: str | Path, synthetic_dir: str | Path, per_class: int
     if not 1 <= quality <= 100:
         raise PathUpError(f"--quality must be between 1 and 100, got {quality}")
     files_dir = files_dir_for(out_db)
+    check_writable_dir(out_db.parent, "--out")  # before minutes of re-encoding
     for existing in (out_db, files_dir):
         if existing.exists():
             raise PathUpError(f"{existing} already exists; remove it or choose another --out "
@@ -178,19 +181,22 @@ def create_study(real_dir: str | Path, synthetic_dir: str | Path, per_class: int
             used_names.add(name)
             (work_files / name).write_bytes(data)
             rows.append(ImageRow(secrets.token_hex(12), cls, is_real, name, str(src.resolve())))
-        # One byte length for all: zeros after the end-of-image marker, which decoders ignore.
+        # One byte length for all: random bytes after the end-of-image marker, which decoders ignore.
         sizes = {r.file: (work_files / r.file).stat().st_size for r in rows}
-        common = max(sizes.values())
+        common = -(-(max(sizes.values()) + 1) // SIZE_BUCKET) * SIZE_BUCKET
         stamp = 1_000_000_000
         for r in rows:
             with open(work_files / r.file, "ab") as fh:
-                fh.write(b"\0" * (common - sizes[r.file]))
+                fh.write(secrets.token_bytes(common - sizes[r.file]))
             os.utime(work_files / r.file, (stamp, stamp))
         for is_real, n in upsampled.items():
             if n:
                 log.warning("%d %s image(s) were smaller than %d px and were upsampled; blur from upsampling "
                             "can reveal them to raters", n, "real" if is_real else "synthetic", size)
 
+        # The answer key: readable by its owner only (SQLite gives its -wal/-shm files the same mode).
+        os.close(os.open(work / "study.db", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(work / "study.db", 0o600)
         db = StudyDB(work / "study.db", create=True)
         db.add_images(rows)
         config = {"real": str(real_dir.resolve()), "synthetic": str(synthetic_dir.resolve()),

@@ -255,6 +255,10 @@ class StudyDB:
         name = name.strip()
         if not name or len(name) > 200:
             raise PathUpError("rater name must be 1 to 200 characters")
+        if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
+            shown = "".join(ch if ord(ch) >= 32 and not 127 <= ord(ch) < 160 else f"\\x{ord(ch):02x}" for ch in name)
+            raise PathUpError(f"rater name '{shown}' has control characters "
+                              "(escape sequences, tabs, newlines); use plain text")
         token = secrets.token_urlsafe(32)
         with self.transaction() as con:
             row = con.execute("SELECT id FROM raters WHERE name = ?", (name,)).fetchone()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -164,6 +165,31 @@ def build_report(db: StudyDB) -> StudyReport:
                                   [r.score for r in ratings if not r.is_real]))
 
 
+# ANSI escape sequences (CSI ... final byte, OSC ... BEL/ST, two-byte ESC x) and any other control character.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def plain_text(value: object) -> str:
+    """``value`` safe to print on a terminal: ANSI escapes removed, other control characters (newlines,
+    tabs included) shown as a space."""
+    return _CONTROL.sub(" ", _ANSI.sub("", str(value)))
+
+
+def markdown_cell(value: object) -> str:
+    """A Markdown table cell: terminal-safe text with ``|`` escaped, so the row keeps its columns."""
+    return plain_text(value).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run as a formula: text starting with = + - @ tab or CR gets
+    a leading ``'`` (OWASP's advice for CSV injection). Numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _fmt(x: float, digits: int = 3) -> str:
     return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
@@ -172,15 +198,15 @@ def format_report(rep: StudyReport) -> str:
     """The report as Markdown tables (Table 5, per-rater means, agreement)."""
     out = io.StringIO()
     out.write(f"Rater study: {rep.n_images} images, {rep.n_raters} raters, {rep.n_ratings} ratings, "
-              f"state: {rep.state}\n\n")
+              f"state: {plain_text(rep.state)}\n\n")
     out.write("Table 5: realism scores, 1 (synthetic) .. 10 (real), mean +- std (ddof=1) over rater x image\n\n")
     out.write("| class | real | synthetic | n real | n synthetic |\n|---|---|---|---|---|\n")
     for row in [*rep.classes, rep.overall]:
-        out.write(f"| {row.cls} | {row.real} | {row.synthetic} | {row.real.n} | {row.synthetic.n} |\n")
+        out.write(f"| {markdown_cell(row.cls)} | {row.real} | {row.synthetic} | {row.real.n} | {row.synthetic.n} |\n")
     out.write("\nPer rater (AUC: how well the scores separate real from synthetic; 0.5 = chance)\n\n")
     out.write("| rater | ratings | mean real | mean synthetic | AUC |\n|---|---|---|---|---|\n")
     for r in rep.raters:
-        out.write(f"| {r.rater} | {r.n} | {_fmt(r.real.mean, 2)} | {_fmt(r.synthetic.mean, 2)} | {_fmt(r.auc)} |\n")
+        out.write(f"| {markdown_cell(r.rater)} | {r.n} | {_fmt(r.real.mean, 2)} | {_fmt(r.synthetic.mean, 2)} | {_fmt(r.auc)} |\n")
     out.write(f"\nAll raters: AUC {_fmt(rep.auc)}; inter-rater agreement, Krippendorff's alpha (interval): "
               f"{_fmt(rep.alpha)}\n")
     if rep.state != "closed":
@@ -192,14 +218,17 @@ CSV_COLUMNS = ("rater", "image_id", "class", "truth", "score", "created", "updat
 
 
 def ratings_csv(db: StudyDB) -> str:
-    """All ratings, one row per rater and image, with the ground truth and the original file."""
+    """All ratings, one row per rater and image, with the ground truth and the original file.
+
+    Text cells that a spreadsheet would read as a formula (rater names are typed by people) start with ``'``.
+    """
     sources = {im.id: im.source for im in db.images()}
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for r in db.all_ratings():
-        writer.writerow([r.rater, r.image_id, r.cls, "real" if r.is_real else "synthetic", r.score,
-                         r.created, r.updated, sources[r.image_id]])
+        writer.writerow([csv_cell(v) for v in (r.rater, r.image_id, r.cls, "real" if r.is_real else "synthetic",
+                                                r.score, r.created, r.updated, sources[r.image_id])])
     return buf.getvalue()
 
 
