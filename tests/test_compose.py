@@ -290,6 +290,10 @@ def test_cli_random_layout_num_and_process_share(model_dir, tmp_path, capsys):
     assert metas[0]["layout"] != metas[1]["layout"]  # each seed draws its own layout
     for s in (0, 1):
         assert np.asarray(Image.open(out / f"random_s{s}_mask.png")).shape == (64, 80)
+    # Rerun with the same options: both skipped.
+    assert main(["compose", model_dir, "--random-layout", "2", "--region-size", "40", "--num", "2",
+                 "--out", str(out), *FAST]) == 0
+    assert "wrote 0 image(s)" in capsys.readouterr().out
     # Process 1 of 2 makes only seed 1 (as generate shares --num).
     pipe = PathUpPipeline.from_pretrained(model_dir, device="cpu", progress=False)
     cfg = ComposeConfig(steps=2, patch_size=6, overlap=3, guidance=2.0, size="80x64", random_layout=2,

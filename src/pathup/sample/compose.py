@@ -406,8 +406,12 @@ def _settings(pipe: "PathUpPipeline", cfg: ComposeConfig, seed: int, lay: "Layou
     options = dataclasses.asdict(cfg)
     options["seed"] = seed
     width, height = parse_size(cfg.size)
-    source = (str(Path(str(layout)).resolve()) if layout is not None and not hasattr(layout, "labels")
-              else (lay.source if lay is not None else f"random:{cfg.layout_shape}:k={cfg.random_layout}"))
+    if layout is None:  # a random layout is named by its recipe and seed (as random_layout names it)
+        source = f"random:{cfg.layout_shape}:k={cfg.random_layout}:seed={seed}"
+    elif hasattr(layout, "labels"):
+        source = layout.source
+    else:
+        source = str(Path(str(layout)).resolve())
     settings: dict[str, Any] = {
         "layout": source, "legend_file": None if legend is None else str(Path(str(legend)).resolve()),
         "seed": seed, "model": pipe.model_name, "size": [width, height], "options": options,

@@ -97,6 +97,7 @@ class RegionDenoiser:
         self.use_cfg = uncond is not None and guidance > 1.0
         self.masks = masks
         self.evaluations = 0
+        self._present: dict[Any, list[int]] = {}
 
     @property
     def cross_dim(self) -> tuple[int, int]:
@@ -107,8 +108,11 @@ class RegionDenoiser:
         """Indices of the prompts whose mask is non-zero somewhere under ``box`` (all without masks)."""
         if self.masks is None or box is None:
             return list(range(len(self.conds)))
-        sy, sx = box.slices
-        return [c for c in range(len(self.conds)) if bool((self.masks[c, sy, sx] > 0).any())]
+        if box not in self._present:  # the masks do not change during a run: one look per patch
+            sy, sx = box.slices
+            hit = (self.masks[:, sy, sx] > 0).flatten(1).any(1).tolist()  # (K,)
+            self._present[box] = [c for c, h in enumerate(hit) if h]
+        return self._present[box]
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         self.evaluations += x.shape[0]
