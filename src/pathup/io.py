@@ -164,9 +164,11 @@ def check_pixels(path: str | Path, width: int, height: int, max_pixels: int | No
     limit = max_image_pixels(max_pixels)
     if int(width) * int(height) > limit:
         how = f"{option} N or " if option else ""
+        slide = (" (a whole-slide .tif? prepare reads slides with --layout wsi)"
+                 if Path(path).suffix.lower() in (".tif", ".tiff") else "")
         raise PathUpError(f"image {path} is {width}x{height} = {int(width) * int(height):,} pixels, over the limit "
                           f"of {limit:,} (a decompression bomb?); if the file is genuine raise the limit with "
-                          f"{how}{MAX_PIXELS_ENV}=N")
+                          f"{how}{MAX_PIXELS_ENV}=N{slide}")
 
 
 @contextlib.contextmanager
