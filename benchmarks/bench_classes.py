@@ -46,16 +46,32 @@ def parse_override(text: str, cfg) -> tuple[str, object]:
 
 
 def generate(model: Path, out: Path, guidance: float, per_class: int, steps: int, seed: int) -> Path:
-    """``per_class`` overviews of every class at one guidance scale, in OUT/<class>/ (PNG + sidecar)."""
-    from pathup.sample.pipeline import PathUpPipeline
+    """``per_class`` overviews of every class at one guidance scale, in OUT/g<guidance>/<class>/.
+
+    Sampled by diffusers' own ``StableDiffusionPipeline.from_pretrained(model)`` with the class's overview
+    prompt (DDIM, the model's scheduler), so the number also shows that the saved model follows its
+    classes outside PathUp. Seeds ``seed .. seed + per_class - 1``, one CPU generator per image.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from pathup.prompts import PromptTable
+    from pathup.sample.generate import class_dirname
     from pathup.sample.writers import save_png
 
-    pipe = PathUpPipeline.from_pretrained(str(model), device="cpu", dtype="fp32", progress=False)
+    pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    table = PromptTable.from_dict(json.loads((model / "pathup.json").read_text())["prompts"])
+    res = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
     folder = out / f"g{guidance:g}"
-    for c in pipe.ldm.prompts.classes:
-        for i in range(per_class):
-            img = pipe.overview(c, seed=seed + i, steps=steps, guidance=guidance)
-            save_png(img, folder / c / f"{c}_s{seed + i}.png", {"class": c, "seed": seed + i, "guidance": guidance})
+    for c in table.classes:
+        prompt = table.prompt(c, "overview" if table.levels else None)
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(per_class)]
+        with torch.no_grad():
+            images = pipe([prompt] * per_class, height=res, width=res, num_inference_steps=steps,
+                          guidance_scale=guidance, generator=gens).images
+        for i, img in enumerate(images):
+            save_png(img, folder / class_dirname(c) / f"s{seed + i}.png",
+                     {"class": c, "prompt": prompt, "seed": seed + i, "guidance": guidance, "steps": steps})
     return folder
 
 
@@ -65,8 +81,13 @@ def main() -> None:
     ap.add_argument("--sample", default="kather", choices=["kather", "breakhis"])
     ap.add_argument("--model", type=Path, default=None, help="a trained model folder (skips prepare + train "
                                                              "unless --dataset is missing)")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="experiment: start from this run's base/ (trained autoencoder) instead of training one")
     ap.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="override one TrainConfig option (repeatable)")
+    ap.add_argument("--unet-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="experiment: override one UNet config entry of the tiny size (repeatable), e.g. "
+                         "addition_embed_type=text")
     ap.add_argument("--per-class", type=int, default=10, help="generated overviews per class and guidance")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.5])
     ap.add_argument("--steps", type=int, default=20, help="sampling steps")
@@ -81,6 +102,14 @@ def main() -> None:
     from pathup.metrics.consistency import measure
     from pathup.train import TrainConfig, train
 
+    if args.unet_arg:
+        import yaml
+
+        from pathup.model import registry
+
+        over = {k.strip(): yaml.safe_load(v) for k, _, v in (a.partition("=") for a in args.unet_arg)}
+        registry.MODEL_SIZES["tiny"] = dataclasses.replace(registry.MODEL_SIZES["tiny"],
+                                                           unet={**registry.MODEL_SIZES["tiny"].unet, **over})
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     dataset = out / "dataset"
@@ -99,7 +128,11 @@ def main() -> None:
         t0 = time.perf_counter()
         model = out / "run" / "model"
         if not (model / "model_index.json").is_file():
-            cfg = dataclasses.replace(cfg, resume=(out / "run" / "checkpoints").is_dir())
+            if args.base is not None and not (out / "run" / "base").exists():
+                import shutil
+
+                shutil.copytree(args.base, out / "run" / "base")
+            cfg = dataclasses.replace(cfg, resume=(out / "run" / "checkpoints").is_dir() or args.base is not None)
             train(cfg)
         times["train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -197,3 +197,24 @@ def test_colour_stats_by_hand():
     real = {"a": {"R_mean": 10, "G_mean": 20, "B_mean": 30}, "b": {"R_mean": 200, "G_mean": 100, "B_mean": 50}}
     fake = {k: {c: v * 0.5 + 3 for c, v in d.items()} for k, d in real.items()}
     assert colour_correlation(real, fake) == pytest.approx(1.0)
+
+
+def test_min_snr_weights_match_diffusers_reference():
+    from diffusers.training_utils import compute_snr
+
+    from pathup.losses import denoising_loss, min_snr_weights
+    from pathup.model.ldm import make_scheduler
+
+    t = torch.tensor([0, 10, 250, 500, 999])
+    for kind in ("epsilon", "v_prediction"):
+        s = make_scheduler("ddim")
+        s.register_to_config(prediction_type=kind)
+        ref_snr = compute_snr(s, t)
+        # diffusers' train_text_to_image.py: mse_loss_weights = min(snr, gamma) / snr (epsilon), / (snr + 1) (v)
+        ref = torch.stack([ref_snr, 5.0 * torch.ones_like(t)], 1).min(1)[0] / (ref_snr + (kind == "v_prediction"))
+        assert torch.allclose(min_snr_weights(s, t, 5.0), ref, rtol=1e-6)
+    pred, target = torch.randn(5, 4, 2, 2), torch.randn(5, 4, 2, 2)
+    w = torch.rand(5)
+    by_hand = ((pred - target) ** 2).mean(dim=(1, 2, 3)) @ w / 5
+    assert torch.allclose(denoising_loss(pred, target, w), by_hand)
+    assert torch.allclose(denoising_loss(pred, target, torch.ones(5)), denoising_loss(pred, target))

@@ -50,6 +50,8 @@ class DemoConfig:
     fel_beta: float = field(default=0.1, metadata={"help": "feature entropy loss weight (0 = off)"})
     steps: int = field(default=20, metadata={"help": "sampling steps"})
     guidance: float = field(default=3.0, metadata={"help": "classifier-free guidance scale"})
+    guidance_compare: list[float] = field(default_factory=lambda: [1.0, 3.0, 7.5], metadata={
+        "help": "guidance scales shown side by side for one class in the report", "metavar": "G"})
     overviews_per_class: int = field(default=6, metadata={"help": "generated overviews per class (for metrics)"})
     size: int = field(default=1024, metadata={"help": "size of the large images in pixels"})
     latent_patch: int = field(default=32, metadata={"help": "latent patch size p of the upscaler"})
@@ -96,6 +98,13 @@ class _Stages:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo; returns the path of ``report.html``."""
+    from pathup.progress import library_bars
+
+    with library_bars(cfg.progress):
+        return _run_demo(cfg)
+
+
+def _run_demo(cfg: DemoConfig) -> Path:
     from pathup.config import save_config, to_dict
 
     out = Path(cfg.out)
@@ -136,6 +145,12 @@ SAMPLE_TILING = {
     "kather": dict(patch_size=128, overview_size=150, min_tissue=0.0),
     # BreakHis: 700x460 images at 100X; the last patient of each class is held out (split by patient).
     "breakhis": dict(patch_size=128, overview_size=460),
+}
+
+
+SAMPLE_CREDIT = {
+    "kather": "Kather 2016 colorectal cancer tiles (CC BY 4.0, Kather et al., Sci Rep 2016)",
+    "breakhis": "BreakHis breast biopsy images (CC BY 4.0, Spanhol et al., IEEE TBME 2016)",
 }
 
 
@@ -188,7 +203,7 @@ def _train(cfg: DemoConfig, dataset: Path, run_dir: Path) -> dict[str, Any]:
                        vae_steps=cfg.vae_steps, batch_size=cfg.batch_size, fel_beta=cfg.fel_beta,
                        seed=cfg.seed, checkpoint_every=max(1, cfg.train_steps // 3), keep_checkpoints=1,
                        sample_every=cfg.train_steps, num_workers=0, resume=resume,
-                       cpu=cfg.device == "cpu", guidance_scale=cfg.guidance)
+                       cpu=cfg.device == "cpu", guidance_scale=cfg.guidance, progress=cfg.progress)
     train(tcfg)
     return {"model": str(run_dir / "model")}
 
@@ -197,6 +212,7 @@ def _generate(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from pathup.sample.config import SampleConfig
+    from pathup.sample.generate import class_dirname
     from pathup.sample.pipeline import PathUpPipeline
     from pathup.sample.writers import save_png
 
@@ -212,9 +228,19 @@ def _generate(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
         seed = cfg.seed + i
         prompts = pipe.prompts_for(c)
         ov = pipe.overview(c, seed=seed, steps=cfg.steps, guidance=cfg.guidance)
-        path = gen / "overviews" / c / f"{c}_s{seed}.png"
+        path = gen / "overviews" / class_dirname(c) / f"s{seed}.png"
         save_png(ov, path, {**pipe.settings(c, scfg, seed=seed, prompts=prompts), "level": "overview"})
         written["overviews"].setdefault(c, []).append(str(path))
+    # The same seeds of one class at several guidance scales (does the prompt matter?).
+    show = classes[0]
+    for g in cfg.guidance_compare:
+        for i in range(4):
+            seed = cfg.seed + i
+            path = gen / "guidance" / f"g{g:g}" / class_dirname(show) / f"s{seed}.png"
+            ov = pipe.overview(show, seed=seed, steps=cfg.steps, guidance=g)
+            save_png(ov, path, {**pipe.settings(show, dataclasses.replace(scfg, guidance=g), seed=seed,
+                                                prompts=pipe.prompts_for(show)), "level": "overview"})
+            written.setdefault("guidance", {}).setdefault(f"{g:g}", []).append(str(path))
     for c in tqdm(classes, desc="large images", unit="img", disable=not cfg.progress):
         written["large"][c] = str(_upscale(pipe, scfg, c, gen / "large", weight_map="pyramid"))
     # Table 4 ablation on one class: the same overview and noise, uniform weights.
@@ -225,17 +251,18 @@ def _generate(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
 def _upscale(pipe: Any, scfg: Any, class_name: str, folder: Path, *, weight_map: str) -> Path:
     from PIL import Image
 
+    from pathup.sample.generate import class_dirname
     from pathup.sample.writers import save_image
 
     seed = scfg.seed
     prompts = pipe.prompts_for(class_name)
-    overview = Image.open(Path(folder).parent / "overviews" / class_name / f"{class_name}_s{seed}.png").convert("RGB")
+    overview = Image.open(Path(folder).parent / "overviews" / class_dirname(class_name) / f"s{seed}.png").convert("RGB")
     img = pipe.upscale(overview, class_name, size=scfg.size, seed=seed, steps=scfg.steps, guidance=scfg.guidance,
                        strength=scfg.strength, patch_size=scfg.patch_size, overlap=scfg.overlap,
                        weight_map=weight_map, output_type="np")
     settings = pipe.settings(class_name, dataclasses.replace(scfg, weight_map=weight_map), seed=seed,
                              prompts=prompts, source="generated")
-    path = folder / class_name / f"{class_name}_s{seed}.png"
+    path = folder / class_dirname(class_name) / f"s{seed}.png"
     save_image(img, path, {**settings, "level": "upscaled"})
     return path
 
@@ -257,7 +284,7 @@ def _evaluate(cfg: DemoConfig, dataset: Path, gen: Path, mdir: Path) -> dict[str
     seam = {"pyramid": seam_scores([pyramid], None, None, progress=False)[0], "pyramid_image": str(pyramid),
             "uniform": seam_scores([uniform], None, None, progress=False)[0], "uniform_image": str(uniform)}
     return {"overview": overview["summary"], "patch": patch["summary"], "seam": seam,
-            "features": overview["features"]}
+            "features": overview["features"], "class_consistency": overview.get("class_consistency")}
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -325,6 +352,41 @@ def _grid_overlay(image: Path, dest: Path, settings: dict[str, Any], factor: int
     return dest
 
 
+def _consistency_html(cc: dict[str, Any] | None, rel: Callable[[Path], str]) -> list[str]:
+    """The report's class-consistency and colour tables (see ``pathup.metrics.consistency``)."""
+    if not cc:
+        return ["<p class=note>Class-consistency was not measured (no held-out real split).</p>"]
+    r = next(iter(cc["sets"].values()))
+    classes = r["classes"]
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in classes)
+    out = ["<h2>Does the model follow its class? Class-consistency beside its real ceiling</h2>",
+           f"<p>A classifier ({esc(cc['features'])} features, logistic regression) trained on "
+           f"{cc['real_tiles']['train']} real training tiles predicts the class of every generated overview. Its "
+           f"accuracy on {cc['real_tiles']['heldout']} real tiles of held-out slides or patients is the ceiling; "
+           f"chance is {r['chance']:.3f}.</p>",
+           f"<table><tr><th>images</th><th>accuracy</th><th>of ceiling</th>{head}</tr>",
+           f"<tr><td>generated</td><td>{r['generated']['accuracy']:.3f}</td><td>{r['ratio']:.0%}</td>"
+           + "".join(f"<td>{r['generated']['per_class'][c]:.2f}</td>" for c in classes) + "</tr>",
+           f"<tr><td>real, held out (ceiling)</td><td>{r['real_heldout']['accuracy']:.3f}</td><td>100%</td>"
+           + "".join(f"<td>{r['real_heldout']['per_class'][c]:.2f}</td>" for c in classes) + "</tr></table>",
+           f"<p>{len(r['above_3x_chance'])} of {len(classes)} classes are recognised above 3x chance. Per-class mean "
+           f"colour, generated vs real: Pearson r = {r['colour_r']:.3f} (classes x RGB).</p>",
+           "<h3>Colour per class (0-255; mean &plusmn; std over images of the per-image mean)</h3>",
+           "<table><tr><th>class</th><th>set</th><th>R</th><th>G</th><th>B</th><th>H</th><th>S</th><th>V</th>"
+           "<th>images</th></tr>"]
+    for c in classes:
+        for label, table in (("real", cc["real_colour"]), ("generated", r["colour"])):
+            if c in table:
+                t = table[c]
+                out.append(f"<tr><td>{esc(c)}</td><td>{label}</td>" + "".join(
+                    f"<td>{t[f'{k}_mean']:.0f}</td>" for k in ("R", "G", "B", "H", "S", "V")) + f"<td>{int(t['n'])}</td></tr>")
+    out.append("</table>")
+    if cc.get("plot") and Path(cc["plot"]).is_file():
+        out.append(f"<img src='{rel(Path(cc['plot']))}' alt='colour per class'>")
+    return out
+
+
 def _fmt(summary: dict[str, Any], key: str, digits: int = 3) -> str:
     m = summary.get(key)
     if not m:
@@ -338,9 +400,16 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
 
     assets = out / "report_files"
     assets.mkdir(exist_ok=True)
+    from pathup.sample.generate import class_dirname
+
     ov_root = gen / "overviews"
-    classes = sorted(p.name for p in ov_root.iterdir() if p.is_dir())
-    grid = _grid([(c, sorted((ov_root / c).glob("*.png"))) for c in classes], assets / "overviews.png")
+    classes = json.loads((run_dir / "model" / "pathup.json").read_text())["prompts"]["classes"]
+    grid = _grid([(c, sorted((ov_root / class_dirname(c)).glob("*.png"))) for c in classes], assets / "overviews.png")
+    g_root = gen / "guidance"
+    g_rows = [(f"guidance {g:g}", sorted((g_root / f"g{g:g}" / class_dirname(classes[0])).glob("*.png")))
+              for g in cfg.guidance_compare]
+    g_grid = _grid([r for r in g_rows if r[1]], assets / "guidance.png") if any(r[1] for r in g_rows) else None
+    cc = metrics.get("class_consistency")
     real_rows = []
     from pathup.data.manifest import read_manifest
 
@@ -375,13 +444,19 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
         ".stack{position:relative;display:inline-block} .stack img.ov{position:absolute;left:0;top:0;border:0}",
         "</style></head><body>",
         "<h1>PathUp demo report</h1>",
-        f"<p>Real BreakHis images (CC BY 4.0, Spanhol et al. 2016), classes: {', '.join(map(html.escape, classes))}. "
+        f"<p>Real {SAMPLE_CREDIT[cfg.sample]}, classes: {', '.join(map(html.escape, classes))}. "
         f"Tiny latent diffusion model trained from scratch for {cfg.train_steps} steps on {html.escape(str(dataset))}.</p>",
-        "<h2>Generated overviews, one row per class</h2>", f"<img src='{rel(grid)}' alt='generated overviews'>",
-        "<p class=note>A tiny model trained for a few minutes on a CPU learns the stain colours and a tissue-like "
-        "texture, but not yet what tells the classes apart: expect the rows to look alike. For real images, "
-        "fine-tune a Stable Diffusion checkpoint on a GPU (see the README).</p>",
-        "<h2>Real overview tiles</h2>", f"<img src='{rel(real_grid)}' alt='real overview tiles'>",
+        "<h2>Generated overviews: one row per class, one column per seed</h2>",
+        f"<img src='{rel(grid)}' alt='generated overviews'>",
+        "<h2>Real overview tiles of the same classes</h2>", f"<img src='{rel(real_grid)}' alt='real overview tiles'>",
+        *_consistency_html(cc, rel),
+    ]
+    if g_grid is not None:
+        parts += [f"<h2>Guidance {', '.join(f'{g:g}' for g in cfg.guidance_compare)} for one class "
+                  f"({html.escape(classes[0])}), same seeds</h2>", f"<img src='{rel(g_grid)}' alt='guidance'>",
+                  "<p class=note>Guidance 1 is the conditional model alone; higher scales push the image further "
+                  "from the unconditional one, toward the class.</p>"]
+    parts += [
         f"<h2>A large image ({cfg.size}x{cfg.size}) by patch-wise timestep tracking</h2>",
         "<label><input type=checkbox id=gridbox onchange=\"document.getElementById('ovl').style.display="
         "this.checked?'block':'none'\"> show the latent patch grid</label><br>",

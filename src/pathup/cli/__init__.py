@@ -46,11 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_library_progress_bars() -> None:
     """Hide diffusers'/transformers' own 'Loading weights' bars; PathUp shows its own progress."""
-    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
-        try:
-            importlib.import_module(module).disable_progress_bar()
-        except ImportError:  # pragma: no cover - both are dependencies
-            pass
+    from pathup.progress import set_library_bars
+
+    set_library_bars(False)
 
 
 def _os_error_line(err: OSError) -> str:

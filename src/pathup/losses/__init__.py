@@ -2,9 +2,9 @@
 memory bank, and the first-stage autoencoder loss of the from-scratch models."""
 
 from pathup.losses.autoencoder import autoencoder_loss
-from pathup.losses.denoising import denoising_loss, denoising_target
+from pathup.losses.denoising import denoising_loss, denoising_target, min_snr_weights, snr
 from pathup.losses.fel import (FeatureBank, MidBlockFeatures, ProjectionHead, feature_entropy_loss, feature_vector,
                                pool_features)
 
 __all__ = ["FeatureBank", "MidBlockFeatures", "ProjectionHead", "autoencoder_loss", "denoising_loss",
-           "denoising_target", "feature_entropy_loss", "feature_vector", "pool_features"]
+           "denoising_target", "feature_entropy_loss", "feature_vector", "min_snr_weights", "pool_features", "snr"]

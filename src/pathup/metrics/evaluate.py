@@ -81,6 +81,11 @@ class EvaluateConfig:
         "min": 1})
     seam_band: int = field(default=1, metadata={"help": "seam score: half-width of the band around a line",
                                                 "min": 0})
+    class_consistency: bool | None = field(default=None, metadata={
+        "help": "class-consistency: a classifier trained on REAL's 'train' tiles (on --features) predicts each "
+                "synthetic image's class, beside its accuracy on REAL's held-out --split (the ceiling), plus "
+                "per-class colour (default: on when REAL is a prepared dataset with a held-out split and FAKE "
+                "has class folders)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
@@ -430,10 +435,43 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             raise PathUpError(f"{err} (the other metrics were written to {out})") from None
         result["seam"] = {"fake": mean_std(scores),  # NaN (undefined) -> null: the JSON stays valid
                           "per_image": {str(p): None if s != s else s for p, s in zip(fake_set.paths, scores)}}
+    cc = _class_consistency(cfg, device, out)
+    if cc is not None:
+        result["class_consistency"] = cc
     atomic_write_text(out, json.dumps(result, indent=2, allow_nan=True) + "\n")
     atomic_write_text(out.with_suffix(".md"), metrics_markdown(result))
     save_config(cfg, out.with_suffix(".config.yaml"))
     return result
+
+
+def _class_consistency(cfg: EvaluateConfig, device: str, out: Path) -> dict[str, Any] | None:
+    """``pathup.metrics.consistency.measure`` when asked for or possible (see ``--class-consistency``)."""
+    from pathup.metrics import consistency
+
+    if cfg.class_consistency is False:
+        return None
+    try:
+        _, classes, splits = consistency.labelled_real(cfg.real, cfg.level)
+        _, fake_classes = consistency.labelled_fake(cfg.fake)
+        held = cfg.split if cfg.split in ("test", "val") else None
+        if len(set(classes)) < 2 or "train" not in splits or not ({held} if held else {"test", "val"}) & set(splits):
+            raise PathUpError(f"--real {cfg.real}: class-consistency needs a prepared dataset with 'train' tiles of "
+                              "at least 2 classes and a held-out 'test' or 'val' split")
+        trained = {c for c, s in zip(classes, splits) if s == "train"}
+        unknown = sorted(set(fake_classes) - trained)
+        if unknown:
+            raise PathUpError(f"--fake {cfg.fake}: class(es) {unknown} have no real 'train' tiles in --real "
+                              f"{cfg.real} (it has {sorted(trained)}) for class-consistency")
+    except PathUpError as err:
+        if cfg.class_consistency:
+            raise
+        log.info("class-consistency skipped: %s", err)
+        return None
+    res = consistency.measure(cfg.real, cfg.fake, level=cfg.level, features=cfg.features,
+                              features_weights=cfg.features_weights, size=cfg.overview_size,
+                              heldout_split=held, device=device, seed=cfg.seed)
+    res["plot"] = str(consistency.colour_plot(res, out.with_suffix(".colour.png"), {str(cfg.fake): "generated"}))
+    return res
 
 
 def metrics_markdown(result: dict[str, Any]) -> str:
@@ -449,5 +487,11 @@ def metrics_markdown(result: dict[str, Any]) -> str:
         row.append(format_mean_std(result["seam"]["fake"], 3))
     note = ("" if result["features"]["comparable_with_literature"] else
             f"\nFeatures: {result['features']['extractor']} (not Inception: not comparable with the literature).\n")
-    return f"# Evaluation: {result['fake']['source']} vs {result['real']['source']}\n\n" + \
+    text = f"# Evaluation: {result['fake']['source']} vs {result['real']['source']}\n\n" + \
         markdown_table(header, [row]) + note
+    if "class_consistency" in result:
+        from pathup.metrics.consistency import markdown
+
+        cc = result["class_consistency"]
+        text += "\n" + markdown(cc, {k: "generated" for k in cc["sets"]}) + "\n"
+    return text

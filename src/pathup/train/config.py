@@ -27,52 +27,64 @@ class TrainConfig:
     model: str = _f("tiny", "a size to build from scratch (tiny, small, sd15) or a diffusers Stable Diffusion "
                             "folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
     resolution: Optional[int] = _f(None, "training image size in pixels (multiple of 8 x 2^(UNet blocks-1)); "
-                                         "default: the model's", metavar="PX")
+                                         "default: the model's", metavar="PX", min=8)
     split: str = _f("train", "manifest split to train on")
     levels: list[str] = _f([], "tile levels to train on (patch, overview); default: all levels in the dataset",
                            metavar="LEVEL")
     patho_align: bool = _f(True, "prompts from class and level (--no-patho-align: class-only prompts, one bank "
                                  "vector per class, tiles of every selected level; the paper's ablation)")
     # optimisation
-    max_steps: Optional[int] = _f(None, "optimizer steps (default: 2000 from scratch, 50000 fine-tuning)")
-    batch_size: Optional[int] = _f(None, "tiles per device per micro-batch (default: 8 from scratch, 4 fine-tuning)")
-    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
-    lr: Optional[float] = _f(None, "AdamW learning rate (default: 2e-4 from scratch, 5e-6 fine-tuning)")
+    max_steps: Optional[int] = _f(None, "optimizer steps (default: 2000 from scratch, 50000 fine-tuning)", min=1)
+    batch_size: Optional[int] = _f(None, "tiles per device per micro-batch (default: 8 from scratch, 4 fine-tuning)", min=1)
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step", min=1)
+    lr: Optional[float] = _f(None, "AdamW learning rate (default: 2e-4 from scratch, 5e-6 fine-tuning)", min=0, min_exclusive=True)
     lr_schedule: Literal["constant", "cosine", "linear"] = _f("constant", "learning-rate schedule after warm-up")
-    lr_warmup_steps: Optional[int] = _f(None, "linear warm-up steps (default: 100 from scratch, 0 fine-tuning)")
-    weight_decay: float = _f(1e-2, "AdamW weight decay")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    lr_warmup_steps: Optional[int] = _f(None, "linear warm-up steps (default: 100 from scratch, 0 fine-tuning)", min=0)
+    weight_decay: float = _f(1e-2, "AdamW weight decay", min=0)
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)", min=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Accelerate mixed precision (fp16 needs a GPU)")
     gradient_checkpointing: bool = _f(False, "recompute UNet activations in the backward pass (saves memory)")
     compile: bool = _f(False, "torch.compile the UNet")
     cpu: bool = _f(False, "train on the CPU even when a GPU is present")
-    seed: int = _f(0, "seed of the model initialisation, data order, noise and timesteps")
-    num_workers: int = _f(2, "data-loading worker processes")
+    seed: int = _f(0, "seed of the model initialisation, data order, noise and timesteps", min=0)
+    num_workers: int = _f(2, "data-loading worker processes", min=0)
     # conditioning and losses
     train_text_encoder: Optional[bool] = _f(None, "train the text encoder with the UNet (default: on for a model built "
                                                   "from scratch, whose random encoder knows no words; off when "
                                                   "fine-tuning a pretrained checkpoint: the paper's frozen CLIP)")
-    prompt_dropout: float = _f(0.1, "share of samples trained with the empty prompt (classifier-free guidance)")
-    fel_beta: float = _f(0.1, "weight beta of the feature entropy loss (0 turns it off)")
-    fel_tau: float = _f(0.07, "temperature tau of the feature entropy loss")
-    fel_momentum: float = _f(0.99, "EMA momentum alpha of the memory bank")
-    fel_proj_dim: int = _f(0, "output size of a projection head on the pooled mid-block features (0 = none)")
+    prediction_type: Optional[Literal["epsilon", "v_prediction"]] = _f(
+        None, "what the UNet predicts (default: v_prediction from scratch; the checkpoint's own when fine-tuning)")
+    zero_terminal_snr: Optional[bool] = _f(
+        None, "rescale the noise schedule to zero SNR at its last step, with trailing sampling timesteps (Lin et al. "
+              "2024; default: on from scratch, so that very light or dark classes can be generated; off when "
+              "fine-tuning)")
+    loss_weighting: Literal["none", "min-snr"] = _f("none", "per-timestep weights of L_r: none (Eq. 2 as printed) or "
+                                                           "min-snr (Hang et al. 2023, gamma --snr-gamma)")
+    snr_gamma: float = _f(5.0, "gamma of the min-snr weighting", min=0, min_exclusive=True)
+    prompt_dropout: float = _f(0.1, "share of samples trained with the empty prompt (classifier-free guidance)", min=0, max=1, max_exclusive=True)
+    fel_beta: float = _f(0.1, "weight beta of the feature entropy loss (0 turns it off)", min=0)
+    fel_tau: float = _f(0.07, "temperature tau of the feature entropy loss", min=0, min_exclusive=True)
+    fel_momentum: float = _f(0.99, "EMA momentum alpha of the memory bank", min=0, max=1, max_exclusive=True)
+    fel_proj_dim: int = _f(0, "output size of a projection head on the pooled mid-block features (0 = none)", min=0)
     ema: bool = _f(True, "keep an exponential moving average of the UNet weights (saved as the final UNet)")
-    ema_decay: Optional[float] = _f(None, "EMA decay (default: 0.999 from scratch, 0.9999 fine-tuning)")
+    ema_decay: Optional[float] = _f(None, "EMA decay (default: 0.999 from scratch, 0.9999 fine-tuning)", min=0, max=1, max_exclusive=True)
     # first stage of the from-scratch models
-    vae_steps: int = _f(600, "autoencoder training steps before the UNet (from scratch only)")
-    vae_batch_size: int = _f(8, "autoencoder batch size")
-    vae_lr: float = _f(5e-4, "autoencoder learning rate")
-    vae_kl_weight: float = _f(1e-6, "KL weight of the autoencoder loss")
-    vae_crop: int = _f(64, "train the autoencoder on random crops of this size (0 = whole tiles)", metavar="PX")
+    vae_steps: int = _f(600, "autoencoder training steps before the UNet (from scratch only)", min=0)
+    vae_batch_size: int = _f(8, "autoencoder batch size", min=1)
+    vae_lr: float = _f(5e-4, "autoencoder learning rate", min=0, min_exclusive=True)
+    vae_kl_weight: float = _f(1e-6, "KL weight of the autoencoder loss", min=0)
+    vae_crop: int = _f(64, "train the autoencoder on random crops of this size (0 = whole tiles)", metavar="PX", min=0)
+    allow_empty_classes: bool = _f(False, "train even when a class of the dataset has no tiles in --split (the model "
+                                          "then advertises a class it never saw)")
+    progress: bool = _f(True, "show progress bars")
     # outputs
-    checkpoint_every: int = _f(500, "write a checkpoint every N steps (0 = only at the end)")
-    keep_checkpoints: int = _f(3, "number of most recent checkpoints to keep")
+    checkpoint_every: int = _f(500, "write a checkpoint every N steps (0 = only at the end)", min=0)
+    keep_checkpoints: int = _f(3, "number of most recent checkpoints to keep", min=1)
     resume: bool = _f(False, "continue from the newest complete checkpoint in RUN/checkpoints")
-    log_every: int = _f(10, "log losses (losses.jsonl, TensorBoard) every N steps")
-    sample_every: int = _f(500, "write a PNG grid of samples (class x level) every N steps (0 = off)")
-    sample_steps: int = _f(25, "DDIM steps of the sample grids")
-    guidance_scale: float = _f(3.0, "classifier-free guidance scale of the sample grids")
+    log_every: int = _f(10, "log losses (losses.jsonl, TensorBoard) every N steps", min=1)
+    sample_every: int = _f(500, "write a PNG grid of samples (class x level) every N steps (0 = off)", min=0)
+    sample_steps: int = _f(25, "DDIM steps of the sample grids", min=1)
+    guidance_scale: float = _f(3.0, "classifier-free guidance scale of the sample grids", min=0, max=100)
 
     @property
     def from_scratch(self) -> bool:

@@ -37,7 +37,7 @@ import torch
 from pathup.config import save_config, to_dict
 from pathup.errors import PathUpError
 from pathup.losses import (FeatureBank, MidBlockFeatures, ProjectionHead, autoencoder_loss, denoising_loss,
-                           denoising_target, feature_vector)
+                           denoising_target, feature_vector, min_snr_weights)
 from pathup.train import checkpoint as ckpt_io
 from pathup.train.config import TrainConfig
 from pathup.train.data import StepBatches, TrainTiles, collate
@@ -53,6 +53,9 @@ def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch
 
 
 def _validate(cfg: TrainConfig) -> None:
+    from pathup.config import validate
+
+    validate(cfg)  # every option finite and in its range (the fields' metadata)
     if cfg.dataset is None:
         raise PathUpError("no dataset given (DATASET: a folder written by 'pathup prepare')")
     if cfg.out is None:
@@ -147,7 +150,7 @@ def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -
         sampler = StepBatches(len(dataset), cfg.vae_batch_size, 1, cfg.seed + 7919, 0, cfg.vae_steps,
                               accelerator.process_index, accelerator.num_processes)
         bar = tqdm(_loader(dataset, sampler, cfg.num_workers), total=cfg.vae_steps, desc="autoencoder",
-                   disable=not accelerator.is_main_process, dynamic_ncols=True)
+                   disable=not (accelerator.is_main_process and cfg.progress), dynamic_ncols=True)
         for step, (images, _, _) in enumerate(bar):
             g = step_generator(cfg.seed + 7919, step, 0, accelerator.process_index)
             images = _random_crop(_random_flips(images, g), cfg.vae_crop, g).to(accelerator.device)
@@ -228,7 +231,7 @@ class Trainer:
         if list(old.get("levels", [])) != list(table.levels):
             raise PathUpError(f"the prompt levels {table.levels} differ from the checkpoint's {old.get('levels')} "
                               "(--no-patho-align or --levels changed); use a new --out")
-        for key in ("model", "fel_proj_dim", "ema", "train_text_encoder"):
+        for key in ("model", "fel_proj_dim", "ema", "train_text_encoder", "prediction_type", "zero_terminal_snr"):
             if state["config"].get(key) != getattr(cfg, key):
                 raise PathUpError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the checkpoint's "
                                   f"{state['config'].get(key)}; resume with the same value or use a new --out")
@@ -246,7 +249,8 @@ class Trainer:
         if cfg.from_scratch:
             res = cfg.resolution or _sized(cfg.model, None).resolution
             size = _sized(cfg.model, res)
-            tiles = TrainTiles(cfg.dataset, cfg.split, cfg.levels, cfg.patho_align, res)
+            tiles = TrainTiles(cfg.dataset, cfg.split, cfg.levels, cfg.patho_align, res,
+                               allow_empty_classes=cfg.allow_empty_classes)
             if cfg.resume and (base / "model_index.json").is_file():
                 ldm = load_ldm(base)
                 if ldm.resolution != res:
@@ -269,10 +273,27 @@ class Trainer:
         except Exception as err:  # noqa: BLE001 - hub/IO errors of diffusers and transformers
             raise PathUpError(f"cannot load --model {cfg.model}: {str(err).splitlines()[0]}") from None
         res = cfg.resolution or ldm.resolution
-        tiles = TrainTiles(cfg.dataset, cfg.split, cfg.levels, cfg.patho_align, res)
+        tiles = TrainTiles(cfg.dataset, cfg.split, cfg.levels, cfg.patho_align, res,
+                               allow_empty_classes=cfg.allow_empty_classes)
         check_prompts(ldm.tokenizer, tiles.table.prompts() + tiles.unique_prompts())
         ldm.prompts = tiles.table
         return ldm, tiles, cfg.model
+
+    def _configure_scheduler(self, ldm) -> None:
+        """Set the noise schedule's prediction type and terminal SNR when asked (saved with the model)."""
+        from pathup.model.ldm import make_scheduler
+
+        cfg = self.cfg
+        sc = dict(ldm.scheduler.config)
+        want = dict(sc)
+        if cfg.prediction_type is not None:
+            want["prediction_type"] = cfg.prediction_type
+        if cfg.zero_terminal_snr is not None:
+            want["rescale_betas_zero_snr"] = bool(cfg.zero_terminal_snr)
+            if cfg.zero_terminal_snr:
+                want["timestep_spacing"] = "trailing"
+        if want != sc:
+            ldm.scheduler = make_scheduler("ddim", want)
 
     # ----------------------------------------------------------------- one step
     def _forward(self, images, ids, prompts, g: torch.Generator) -> _StepOutput:
@@ -291,7 +312,8 @@ class Trainer:
         noisy = ldm.scheduler.add_noise(latents, noise, t)  # (B, 4, h, w)
         target = denoising_target(ldm.scheduler, latents, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=emb).sample  # (B, 4, h, w)
-        l_r = denoising_loss(pred, target)
+        weights = min_snr_weights(ldm.scheduler, t, cfg.snr_gamma) if cfg.loss_weighting == "min-snr" else None
+        l_r = denoising_loss(pred, target) if weights is None else denoising_loss(pred, target, weights)
         ids = ids.to(dev)
         keep = (~drop).to(dev)  # the empty prompt has no prompt id: no L_e, no bank update
         if self.bank is not None:
@@ -375,6 +397,7 @@ class Trainer:
             raise PathUpError(f"--model {cfg.model} differs from the checkpoint's {state['config'].get('model')}; "
                               "resume with the same model or use a new --out")
         self.ldm, tiles, base = self._load_model(acc, ckpt)
+        self._configure_scheduler(self.ldm)
         self.table = table = tiles.table
         if state is not None:
             self._check_resume_state(state, table)
@@ -466,7 +489,7 @@ class Trainer:
         sampler = StepBatches(len(tiles), cfg.batch_size, cfg.grad_accum, cfg.seed, start, cfg.max_steps,
                               acc.process_index, acc.num_processes)
         batches = iter(_loader(tiles, sampler, cfg.num_workers))
-        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process,
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not (acc.is_main_process and cfg.progress),
                    dynamic_ncols=True)
         last_saved = start if ckpt is not None else -1
         step = start
@@ -601,10 +624,13 @@ def _trim_history(path: Path, step: int) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Train a PathUp latent diffusion model; return the folder of the final model (``RUN/model``)."""
+    from pathup.progress import library_bars
+
     trainer = Trainer(cfg)
     cfg = trainer.cfg
     try:
-        return trainer.run()
+        with library_bars(cfg.progress):
+            return trainer.run()
     except torch.OutOfMemoryError:
         stage = "the autoencoder stage (--vae-batch-size, --vae-crop)" if not hasattr(trainer, "emb_table") else \
             f"--batch-size {cfg.batch_size}"

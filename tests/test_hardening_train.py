@@ -1,0 +1,57 @@
+"""Issue 12 items 6, 8 and 17 on the training side: numeric options checked once in the config layer, empty
+classes refused unless asked for, and one progress setting for every bar of a run."""
+
+import pytest
+
+from pathup.config import from_dict
+from pathup.errors import PathUpError
+from pathup.train import TrainConfig, train
+
+from test_train import FAST, make_dataset
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("max_grad_norm", float("nan"), "--max-grad-norm"),
+    ("vae_kl_weight", -1e9, "--vae-kl-weight must be at least 0"),
+    ("vae_lr", -1.0, "--vae-lr must be > 0"),
+    ("vae_lr", float("nan"), "--vae-lr"),
+    ("weight_decay", float("nan"), "--weight-decay"),
+    ("guidance_scale", float("nan"), "--guidance-scale"),
+    ("guidance_scale", float("inf"), "--guidance-scale"),
+    ("snr_gamma", 0.0, "--snr-gamma must be > 0"),
+])
+def test_train_numeric_options_are_checked_in_the_config_layer(key, value, msg, tmp_path):
+    with pytest.raises(PathUpError, match=msg):
+        from_dict(TrainConfig, {"dataset": str(tmp_path), "out": str(tmp_path / "run"), key: value})
+    # the Python API checks the same, before any work
+    with pytest.raises(PathUpError, match=msg):
+        train(TrainConfig(dataset=tmp_path, out=tmp_path / "run2", **{key: value}))
+    assert not (tmp_path / "run2").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_ds(tmp_path_factory, sample_breakhis):
+    return make_dataset(tmp_path_factory.mktemp("ht") / "two", sample_breakhis, ["fibroadenoma", "ductal_carcinoma"])
+
+
+def test_no_progress_silences_every_training_bar(tiny_ds, tmp_path, capfd):
+    train(TrainConfig(dataset=tiny_ds, out=tmp_path / "quiet", max_steps=2, progress=False, **FAST))
+    err = capfd.readouterr().err
+    assert "autoencoder:" not in err and "train:" not in err and "\r" not in err
+    train(TrainConfig(dataset=tiny_ds, out=tmp_path / "loud", max_steps=2, **FAST))
+    assert "train:" in capfd.readouterr().err
+
+
+def test_empty_class_refused_unless_asked(tiny_ds, tmp_path):
+    import json
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_ds, ds)
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["classes"].append("ghost")
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(PathUpError, match="ghost"):
+        train(TrainConfig(dataset=ds, out=tmp_path / "r1", max_steps=1, **FAST))
+    out = train(TrainConfig(dataset=ds, out=tmp_path / "r2", max_steps=1, allow_empty_classes=True, **FAST))
+    assert "ghost" in json.loads((out / "pathup.json").read_text())["prompts"]["classes"]
