@@ -139,7 +139,16 @@ def test_images_bicubic_weight_maps_and_upscaler(exp):
             np.testing.assert_array_equal(bic, ref)
             pyr = np.asarray(Image.open(img / "pathup" / f"seed{s}" / "pyramid" / ov.name)).astype(int)
             uni = np.asarray(Image.open(img / "pathup" / f"seed{s}" / "uniform" / ov.name)).astype(int)
-            assert pyr.shape == uni.shape == (128, 128, 3) and np.abs(pyr - uni).mean() > 0.05
+            # the weight map is applied: the two upscales of one overview differ. How much depends on how far
+            # overlapping patches disagree, a property of the (random, one-step) model, not of the code: the
+            # mean difference was 0.057-0.069 grey levels with one tokenizer and 0.048 with another. So the
+            # test asks for what the option must do: a visible share of pixels changes (13-19% were seen),
+            # in both colour and position, rather than a mean tied to one model's initialisation.
+            assert pyr.shape == uni.shape == (128, 128, 3)
+            changed = (pyr != uni).any(-1)
+            assert changed.mean() > 0.02, (ov.name, changed.mean())
+            rows, cols = np.nonzero(changed)
+            assert np.ptp(rows) > 32 and np.ptp(cols) > 32  # spread over the image, not one corner
             meta = json.loads((img / "pathup" / f"seed{s}" / "pyramid" / ov.with_suffix(".json").name).read_text())
             assert meta["options"]["weight_map"] == "pyramid" and meta["options"]["patch_size"] == 8
             assert meta["options"]["overlap"] == 4 and meta["seed"] == s
