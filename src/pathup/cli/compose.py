@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--layout", args.layout), ("--legend", args.legend)):
         if path is not None and not Path(path).is_file():
             raise PathUpError(f"{flag} {path}: file not found")
-    out = Path(args.out)
+    from pathup.sample.generate import check_out_folder
+
+    out = check_out_folder(args.out)  # an unwritable --out fails here, in one line, before the model loads
     state = PartialState(cpu=cfg.device == "cpu")
 
     from pathup.sample.pipeline import PathUpPipeline

@@ -23,7 +23,6 @@ under ``accelerate launch``, printing).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from pathup.config import add_config_args, config_from_args
@@ -47,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from pathup.sample.config import validate
-    from pathup.sample.generate import (check_class_folder, class_folder, clear_class_folder, generate_to_folder,
-                                        pending_seeds)
+    from pathup.sample.generate import (check_class_folder, check_out_folder, class_folder, clear_class_folder,
+                                        generate_to_folder, pending_seeds)
 
     cfg = config_from_args(SampleConfig, args)
     validate(cfg)  # every option checked before any process group or model starts
-    out = Path(args.out)
+    out = check_out_folder(args.out)  # an unwritable --out fails here, in one line, before any work
     state = PartialState(cpu=cfg.device == "cpu")
     share = dict(process_index=state.process_index, num_processes=state.num_processes)
     # A folder made with another model or other settings: an error, or with --overwrite cleared once.

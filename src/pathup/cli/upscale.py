@@ -37,12 +37,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathup.io import load_rgb
-    from pathup.sample.generate import check_upscale_target, upscale_path, upscale_to_file
+    from pathup.sample.generate import check_out_folder, check_upscale_target, upscale_path, upscale_to_file
 
     cfg = config_from_args(SampleConfig, args)
     out = Path(args.out)
     target = upscale_path(args.image, args.class_name, out, cfg)  # checks every option first
     image = load_rgb(args.image)  # PathUpError on a missing or corrupt file
+    check_out_folder(out)  # an unwritable --out fails here, in one line, before the model loads
     if check_upscale_target(target, args.image, args.class_name, cfg, args.model):  # same settings: done
         print(f"pathup upscale: {target} already exists; nothing to do")
         return 0

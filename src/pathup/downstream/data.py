@@ -254,20 +254,72 @@ def _images_in(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def _folder_class(folder: Path) -> str | None:
+    """The class a ``pathup generate`` class folder was made for (its ``generate_settings.json``), or None."""
+    from pathup.sample.generate import GENERATE_SETTINGS
+
+    settings = folder / GENERATE_SETTINGS
+    if not settings.is_file():
+        return None
+    try:
+        data = json.loads(settings.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    cls = data.get("class") if isinstance(data, dict) else None
+    return cls if isinstance(cls, str) else None
+
+
+def synthetic_folders(folder: Path, classes: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Which sub-folder of ``folder`` holds each class: ({class: folder name}, unclaimed folder names).
+
+    A folder whose ``generate_settings.json`` names a class belongs to it; otherwise a class's folder is
+    ``class_dirname(class)`` (what ``pathup generate`` writes: the name itself when it is a safe file
+    name, else a safe form plus a short hash), the exact class name, or, for folders made before
+    ``class_dirname``, ``safe_name(class)`` when no other class claims that name.
+    """
+    from pathup.sample.generate import class_dirname
+
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    marked = {name: _folder_class(folder / name) for name in found}
+    dirs: dict[str, str] = {}
+    for cls in classes:
+        named = [name for name in found if marked[name] == cls]
+        if len(named) > 1:
+            raise PathUpError(f"--synthetic {folder}: folders {', '.join(named)} were all generated for class {cls!r}")
+        if named:
+            dirs[cls] = named[0]
+    taken = set(dirs.values())
+    for cls in classes:
+        if cls in dirs:
+            continue
+        for name in (class_dirname(cls), cls):
+            if name in found and name not in taken and marked[name] in (None, cls):
+                dirs[cls] = name
+                taken.add(name)
+                break
+    for cls in classes:  # older folders: safe_name, where no class claims the name in its own right
+        name = safe_name(cls)
+        if cls not in dirs and name in found and name not in taken and marked[name] in (None, cls):
+            dirs[cls] = name
+            taken.add(name)
+    return dirs, [name for name in found if name not in taken]
+
+
 def scan_synthetic(folder: str | Path, classes: Sequence[str], *, overviews: bool = False) -> dict[str, list[Path]]:
     """Synthetic images per class from a ``pathup generate`` folder.
 
-    Large images are the files directly inside ``DIR/<class>/``; with ``overviews`` the files of
-    ``DIR/<class>/overview/`` are added. The class folders must match ``classes`` exactly; a
-    sidecar ``.json`` whose ``class`` differs from its folder is an error.
+    Large images are the files directly inside each class's folder (``synthetic_folders``: as
+    ``pathup generate`` names it, ``class_dirname``); with ``overviews`` the files of its ``overview/``
+    are added. The class folders must match ``classes`` exactly; a sidecar ``.json`` whose ``class``
+    differs from its folder's class is an error.
     """
+    from pathup.sample.generate import class_dirname
+
     folder = Path(folder)
     if not folder.is_dir():
         raise PathUpError(f"--synthetic: folder not found: {folder}")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    dirs = {c: c if c in found else safe_name(c) for c in classes}
-    extra = sorted(set(found) - set(dirs.values()))
-    missing = [c for c in classes if dirs[c] not in found]
+    dirs, extra = synthetic_folders(folder, classes)
+    missing = [c if class_dirname(c) == c else f"{c} (folder {class_dirname(c)})" for c in classes if c not in dirs]
     if extra or missing:
         parts = []
         if extra:
@@ -291,7 +343,7 @@ def scan_synthetic(folder: str | Path, classes: Sequence[str], *, overviews: boo
                 if isinstance(meta, dict) and "class" in meta and meta["class"] != cls:
                     raise PathUpError(f"{img}: its sidecar says class {meta['class']!r} but it is in folder {cls!r}")
         if not images:
-            log.warning("synthetic folder %s has no images", folder / cls)
+            log.warning("synthetic folder %s has no images", folder / dirs[cls])
         out[cls] = images
     if not any(out.values()):
         raise PathUpError(f"--synthetic {folder}: no images in any class folder")

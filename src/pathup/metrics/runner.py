@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pathup.errors import PathUpError
+from pathup.io import open_image
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,6 @@ def latent_grid(cfg: ExperimentConfig, pipe: Any) -> tuple[int, int]:
 def generate_arm(cfg: ExperimentConfig, model: str | Path, key: str, classes: list[str], size: int,
                  weight_maps: tuple[str, ...], counts: _Counts) -> None:
     """Overviews of every class and seed, each upscaled by PathUp with the given weight maps."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from pathup.sample import PathUpPipeline
@@ -361,8 +361,7 @@ def generate_arm(cfg: ExperimentConfig, model: str | Path, key: str, classes: li
         seed = _seed_of(cfg, s, i)
         ov_path = paths[0]
         if ov_path.is_file():
-            with Image.open(ov_path) as im:
-                overview = im.convert("RGB")
+            overview = open_image(ov_path)  # pixel limit checked from the header; one-line error if unreadable
             counts.skipped += 1
         else:
             overview = pipe.overview(cls, seed=seed, steps=cfg.steps, guidance=cfg.guidance, scheduler=cfg.scheduler)
@@ -400,8 +399,7 @@ def bicubic_images(cfg: ExperimentConfig, classes: list[str], size: int, counts:
                     counts.skipped += 1
                     continue
                 src = root / f"seed{s}" / "overview" / name
-                with Image.open(src) as im:
-                    img = im.convert("RGB").resize((size, size), Image.BICUBIC)
+                img = open_image(src).resize((size, size), Image.BICUBIC)
                 save_png(img, out, {"class": cls, "seed": _seed_of(cfg, s, i), "kind": "bicubic",
                                     "overview_source": str(src), "size": [size, size]})
                 counts.written += 1
@@ -472,8 +470,7 @@ def upscaler_images(cfg: ExperimentConfig, name: str, path: str, classes: list[s
     pipe = load_upscaler(path, cfg.device)
     for s, cls, i, out in tqdm(todo, desc=f"upscaler {name}", unit="img", disable=not cfg.progress):
         src = root / f"seed{s}" / "overview" / out.name
-        with Image.open(src) as im:
-            overview = im.convert("RGB")
+        overview = open_image(src)
         seed = _seed_of(cfg, s, i)
         img = run_upscaler(pipe, overview, prompts[cls], seed, cfg)
         native = list(img.size)

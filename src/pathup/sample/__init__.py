@@ -8,7 +8,12 @@
 * ``writers``: PNG with settings, pyramidal TIFF, JSON sidecars.
 * ``pipeline``: ``PathUpPipeline``, the Python API that the CLI wraps.
 * ``generate``: ``generate_to_folder`` / ``upscale_to_file``, the folder layout and resume logic that
-  ``pathup generate`` / ``pathup upscale`` wrap.
+  ``pathup generate`` / ``pathup upscale`` wrap; ``class_dirname`` (a class's folder name) and
+  ``read_generated`` (class and level of every image of such a folder).
+* ``compose``: ``ComposeConfig`` and ``compose_to_folder``, mixed-tissue images from a class map, that
+  ``pathup compose`` wraps (``PathUpPipeline.compose`` in memory).
+* ``layout``: class maps for ``compose``: ``Layout``, ``load_layout``, ``read_label_image``,
+  ``read_region_json``, ``read_legend``, ``random_layout``, ``geojson_regions``.
 
 Submodules import torch; this package's top level stays light (attributes load on first use).
 """
@@ -45,6 +50,21 @@ _EXPORTS = {
     "is_done": "pathup.sample.generate",
     "pending_seeds": "pathup.sample.generate",
     "upscale_path": "pathup.sample.generate",
+    "class_dirname": "pathup.sample.generate",
+    "read_generated": "pathup.sample.generate",
+    "GeneratedImage": "pathup.sample.generate",
+    # compose (the function ``compose`` is ``PathUpPipeline.compose``; the name here is the submodule)
+    "ComposeConfig": "pathup.sample.compose",
+    "ComposeResult": "pathup.sample.compose",
+    "ComposeOutput": "pathup.sample.compose",
+    "compose_to_folder": "pathup.sample.compose",
+    "Layout": "pathup.sample.layout",
+    "load_layout": "pathup.sample.layout",
+    "read_label_image": "pathup.sample.layout",
+    "read_region_json": "pathup.sample.layout",
+    "read_legend": "pathup.sample.layout",
+    "random_layout": "pathup.sample.layout",
+    "geojson_regions": "pathup.sample.layout",
 }
 
 __all__ = sorted(_EXPORTS)

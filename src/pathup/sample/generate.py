@@ -124,6 +124,21 @@ def _check_out(out: Path) -> Path:
     return out
 
 
+def check_out_folder(out: str | Path, option: str = "--out") -> Path:
+    """Make sure ``out`` is (or can be made) a folder a file can be written in, before a model is loaded.
+
+    Creates ``out`` when needed. Raises a one-line PathUpError when ``out`` is a file or cannot be written
+    (``pathup.io.check_writable_dir``).
+    """
+    from pathup.io import check_writable_dir
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PathUpError(f"{option} {out} exists and is not a folder")
+    check_writable_dir(out, option)
+    return out
+
+
 # ------------------------------------------------------------------------------ settings of a folder
 def model_key(model: str | Path | None) -> str | None:
     """How a model is compared between runs: the absolute path of a local folder, else the name given."""

@@ -41,19 +41,40 @@ def write_sidecar(image_path: str | Path, settings: dict[str, Any]) -> Path:
     return path
 
 
+def _loads(text: str, where: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PathUpError(f"{where}: the settings are not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise PathUpError(f"{where}: the settings are not a JSON object")
+    return data
+
+
 def read_settings(image_path: str | Path) -> dict[str, Any]:
-    """The settings saved beside an image (sidecar JSON, else the PNG text chunk)."""
+    """The settings saved beside an image (sidecar JSON, else the PNG text chunk).
+
+    The text chunk is read from the PNG's header (``save_png`` writes it before the pixel data); no pixel
+    is decoded, and the header's size goes through ``pathup.io.image_size``, so a corrupt file or a
+    decompression bomb is a one-line PathUpError.
+    """
     path = Path(image_path)
     side = sidecar_path(path)
     if side.is_file():
-        return json.loads(side.read_text())
+        return _loads(side.read_text(), side)
     if path.suffix.lower() == ".png" and path.is_file():
         from PIL import Image
 
-        with Image.open(path) as img:
-            text = img.text.get(SETTINGS_KEY)  # type: ignore[attr-defined]
-        if text:
-            return json.loads(text)
+        from pathup.io import _pil_limit, image_size, max_image_pixels
+
+        image_size(path)  # header only: an unreadable file or a bomb PIL would refuse is a PathUpError
+        try:
+            with _pil_limit(max_image_pixels()), Image.open(path) as img:
+                text = img.info.get(SETTINGS_KEY)  # chunks before the pixel data; ``img.text`` would decode
+        except (OSError, SyntaxError, ValueError) as err:
+            raise PathUpError(f"cannot read image {path}: {err}") from None
+        if isinstance(text, str) and text:
+            return _loads(text, path)
     raise PathUpError(f"no settings found for {path} (no {side.name} and no PNG text chunk)")
 
 

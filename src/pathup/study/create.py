@@ -1,8 +1,10 @@
 """Build a blinded rater study from a folder of real and a folder of synthetic images (paper Table 5).
 
 Both folders hold one sub-folder per class. For the synthetic side this is the layout that
-``pathup generate`` writes (``DIR/<class>/<class>_s<seed>.png``); only the images directly inside a
-class folder are used, so the ``overview/`` sub-folders are ignored.
+``pathup generate`` writes (``DIR/<class>/<class>_s<seed>.png``, where ``<class>`` is
+``class_dirname(class)``: a safe form plus a short hash for a name such as ``ductal carcinoma``, matched
+to the real class by the folder's ``generate_settings.json`` or that name); only the images directly
+inside a class folder are used, so the ``overview/`` sub-folders are ignored.
 
 Every chosen image goes through the same path so that nothing but its pixels tells real from
 synthetic: decoded to 8-bit RGB, centre-cropped to a square and resized to one common size,
@@ -71,6 +73,19 @@ def _class_folders(root: Path, what: str) -> dict[str, Path]:
     return found
 
 
+def _synthetic_class_folders(root: Path, class_names: list[str]) -> dict[str, Path]:
+    """The synthetic class folders by class: a ``pathup generate`` folder is named ``class_dirname(class)``
+    (a safe form plus a short hash for a name such as ``ductal carcinoma``) and records its class in
+    ``generate_settings.json``; other folders keep their own name as the class."""
+    from pathup.downstream.data import synthetic_folders
+
+    found = _class_folders(root, "synthetic")
+    dirs, unclaimed = synthetic_folders(root, class_names)
+    out = {cls: root / name for cls, name in dirs.items() if name in found}
+    out.update({name: found[name] for name in unclaimed if name in found and name not in out})
+    return out
+
+
 def square_resize(img: "Image.Image", size: int) -> "Image.Image":  # noqa: F821
     """Centre-crop to the largest square, then resize (Lanczos) to ``size`` x ``size``."""
     from PIL import Image
@@ -135,7 +150,7 @@ def create_study(real_dir: str | Path, synthetic_dir: str | Path, per_class: int
                               "(a study is never overwritten, so no rating can be lost)")
 
     real = _class_folders(real_dir, "real")
-    synth = _class_folders(synthetic_dir, "synthetic")
+    synth = _synthetic_class_folders(synthetic_dir, list(dict.fromkeys([*real, *(classes or [])])))
     if classes:
         missing = ([f"{c} (real)" for c in classes if c not in real]
                    + [f"{c} (synthetic)" for c in classes if c not in synth])
