@@ -31,18 +31,15 @@ import numpy as np
 import torch
 
 
-def parse_override(text: str, cfg) -> tuple[str, object]:
-    from pathup.config import _coerce  # the config layer's own type conversion
-
-    key, _, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    if key not in fields:
-        raise SystemExit(f"--train-arg {text}: unknown option {key!r}")
+def apply_override(text: str, cfg):
+    """``cfg`` with one option set from ``KEY=VALUE`` (converted and checked by the config layer)."""
     import yaml
 
-    return key, _coerce(key, fields[key].type if not isinstance(fields[key].type, str) else
-                        type(cfg).__annotations__[key], yaml.safe_load(value))
+    from pathup.config import from_dict
+
+    key, _, value = text.partition("=")
+    return from_dict(type(cfg), {key.strip().replace("-", "_"): yaml.safe_load(value)}, base=cfg,
+                     source="--train-arg")
 
 
 def generate(model: Path, out: Path, guidance: float, per_class: int, steps: int, seed: int) -> Path:
@@ -123,8 +120,7 @@ def main() -> None:
     if model is None:
         cfg = TrainConfig(dataset=dataset, out=out / "run", model="tiny", num_workers=0, seed=args.seed)
         for text in args.train_arg:
-            k, v = parse_override(text, cfg)
-            cfg = dataclasses.replace(cfg, **{k: v})
+            cfg = apply_override(text, cfg)
         t0 = time.perf_counter()
         model = out / "run" / "model"
         if not (model / "model_index.json").is_file():

@@ -218,3 +218,19 @@ def test_min_snr_weights_match_diffusers_reference():
     by_hand = ((pred - target) ** 2).mean(dim=(1, 2, 3)) @ w / 5
     assert torch.allclose(denoising_loss(pred, target, w), by_hand)
     assert torch.allclose(denoising_loss(pred, target, torch.ones(5)), denoising_loss(pred, target))
+
+
+def test_scheduler_change_of_a_defaulted_option_is_kept():
+    # diffusers' from_config resets options listed in "_use_default_values" to their defaults; a schedule
+    # rescaled to zero terminal SNR must stay rescaled (PathUp's from-scratch default)
+    from pathup.model.ldm import make_scheduler
+
+    base = make_scheduler("ddim")
+    assert base.alphas_cumprod[-1] > 0
+    cfg = dict(base.config, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
+    for name in ("ddim", "ddpm", "euler", "dpm++"):
+        s = make_scheduler(name, cfg)
+        assert s.config.prediction_type == "v_prediction"
+        assert float(s.alphas_cumprod[-1]) < 1e-6, name  # Euler keeps 2**-24 to avoid an infinite sigma
+    with pytest.raises(PathUpError, match="pndm.*zero-terminal-SNR"):
+        make_scheduler("pndm", cfg)

@@ -106,13 +106,17 @@ def test_training_lowers_the_denoising_loss(data, runs):
     after = load_ldm(runs["run"] / "base")
     # the raw (not averaged) UNet of the last checkpoint, as Accelerate saved it
     after.unet.load_state_dict(load_file(str(runs["run"] / "checkpoints" / "checkpoint-00000008" / "model.safetensors")))
+    # the text encoder trains with the UNet for from-scratch models (Accelerate's second prepared model)
+    after.text_encoder.load_state_dict(load_file(str(runs["run"] / "checkpoints" / "checkpoint-00000008" /
+                                                     "model_1.safetensors")))
+    assert base.scheduler.config.prediction_type == "v_prediction"  # the from-scratch default, saved in base/
     final = load_ldm(runs["full"])
     assert torch.equal(base.vae.decoder.conv_out.weight, final.vae.decoder.conv_out.weight)  # VAE frozen
     tiles = TrainTiles(data["two"], "train", [], True, 64)
     images = torch.stack([tiles[i][0] for i in range(0, len(tiles), 3)])  # (12, 3, 64, 64), fixed
     prompts = [tiles[i][2] for i in range(0, len(tiles), 3)]
     l0 = denoising_loss_on(base, base.unet, images, prompts, seed=1)
-    l1 = denoising_loss_on(base, after.unet, images, prompts, seed=1)
+    l1 = denoising_loss_on(after, after.unet, images, prompts, seed=1)
     assert l1 < 0.9 * l0, (l0, l1)
     hist = [json.loads(x) for x in (runs["run"] / "losses.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == list(range(1, 9)) and all(h["l_e"] > 0 for h in hist)

@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from pathup.errors import PathUpError
 from pathup.io import atomic_write_text
@@ -44,8 +44,10 @@ class DemoConfig:
     classes: list[str] = field(default_factory=list, metadata={
         "help": "classes of the shipped sample to use (default: all four)", "metavar": "NAME"})
     tile_size: int = field(default=128, metadata={"help": "tile size in pixels (the tiny model's resolution)"})
-    vae_steps: int = field(default=300, metadata={"help": "autoencoder training steps"})
-    train_steps: int = field(default=1000, metadata={"help": "UNet training steps"})
+    vae_steps: Optional[int] = field(default=None, metadata={
+        "help": "autoencoder training steps (default: pathup train's for the tiny model, 300)"})
+    train_steps: Optional[int] = field(default=None, metadata={
+        "help": "UNet training steps (default: pathup train's for the tiny model, 1000)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     fel_beta: float = field(default=0.1, metadata={"help": "feature entropy loss weight (0 = off)"})
     steps: int = field(default=20, metadata={"help": "sampling steps"})
@@ -201,8 +203,8 @@ def _train(cfg: DemoConfig, dataset: Path, run_dir: Path) -> dict[str, Any]:
     resume = (run_dir / "checkpoints").is_dir()
     tcfg = TrainConfig(dataset=dataset, out=run_dir, model="tiny", max_steps=cfg.train_steps,
                        vae_steps=cfg.vae_steps, batch_size=cfg.batch_size, fel_beta=cfg.fel_beta,
-                       seed=cfg.seed, checkpoint_every=max(1, cfg.train_steps // 3), keep_checkpoints=1,
-                       sample_every=cfg.train_steps, num_workers=0, resume=resume,
+                       seed=cfg.seed, checkpoint_every=250, keep_checkpoints=1,
+                       sample_every=500, num_workers=0, resume=resume,
                        cpu=cfg.device == "cpu", guidance_scale=cfg.guidance, progress=cfg.progress)
     train(tcfg)
     return {"model": str(run_dir / "model")}
@@ -410,6 +412,9 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
               for g in cfg.guidance_compare]
     g_grid = _grid([r for r in g_rows if r[1]], assets / "guidance.png") if any(r[1] for r in g_rows) else None
     cc = metrics.get("class_consistency")
+    import yaml
+
+    steps = yaml.safe_load((run_dir / "config.yaml").read_text()).get("max_steps")
     real_rows = []
     from pathup.data.manifest import read_manifest
 
@@ -445,7 +450,8 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
         "</style></head><body>",
         "<h1>PathUp demo report</h1>",
         f"<p>Real {SAMPLE_CREDIT[cfg.sample]}, classes: {', '.join(map(html.escape, classes))}. "
-        f"Tiny latent diffusion model trained from scratch for {cfg.train_steps} steps on {html.escape(str(dataset))}.</p>",
+        f"Tiny latent diffusion model trained from scratch by <code>pathup train</code> for {steps} steps on "
+        f"{html.escape(str(dataset))}.</p>",
         "<h2>Generated overviews: one row per class, one column per seed</h2>",
         f"<img src='{rel(grid)}' alt='generated overviews'>",
         "<h2>Real overview tiles of the same classes</h2>", f"<img src='{rel(real_grid)}' alt='real overview tiles'>",

@@ -198,38 +198,33 @@ def labelled_real(spec: str | Path, level: str | None) -> tuple[list[Path], list
     return [root / r["path"] for r in rows], [r["class"] for r in rows], [r["split"] for r in rows]
 
 
-def labelled_fake(spec: str | Path) -> tuple[list[Path], list[str]]:
+def labelled_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path], list[str]]:
     """Generated images and the class each was generated for.
 
-    The class comes from the image's JSON sidecar (``"class"``, as ``pathup generate`` writes it), else
-    from the first folder under ``spec`` (``FAKE/<class>/...``). Images under an ``overview`` folder of a
-    ``generate`` output (its reference overviews) are left out unless ``spec`` holds nothing else.
+    Class and level come from ``pathup.sample.generate.read_generated`` (the sidecars and the layout of a
+    ``generate`` folder); an image it cannot place takes its class from its first folder under ``spec``
+    (``FAKE/<class>/...``). With ``level`` (``overview`` or ``patch``), images known to be of the other
+    level (a generate folder's overviews vs its final images) are left out, unless none would remain.
     """
-    import json
-
-    from pathup.io import list_images
+    from pathup.sample.generate import read_generated
 
     root = Path(spec)
     if not root.is_dir():
         raise PathUpError(f"--fake {root}: class-consistency needs a folder with one sub-folder per class")
-    paths = list(list_images(root))
-    finals = [p for p in paths if "overview" not in p.relative_to(root).parts[1:-1]]
-    paths = finals or paths
+    items = read_generated(root)
+    want = {"overview": "overview", "patch": "upscaled"}.get(level or "")
+    if want and any(it.level == want for it in items):
+        items = [it for it in items if it.level in (want, None)]
     out_p, out_c = [], []
-    for p in paths:
-        cls = None
-        side = p.with_suffix(".json")
-        if side.is_file():
-            try:
-                cls = json.loads(side.read_text()).get("class")
-            except (ValueError, OSError):
-                cls = None
-        rel = p.relative_to(root).parts
+    for it in items:
+        cls = it.class_name
+        rel = it.path.relative_to(root).parts
         if cls is None and len(rel) > 1:
             cls = rel[0]
         if cls is None:
-            raise PathUpError(f"--fake {root}: {p.name} has no class (no sidecar .json and not in a class folder)")
-        out_p.append(p)
+            raise PathUpError(f"--fake {root}: {it.path.name} has no class (no sidecar .json and not in a class "
+                              "folder)")
+        out_p.append(it.path)
         out_c.append(str(cls))
     if not out_p:
         raise PathUpError(f"--fake {root}: no images found")
@@ -297,7 +292,7 @@ def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level:
     fakes = [fake] if isinstance(fake, (str, Path)) else list(fake)
     sets: dict[str, Any] = {}
     for fk in fakes:
-        fp, fc = labelled_fake(fk)
+        fp, fc = labelled_fake(fk, level)
         f_img = load_rgb(fp, size)
         res = class_consistency(real_f[tr], [classes[i] for i in tr], real_f[he], [classes[i] for i in he],
                                 extract(f_img, ext), fc, seed=seed)

@@ -435,12 +435,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             raise PathUpError(f"{err} (the other metrics were written to {out})") from None
         result["seam"] = {"fake": mean_std(scores),  # NaN (undefined) -> null: the JSON stays valid
                           "per_image": {str(p): None if s != s else s for p, s in zip(fake_set.paths, scores)}}
-    cc = _class_consistency(cfg, device, out)
+    try:
+        cc = _class_consistency(cfg, device, out)
+    except PathUpError as err:  # keep the metrics computed so far
+        _write_result(cfg, out, result)
+        raise PathUpError(f"{err} (the other metrics were written to {out})") from None
     if cc is not None:
         result["class_consistency"] = cc
-    atomic_write_text(out, json.dumps(result, indent=2, allow_nan=True) + "\n")
-    atomic_write_text(out.with_suffix(".md"), metrics_markdown(result))
-    save_config(cfg, out.with_suffix(".config.yaml"))
+    _write_result(cfg, out, result)
     return result
 
 
@@ -452,7 +454,7 @@ def _class_consistency(cfg: EvaluateConfig, device: str, out: Path) -> dict[str,
         return None
     try:
         _, classes, splits = consistency.labelled_real(cfg.real, cfg.level)
-        _, fake_classes = consistency.labelled_fake(cfg.fake)
+        _, fake_classes = consistency.labelled_fake(cfg.fake, cfg.level)
         held = cfg.split if cfg.split in ("test", "val") else None
         if len(set(classes)) < 2 or "train" not in splits or not ({held} if held else {"test", "val"}) & set(splits):
             raise PathUpError(f"--real {cfg.real}: class-consistency needs a prepared dataset with 'train' tiles of "

@@ -36,10 +36,16 @@ def make_scheduler(name: str, config: dict[str, Any] | None = None):
                "euler": EulerDiscreteScheduler, "pndm": PNDMScheduler}
     if name not in classes:
         raise PathUpError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
+    if name == "pndm" and config is not None and config.get("rescale_betas_zero_snr"):
+        raise PathUpError("scheduler 'pndm' does not support this model's zero-terminal-SNR noise schedule; "
+                          "allowed: ddim, ddpm, dpm++, euler")
     if config is None:
         config = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                       beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
                       steps_offset=1, prediction_type="epsilon")
+    # diffusers' private keys: "_use_default_values" lists the options that took their default when the config
+    # was made, and from_config resets those to the default again, silently dropping a change made to them
+    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     return classes[name].from_config(config)
 
 

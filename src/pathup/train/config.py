@@ -34,7 +34,8 @@ class TrainConfig:
     patho_align: bool = _f(True, "prompts from class and level (--no-patho-align: class-only prompts, one bank "
                                  "vector per class, tiles of every selected level; the paper's ablation)")
     # optimisation
-    max_steps: Optional[int] = _f(None, "optimizer steps (default: 2000 from scratch, 50000 fine-tuning)", min=1)
+    max_steps: Optional[int] = _f(None, "optimizer steps (default: 1000 for tiny, 2000 for other sizes built from "
+                                        "scratch, 50000 fine-tuning)", min=1)
     batch_size: Optional[int] = _f(None, "tiles per device per micro-batch (default: 8 from scratch, 4 fine-tuning)", min=1)
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step", min=1)
     lr: Optional[float] = _f(None, "AdamW learning rate (default: 2e-4 from scratch, 5e-6 fine-tuning)", min=0, min_exclusive=True)
@@ -69,7 +70,8 @@ class TrainConfig:
     ema: bool = _f(True, "keep an exponential moving average of the UNet weights (saved as the final UNet)")
     ema_decay: Optional[float] = _f(None, "EMA decay (default: 0.999 from scratch, 0.9999 fine-tuning)", min=0, max=1, max_exclusive=True)
     # first stage of the from-scratch models
-    vae_steps: int = _f(600, "autoencoder training steps before the UNet (from scratch only)", min=0)
+    vae_steps: Optional[int] = _f(None, "autoencoder training steps before the UNet (from scratch only; default: "
+                                        "300 for tiny, 600 otherwise)", min=0)
     vae_batch_size: int = _f(8, "autoencoder batch size", min=1)
     vae_lr: float = _f(5e-4, "autoencoder learning rate", min=0, min_exclusive=True)
     vae_kl_weight: float = _f(1e-6, "KL weight of the autoencoder loss", min=0)
@@ -96,7 +98,15 @@ class TrainConfig:
         """A copy with the model-dependent defaults filled in."""
         import dataclasses
 
+        from pathup.model.registry import MODEL_SIZES
+
         s = self.from_scratch
-        fill = {"train_text_encoder": s, "max_steps": 2000 if s else 50000, "batch_size": 8 if s else 4, "lr": 2e-4 if s else 5e-6,
+        # From scratch: a trained text encoder, v-prediction and a zero-terminal-SNR schedule are what let a
+        # small model follow its class prompt within minutes (benchmarks/bench_classes.py; see the README).
+        fill = {"train_text_encoder": s, "prediction_type": "v_prediction" if s else None,
+                "zero_terminal_snr": True if s else None, "max_steps": 2000 if s else 50000,
+                "vae_steps": 600 if s else 0, "batch_size": 8 if s else 4, "lr": 2e-4 if s else 5e-6,
                 "lr_warmup_steps": 100 if s else 0, "ema_decay": 0.999 if s else 0.9999}
+        if s:
+            fill.update(MODEL_SIZES[self.model].train)
         return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})

@@ -253,11 +253,13 @@ class Trainer:
                                allow_empty_classes=cfg.allow_empty_classes)
             if cfg.resume and (base / "model_index.json").is_file():
                 ldm = load_ldm(base)
+                self._configure_scheduler(ldm)
                 if ldm.resolution != res:
                     raise PathUpError(f"--resolution {res} differs from the run's model ({ldm.resolution} px)")
                 ldm.prompts = tiles.table
             else:
                 ldm = build_ldm(size, tiles.table, seed=cfg.seed)
+                self._configure_scheduler(ldm)  # saved with the base, so that base/ is what the UNet learns
                 ldm.vae.to(acc.device)
                 sf = train_autoencoder(acc, ldm.vae, tiles, cfg)
                 log.info("autoencoder trained; latent scaling factor %.4f", sf)
@@ -268,6 +270,7 @@ class Trainer:
             return ldm, tiles, str(base)
         try:
             ldm = load_ldm(cfg.model)
+            self._configure_scheduler(ldm)
         except PathUpError:
             raise
         except Exception as err:  # noqa: BLE001 - hub/IO errors of diffusers and transformers
@@ -397,7 +400,6 @@ class Trainer:
             raise PathUpError(f"--model {cfg.model} differs from the checkpoint's {state['config'].get('model')}; "
                               "resume with the same model or use a new --out")
         self.ldm, tiles, base = self._load_model(acc, ckpt)
-        self._configure_scheduler(self.ldm)
         self.table = table = tiles.table
         if state is not None:
             self._check_resume_state(state, table)
