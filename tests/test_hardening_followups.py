@@ -173,3 +173,20 @@ def test_study_create_matches_generate_folders_of_unsafe_class_names_to_real_cla
     finally:
         db.close()
     assert sorted(rows) == [("a_b", 2), ("ductal carcinoma", 2)]
+
+
+@pytest.mark.parametrize("command", ["generate", "upscale", "compose"])
+def test_size_over_the_documented_bound_is_one_line_before_any_work(tmp_path, capsys, command):
+    """Issue 12 item 11: ``--size 100000x100000`` grew past 14 GB in under a minute; now a bound of
+    32768x32768 pixels (MAX_OUTPUT_PIXELS) is checked with the other options."""
+    from pathup.sample.generate import MAX_OUTPUT_PIXELS
+
+    image = _png(tmp_path / "ov.png", (64, 64))
+    model = str(tmp_path / "no-such-model")
+    args = {"generate": ["generate", model, "--class", "a"],
+            "upscale": ["upscale", str(image), "--model", model, "--class", "a"],
+            "compose": ["compose", model, "--random-layout", "2"]}[command]
+    rc = main(args + ["--out", str(tmp_path / "out"), "--size", "100000x100000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--size 100000x100000" in err and "32768x32768" in err, err
+    assert not (tmp_path / "out").exists() and MAX_OUTPUT_PIXELS == 32768 ** 2

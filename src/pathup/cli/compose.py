@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(ComposeConfig, args)
     validate(cfg)  # every option checked before any process group or model starts
+    from pathup.sample.generate import check_output_size
+
+    check_output_size(cfg)  # --size bounded before any model loads
     if (args.layout is None) == (cfg.random_layout == 0):
         raise PathUpError("give either --layout FILE or --random-layout K")
     if args.legend is not None and args.layout is None:

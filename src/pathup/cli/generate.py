@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(SampleConfig, args)
     validate(cfg)  # every option checked before any process group or model starts
+    from pathup.sample.generate import check_output_size
+
+    check_output_size(cfg)  # --size bounded before any model loads
     out = check_out_folder(args.out)  # an unwritable --out fails here, in one line, before any work
     state = PartialState(cpu=cfg.device == "cpu")
     share = dict(process_index=state.process_index, num_processes=state.num_processes)

@@ -62,6 +62,21 @@ NEUTRAL_OPTIONS = ("seed", "num", "device", "dtype", "patch_batch", "overwrite")
 LEVELS = ("upscaled", "overview")  # the "level" of a generated image's sidecar
 
 
+MAX_OUTPUT_PIXELS = 32768 * 32768  # 1 gigapixel: a larger --size is refused before any work (issue 12 item 11)
+
+
+def check_output_size(cfg: SampleConfig) -> None:
+    """Refuse a ``--size`` over ``MAX_OUTPUT_PIXELS`` (width x height) in one line, before a model loads.
+
+    The image and its latent canvas are held in memory whole (about 3 bytes per pixel for the image plus
+    the latents and their weights), so 100000x100000 would need well over 30 GB before failing.
+    """
+    w, h = parse_size(cfg.size)
+    if w * h > MAX_OUTPUT_PIXELS:
+        raise PathUpError(f"--size {w}x{h} is {w * h:,} pixels, over the limit of {MAX_OUTPUT_PIXELS:,} "
+                          "(32768x32768): the image and its latents are held in memory whole")
+
+
 def class_dirname(class_name: str) -> str:
     """The folder (and file-name) form of a class name, injective over class names.
 
@@ -262,6 +277,7 @@ def pending_seeds(out: Path, class_name: str, cfg: SampleConfig, *, process_inde
             another model or other settings (without ``cfg.overwrite``).
     """
     validate(cfg)
+    check_output_size(cfg)
     fmt = output_format(cfg)
     out = _check_out(out)
     seeds = seeds_for_process(cfg.seed, cfg.num, process_index, num_processes)
@@ -355,6 +371,7 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
 
     out = Path(out)
     validate(cfg)
+    check_output_size(cfg)
     _check_out(out)
     if check_class_folder(out, class_name, cfg, pipe.model_name):  # other settings + overwrite
         if process_index == 0:
@@ -393,6 +410,7 @@ def upscale_path(image_path: str | Path, class_name: str, out: Path, cfg: Sample
         PathUpError: an invalid option in ``cfg``.
     """
     validate(cfg)
+    check_output_size(cfg)
     from pathup.sample.writers import suffix
 
     fmt = output_format(cfg)
