@@ -38,6 +38,8 @@ def test_demo_writes_a_report_whose_links_exist(demo_dir):
     assert "Colour per class" in page and "Guidance 1, 3, 7.5" in page
     assert (demo_dir / "report_files" / "guidance.png").is_file()
     assert "Kather 2016" in page
+    assert "mixed-tissue image from a class map" in page
+    assert sorted(p.name for p in (demo_dir / "generated" / "composed").glob("*_mask.png"))
 
 
 def test_demo_breakhis_sample_and_no_progress(tmp_path, capfd):

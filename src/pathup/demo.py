@@ -52,6 +52,8 @@ class DemoConfig:
     fel_beta: float = field(default=0.1, metadata={"help": "feature entropy loss weight (0 = off)"})
     steps: int = field(default=20, metadata={"help": "sampling steps"})
     guidance: float = field(default=3.0, metadata={"help": "classifier-free guidance scale"})
+    compose_classes: int = field(default=3, metadata={
+        "help": "classes in the demo's composed mixed-tissue image (pathup compose; 0: none)", "min": 0})
     guidance_compare: list[float] = field(default_factory=lambda: [1.0, 3.0, 7.5], metadata={
         "help": "guidance scales shown side by side for one class in the report", "metavar": "G"})
     overviews_per_class: int = field(default=6, metadata={"help": "generated overviews per class (for metrics)"})
@@ -128,7 +130,8 @@ def _run_demo(cfg: DemoConfig) -> Path:
     stages.run("train", pick("vae_steps", "train_steps", "batch_size", "fel_beta", "seed", "device"),
                lambda: _train(cfg, dataset, run_dir))
     gen = out / "generated"
-    stages.run("generate", pick("steps", "guidance", "overviews_per_class", "size", "latent_patch",
+    stages.run("generate", pick("steps", "guidance", "overviews_per_class", "size", "latent_patch", "compose_classes",
+                                "guidance_compare",
                                 "latent_overlap", "strength", "seed", "device"),
                lambda: _generate(cfg, run_dir, gen))
     metrics = stages.run("evaluate", pick("features", "repeats", "seed", "tile_size", "device"),
@@ -247,6 +250,14 @@ def _generate(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
         written["large"][c] = str(_upscale(pipe, scfg, c, gen / "large", weight_map="pyramid"))
     # Table 4 ablation on one class: the same overview and noise, uniform weights.
     written["uniform"] = str(_upscale(pipe, scfg, classes[0], gen / "uniform", weight_map="uniform"))
+    # A mixed-tissue image from a random class map (pathup compose), with its label mask.
+    if cfg.compose_classes >= 2:
+        from pathup.sample.compose import ComposeConfig, compose_to_folder
+
+        ccfg = ComposeConfig(**{**dataclasses.asdict(scfg), "random_layout": min(cfg.compose_classes, len(classes)),
+                                "region_size": max(64, cfg.size // 2), "layout_shape": "blob"})
+        res = compose_to_folder(pipe, gen / "composed", ccfg, progress=False)
+        written["composed"] = [str(p) for p in res.written + res.skipped]
     return written
 
 
@@ -471,6 +482,19 @@ def _report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: Path,
         f"<p>Class <b>{html.escape(str(settings.get('class')))}</b>, prompt <code>{html.escape(str(settings.get('prompt')))}</code>, "
         f"seed {settings.get('seed')}. Overview: <a href='{rel(Path(str(big).replace('/large/', '/overviews/')))}'>png</a>.</p>",
     ]
+    composed = sorted((gen / "composed").glob("*_overlay.png")) if (gen / "composed").is_dir() else []
+    if composed:
+        image = composed[0].with_name(composed[0].name.replace("_overlay.png", ".png"))
+        side = json.loads(image.with_suffix(".json").read_text())
+        legend = ", ".join(html.escape(str(c)) for c in side.get("classes", []))
+        parts += ["<h2>A mixed-tissue image from a class map (pathup compose)</h2>",
+                  "<p>Every region of a random class map gets its own prompt inside patch-wise timestep tracking; "
+                  f"the label mask comes with the image (classes: {legend}).</p>",
+                  f"<img src='{rel(image)}' alt='composed image' style='max-width:49%'> "
+                  f"<img src='{rel(composed[0])}' alt='mask overlay' style='max-width:49%'>",
+                  f"<p>Files: <a href='{rel(image.with_name(image.stem + '_mask.png'))}'>label mask</a>, "
+                  f"<a href='{rel(image.with_suffix('.geojson'))}'>regions (GeoJSON, QuPath)</a>, "
+                  f"<a href='{rel(image.with_suffix('.json'))}'>settings</a>.</p>"]
     if loss:
         parts += ["<h2>Training losses</h2>", f"<img src='{rel(loss)}' alt='loss curves'>"]
     if sample_grids:
