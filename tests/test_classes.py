@@ -234,3 +234,19 @@ def test_scheduler_change_of_a_defaulted_option_is_kept():
         assert float(s.alphas_cumprod[-1]) < 1e-6, name  # Euler keeps 2**-24 to avoid an infinite sigma
     with pytest.raises(PathUpError, match="pndm.*zero-terminal-SNR"):
         make_scheduler("pndm", cfg)
+
+
+def test_kather_sample_is_split_by_slide(kather):
+    import csv
+
+    rows = list(csv.DictReader(open(kather / "ds" / "manifest.csv")))
+    classes = {r["class"] for r in rows}
+    assert len(classes) == 8 and {r["split"] for r in rows} == {"train", "test"}
+    for c in classes:
+        assert {r["split"] for r in rows if r["class"] == c} == {"train", "test"}, c
+    train_slides = {r["slide"] for r in rows if r["split"] == "train" and r["class"] != "08_EMPTY"}
+    test_slides = {r["slide"] for r in rows if r["split"] == "test" and r["class"] != "08_EMPTY"}
+    assert not train_slides & test_slides  # held out by slide; 08_EMPTY (one slide only) is split by tile
+    empty = [r for r in rows if r["class"] == "08_EMPTY"]
+    assert {r["slide"] for r in empty} == {"CRC-Prim-HE-06"}
+    assert not {r["source"] for r in empty if r["split"] == "train"} & {r["source"] for r in empty if r["split"] == "test"}
