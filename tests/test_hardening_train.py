@@ -55,3 +55,38 @@ def test_empty_class_refused_unless_asked(tiny_ds, tmp_path):
         train(TrainConfig(dataset=ds, out=tmp_path / "r1", max_steps=1, **FAST))
     out = train(TrainConfig(dataset=ds, out=tmp_path / "r2", max_steps=1, allow_empty_classes=True, **FAST))
     assert "ghost" in json.loads((out / "pathup.json").read_text())["prompts"]["classes"]
+
+
+def test_library_write_failures_are_one_line(tiny_ds, tmp_path, monkeypatch):
+    # torch.save's zip writer and safetensors report a full disk as RuntimeError / SafetensorError
+    import accelerate
+
+    def full(self, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 0")
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", full)
+    with pytest.raises(PathUpError, match="disk full while writing checkpoint"):
+        train(TrainConfig(dataset=tiny_ds, out=tmp_path / "r", max_steps=1, progress=False, **FAST))
+    assert not list((tmp_path / "r" / "checkpoints").glob(".tmp*"))
+
+
+def test_model_files_honour_the_umask(tiny_ds, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = train(TrainConfig(dataset=tiny_ds, out=tmp_path / "r", max_steps=1, progress=False, **FAST))
+    finally:
+        os.umask(old)
+    for p in [out, *out.rglob("*"), *(tmp_path / "r" / "base").rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
+
+
+def test_cli_negative_numbers_with_exponents_reach_the_config_layer(tmp_path, capsys):
+    from pathup.cli import main
+
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--vae-kl-weight", "-1e9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pathup train: error: --vae-kl-weight must be at least 0, got -1000000000.0"]

@@ -87,6 +87,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         _honour_umask(tmp, 0o777)
         yield tmp
+        for sub in tmp.rglob("*"):  # libraries may write through mkstemp (0600): give every file the umask's mode
+            if not sub.is_symlink():
+                _honour_umask(sub, 0o777 if sub.is_dir() else 0o666)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -285,7 +288,8 @@ def list_images(folder: str | Path) -> list[Path]:
 def safe_name(name: str) -> str:
     """A class name usable as a folder and file name (unsafe characters become ``_``).
 
-    ``pathup generate`` writes a class's images to ``OUT/<safe_name(class)>/``; readers use the same rule.
+    Not injective (``a b`` and ``a_b`` give the same name): class folders of ``pathup generate`` use
+    ``pathup.sample.generate.class_dirname``, which adds a short hash when the name is not itself safe.
     """
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"
 
@@ -306,3 +310,18 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
         raise PathUpError(f"cannot read image {path}: {err}") from None
+
+
+def write_failure(err: BaseException, target: Path, root: Path, what: str) -> PathUpError:
+    """A one-line error for a library's non-OSError write failure of ``target`` (a full disk, most often)."""
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    free = None
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        pass
+    if "No space left" in msg or "unexpected pos" in msg or (free is not None and free < 2 ** 20):
+        tail = f"; {free / 2**20:.0f} MiB free" if free is not None else ""
+        return PathUpError(f"disk full while writing {what} {target}{tail}; free space and rerun (with --resume "
+                           "for training)")
+    return PathUpError(f"cannot write {what} {target}: {type(err).__name__}: {msg}")

@@ -9,6 +9,7 @@ command functions, so ``pathup --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import re
 import importlib
 import logging
 import pkgutil
@@ -29,6 +30,9 @@ def _stage_modules() -> list[str]:
     return ordered + sorted(found - set(ordered))
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pathup",
@@ -41,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _stage_modules():
         module = importlib.import_module(f"{__name__}.{name}")
         module.register(sub)
+    for p in [parser, *sub.choices.values()]:
+        # argparse reads "-1e9" as an option name (its negative-number rule knows no exponent): a value
+        # like "--vae-kl-weight -1e9" must reach the config layer, which names the option and its range
+        p._negative_number_matcher = _NEGATIVE_NUMBER
     return parser
 
 

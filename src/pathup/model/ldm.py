@@ -215,7 +215,14 @@ def save_ldm(ldm: LDM, path: str | Path) -> Path:
         pipe = StableDiffusionPipeline(vae=ldm.vae, text_encoder=ldm.text_encoder, tokenizer=ldm.tokenizer,
                                        unet=ldm.unet, scheduler=ldm.scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        try:
+            pipe.save_pretrained(str(tmp), safe_serialization=True)
+        except OSError as err:
+            raise PathUpError(f"cannot write model {path}: {err.strerror or err}") from None
+        except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError for a full disk, for one
+            from pathup.io import write_failure
+
+            raise write_failure(err, path, path.parent, "model") from None
         meta = {"size": ldm.size, "prompts": ldm.prompts.to_dict() if ldm.prompts else None,
                 "format": "pathup-ldm/1"}
         (tmp / "pathup.json").write_text(json.dumps(meta, indent=2))

@@ -201,9 +201,12 @@ def read_label_image(path: str | Path, legend: str | Path | dict | None = None, 
     """
     from PIL import Image, UnidentifiedImageError
 
+    from pathup.io import image_size
+
     path = Path(path)
     if not path.is_file():
         raise PathUpError(f"layout not found: {path}")
+    image_size(path)  # the header's size against the pixel limit, before any decoding
     try:
         with Image.open(path) as img:
             img.load()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pathup.errors import PathUpError
+from pathup.io import write_failure
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -92,6 +93,10 @@ def save_checkpoint(accelerator, run: str | Path, step: int, state: dict[str, An
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError):
             raise _write_error(err, final, root) from None
+        if isinstance(err, Exception) and not isinstance(err, PathUpError):
+            # torch.save's zip writer ("unexpected pos") and safetensors report a full disk as
+            # RuntimeError / SafetensorError, not OSError
+            raise write_failure(err, final, root, "checkpoint") from None
         raise
     if accelerator.is_main_process:
         for _, old in list_checkpoints(run)[:-max(1, keep)]:
@@ -113,3 +118,4 @@ def _write_error(err: OSError, final: Path, root: Path) -> PathUpError:
                            f"lower --keep-checkpoints, then resume with --resume (earlier checkpoints are intact)")
     where = err.filename or root
     return PathUpError(f"cannot write checkpoint {final}: {err.strerror or err} ({where})")
+
