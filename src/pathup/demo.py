@@ -45,7 +45,7 @@ class DemoConfig:
         "help": "classes of the shipped sample to use (default: all four)", "metavar": "NAME"})
     tile_size: int = field(default=128, metadata={"help": "tile size in pixels (the tiny model's resolution)"})
     vae_steps: Optional[int] = field(default=None, metadata={
-        "help": "autoencoder training steps (default: pathup train's for the tiny model, 300)"})
+        "help": "autoencoder training steps (default: pathup train's for the tiny model, 600)"})
     train_steps: Optional[int] = field(default=None, metadata={
         "help": "UNet training steps (default: pathup train's for the tiny model, 1000)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})

@@ -62,7 +62,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
                   max_position_embeddings=77, projection_dim=64),
         # what fits the demo's CPU budget (about 6 minutes of training on 2 cores) and learns the classes
         # of the shipped Kather sample (benchmarks/bench_classes.py)
-        train=dict(max_steps=1000, vae_steps=300),
+        train=dict(max_steps=1000, vae_steps=600),
     ),
     "small": ModelSize(
         name="small", resolution=256,

@@ -71,7 +71,7 @@ class TrainConfig:
     ema_decay: Optional[float] = _f(None, "EMA decay (default: 0.999 from scratch, 0.9999 fine-tuning)", min=0, max=1, max_exclusive=True)
     # first stage of the from-scratch models
     vae_steps: Optional[int] = _f(None, "autoencoder training steps before the UNet (from scratch only; default: "
-                                        "300 for tiny, 600 otherwise)", min=0)
+                                        "600)", min=0)
     vae_batch_size: int = _f(8, "autoencoder batch size", min=1)
     vae_lr: float = _f(5e-4, "autoencoder learning rate", min=0, min_exclusive=True)
     vae_kl_weight: float = _f(1e-6, "KL weight of the autoencoder loss", min=0)
