@@ -57,7 +57,7 @@ class DemoConfig:
     guidance_compare: list[float] = field(default_factory=lambda: [1.0, 3.0, 7.5], metadata={
         "help": "guidance scales shown side by side for one class in the report", "metavar": "G"})
     overviews_per_class: int = field(default=6, metadata={"help": "generated overviews per class (for metrics)"})
-    size: int = field(default=1024, metadata={"help": "size of the large images in pixels"})
+    size: int = field(default=768, metadata={"help": "size of the large images in pixels"})
     latent_patch: int = field(default=32, metadata={"help": "latent patch size p of the upscaler"})
     latent_overlap: int = field(default=16, metadata={"help": "latent patch overlap o"})
     strength: float = field(default=0.8, metadata={"help": "upscaling strength"})
@@ -385,7 +385,7 @@ def _consistency_html(cc: dict[str, Any] | None, rel: Callable[[Path], str]) -> 
            + "".join(f"<td>{r['real_heldout']['per_class'][c]:.2f}</td>" for c in classes) + "</tr></table>",
            f"<p>{len(r['above_3x_chance'])} of {len(classes)} classes are recognised above 3x chance. Per-class mean "
            f"colour, generated vs real: Pearson r = {r['colour_r']:.3f} (classes x RGB).</p>",
-           "<h3>Colour per class (0-255; mean &plusmn; std over images of the per-image mean)</h3>",
+           "<h3>Colour per class (0-255; each image's mean colour, averaged over the images of the class)</h3>",
            "<table><tr><th>class</th><th>set</th><th>R</th><th>G</th><th>B</th><th>H</th><th>S</th><th>V</th>"
            "<th>images</th></tr>"]
     for c in classes:
