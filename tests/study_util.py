@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pytest
 from PIL import Image, ImageFilter
 
 from pathup.sample_data import breakhis_dir
@@ -68,3 +69,43 @@ def live_server(db_path: Path) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+# Fixtures shared by the study test modules (import them by name): a study of the shipped BreakHis images
+# (2 per class) with synthetic look-alikes, a fresh copy per test, and an API client on it.
+PER_CLASS = 2
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    return make_synthetic_dir(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory, synthetic_dir):
+    from pathup.study.create import create_study
+
+    out = tmp_path_factory.mktemp("template") / "study.db"
+    create_study(breakhis_dir(), synthetic_dir, PER_CLASS, out, seed=3, size=128)
+    return out
+
+
+@pytest.fixture
+def study(template_db, tmp_path):
+    from pathup.study.db import StudyDB
+
+    return StudyDB(copy_study(template_db, tmp_path / "s"))
+
+
+@pytest.fixture
+def client(study):
+    from fastapi.testclient import TestClient
+
+    from pathup.study.app import create_app
+
+    with TestClient(create_app(study.path)) as c:
+        yield c
+
+
+def auth(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}

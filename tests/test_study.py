@@ -17,42 +17,10 @@ from pathup.io import load_rgb
 from pathup.sample_data import breakhis_dir
 from pathup.study.create import class_images, create_study, square_resize
 from pathup.study.db import StudyDB
-from study_util import copy_study, live_server, make_synthetic_dir
+from study_util import PER_CLASS, auth, client, copy_study, live_server, make_synthetic_dir, study, synthetic_dir, template_db  # noqa: F401 - fixtures
 
 CLASSES = ["ductal_carcinoma", "fibroadenoma", "mucinous_carcinoma", "papillary_carcinoma"]
-PER_CLASS = 2
 N_IMAGES = len(CLASSES) * PER_CLASS * 2
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    return make_synthetic_dir(tmp_path_factory.mktemp("synthetic"))
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory, synthetic_dir):
-    out = tmp_path_factory.mktemp("template") / "study.db"
-    create_study(breakhis_dir(), synthetic_dir, PER_CLASS, out, seed=3, size=128)
-    return out
-
-
-@pytest.fixture
-def study(template_db, tmp_path):
-    return StudyDB(copy_study(template_db, tmp_path / "s"))
-
-
-@pytest.fixture
-def client(study):
-    from fastapi.testclient import TestClient
-
-    from pathup.study.app import create_app
-
-    with TestClient(create_app(study.path)) as c:
-        yield c
-
-
-def auth(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # ---------------------------------------------------------------------------------------- creation
