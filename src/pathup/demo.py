@@ -2,15 +2,20 @@
 
 Stages (each resumable: a finished stage is reused on rerun when its settings are unchanged):
 
-1. prepare: the shipped BreakHis images -> patch tiles (full resolution) and overview tiles;
-2. train: the ``tiny`` latent diffusion model from scratch (autoencoder first, then the UNet with
-   patho-align prompts and the feature entropy loss);
-3. generate: overviews per class, then patch-wise timestep tracking to a large image per class, and
-   one image upscaled with uniform weights (the paper's Table 4 ablation) from the same overview;
+1. prepare: a shipped sample (Kather 2016 colorectal tiles by default, or BreakHis) -> patch tiles (full
+   resolution) and overview tiles, with the sample's held-out split (by slide or patient);
+2. train: the ``tiny`` latent diffusion model from scratch with ``pathup train``'s defaults
+   (autoencoder first, then the UNet and its text encoder with patho-align prompts and the feature
+   entropy loss);
+3. generate: overviews per class, the same seeds of one class at several guidance scales, then
+   patch-wise timestep tracking to a large image per class, one image upscaled with uniform weights
+   (the paper's Table 4 ablation) from the same overview, and one mixed-tissue image from a random
+   class map (``pathup compose``);
 4. evaluate: IP / IR / FID / KID at the overview and patch levels with an offline feature extractor
-   (its numbers are not comparable with the literature's Inception numbers), and seam scores with and
-   without the weight map;
-5. report: ``OUT/report.html`` (sample grid per class, the large image with a patch-grid overlay, loss
+   (its numbers are not comparable with the literature's Inception numbers), class-consistency beside
+   its real ceiling with per-class colour, and seam scores with and without the weight map;
+5. report: ``OUT/report.html`` (class x seed grid beside real tiles, class-consistency and colour,
+   guidance strip, the large image with a patch-grid overlay, the composed image with its mask, loss
    curves, metrics, settings).
 """
 
@@ -24,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pathup.errors import PathUpError
 from pathup.io import atomic_write_text
@@ -39,10 +44,10 @@ class DemoConfig:
     """Options of ``pathup demo``; the defaults finish in about 10 minutes on 2 CPU cores."""
 
     out: str = field(default="pathup-demo", metadata={"help": "output folder", "metavar": "DIR"})
-    sample: str = field(default="kather", metadata={
+    sample: Literal["kather", "breakhis"] = field(default="kather", metadata={
         "help": "shipped sample: kather (8 visibly distinct colorectal classes) or breakhis (4 breast classes)"})
     classes: list[str] = field(default_factory=list, metadata={
-        "help": "classes of the shipped sample to use (default: all four)", "metavar": "NAME"})
+        "help": "classes of the shipped sample to use (default: all of them)", "metavar": "NAME"})
     tile_size: int = field(default=128, metadata={"help": "tile size in pixels (the tiny model's resolution)"})
     vae_steps: Optional[int] = field(default=None, metadata={
         "help": "autoencoder training steps (default: pathup train's for the tiny model, 600)"})

@@ -1,4 +1,5 @@
-"""``pathup evaluate``: IP, IR, FID, KID (x 1000) and a seam score between real and synthetic images."""
+"""``pathup evaluate``: IP, IR, FID, KID (x 1000), a seam score and class-consistency between real and synthetic
+images."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from pathup.metrics.evaluate import EvaluateConfig
 
     p = subparsers.add_parser(
-        "evaluate", help="IP, IR, FID, KID and a seam score between real and synthetic images",
+        "evaluate", help="IP, IR, FID, KID, a seam score and class-consistency between real and synthetic images",
         description="Compare a synthetic image set with a real one (PathUp paper 4.3; SPEC.md 6). Writes "
                     "OUT (JSON), a Markdown table beside it and the resolved config. Example: pathup evaluate "
                     "--real data/bracs --split test --fake runs/gen --level overview --repeats 5 --out m.json")
