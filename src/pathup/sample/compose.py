@@ -47,7 +47,7 @@ import numpy as np
 
 from pathup.errors import PathUpError
 from pathup.io import safe_name
-from pathup.sample.config import SampleConfig, parse_size
+from pathup.sample.config import SampleConfig, config_from_options, parse_size
 from pathup.sample.config import validate as validate_sample
 
 if TYPE_CHECKING:
@@ -465,17 +465,11 @@ def write_outputs(comp: ComposeImage, paths: dict[str, Path], settings: dict[str
 def compose(pipe: "PathUpPipeline", layout: Any = None, *, legend: Any = None, num_images: int = 1,
             output_type: str = "pil", **options: Any) -> "ComposeOutput":
     """The Python API behind ``PathUpPipeline.compose`` (see there)."""
-    names = set(ComposeConfig.__dataclass_fields__) - {"num", "format", "device", "dtype", "overwrite",
-                                                         "preview_size"}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise PathUpError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    if "size" in options and not isinstance(options["size"], str):
-        w, h = parse_size(options["size"])
-        options["size"] = f"{w}x{h}"
+    cfg = config_from_options(ComposeConfig, options, {"num", "format", "device", "dtype", "overwrite",
+                                                      "preview_size"})
     if output_type not in ("pil", "np", "latent"):
         raise PathUpError(f"unknown output_type {output_type!r}; allowed: pil, np, latent")
-    cfg = validate(ComposeConfig(**options))
+    cfg = validate(cfg)
     fixed = None if layout is None else make_layout(pipe, cfg, cfg.seed, layout=layout, legend=legend)
     out = ComposeOutput()
     from tqdm.auto import tqdm

@@ -77,6 +77,22 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def config_from_options(cls: type, options: dict, exclude: set[str]):
+    """A ``cls`` (a ``SampleConfig``) from Python API keyword options, refusing unknown ones.
+
+    ``exclude`` names the fields the API does not take (folder and device options); ``size`` may be an int
+    or a (width, height) tuple. The caller validates the result.
+    """
+    names = set(cls.__dataclass_fields__) - exclude
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise PathUpError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    if "size" in options and not isinstance(options["size"], str):
+        w, h = parse_size(options["size"])
+        options = {**options, "size": f"{w}x{h}"}
+    return cls(**options)
+
+
 def parse_patch_batch(value: str | int | None) -> int | str:
     """``auto`` or a positive integer."""
     if value is None or value == "auto":

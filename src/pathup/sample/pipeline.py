@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from pathup.errors import PathUpError
 from pathup.model.ldm import make_scheduler
 from pathup.prompts import build_prompt
-from pathup.sample.config import SampleConfig, check_options, parse_patch_batch, parse_size, validate
+from pathup.sample.config import (SampleConfig, check_options, config_from_options, parse_patch_batch, parse_size,
+                                  validate)
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings
 from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
@@ -234,14 +235,7 @@ class PathUpPipeline:
                 patch_size, overlap, weight_map, patch_batch, step_mode, vae_tile, vae_overlap,
                 negative_prompt); ``size`` may also be an int or a (width, height) tuple.
         """
-        names = set(SampleConfig.__dataclass_fields__) - {"num", "format", "device", "dtype", "overwrite"}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise PathUpError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-        if "size" in options and not isinstance(options["size"], str):
-            w, h = parse_size(options["size"])
-            options["size"] = f"{w}x{h}"
-        cfg = SampleConfig(**options)
+        cfg = config_from_options(SampleConfig, options, {"num", "format", "device", "dtype", "overwrite"})
         validate(cfg)
         prompts = {"overview": self._resolve_prompt(class_name, overview_prompt, "overview") if image is None else None,
                    "patch": self._resolve_prompt(class_name, prompt, "patch")}
