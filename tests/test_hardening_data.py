@@ -21,33 +21,13 @@ from PIL import Image
 from pathup.cli import main
 from pathup.data.prepare import PrepareConfig, prepare
 from pathup.errors import PathUpError
+from test_prepare import _cfg, _class_folders, _tissue  # noqa: F401 - shared helpers
 
 
 def _one_line(exc_info) -> str:
     text = str(exc_info.value)
     assert "\n" not in text
     return text
-
-
-def _cfg(out, sources, **kw):
-    base = dict(out=str(out), sources=[str(s) for s in sources], patch_size=64, patch_overlap=8,
-                overview_size=128, overview_overlap=16, tile_size=32, workers=1)
-    base.update(kw)
-    return PrepareConfig(**base)
-
-
-def _tissue(w, h, seed=0):
-    rng = np.random.default_rng(seed)
-    base = np.array([200, 120, 180]) + rng.integers(-40, 40, (h, w, 3))
-    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
-
-
-def _class_folders(root, n_per_class=2, classes=("alpha", "beta"), size=(150, 100)):
-    for ci, c in enumerate(classes):
-        (root / c).mkdir(parents=True)
-        for i in range(n_per_class):
-            _tissue(*size, seed=ci * 10 + i).save(root / c / f"img{i}.png")
-    return root
 
 
 def _bomb_png(path: Path, width: int, height: int) -> Path:
@@ -101,7 +81,7 @@ def test_open_image_limit_option_and_environment(tmp_path, monkeypatch):
 
 
 def test_prepare_keeps_a_pixel_limit_with_an_option_to_raise_it(tmp_path, monkeypatch):
-    root = _class_folders(tmp_path / "imgs")
+    root = _class_folders(tmp_path / "imgs", n_per_class=2)
     monkeypatch.setenv("PATHUP_MAX_IMAGE_PIXELS", "10000")  # every 150x100 image is now "too large"
     big = _tissue(300, 200)
     big.save(root / "alpha" / "big.png")
@@ -166,7 +146,7 @@ def test_prepare_outputs_are_readable_by_others_under_umask_022(tmp_path):
 
 # ------------------------------------------------------------------------------ 7. tiny images, option types
 def test_images_too_small_for_a_tile_are_bad_files(tmp_path):
-    root = _class_folders(tmp_path / "imgs")
+    root = _class_folders(tmp_path / "imgs", n_per_class=2)
     _tissue(1, 1).save(root / "alpha" / "dot.png")
     _tissue(3, 1000).save(root / "beta" / "sliver.png")
     s = prepare(_cfg(tmp_path / "ds", [root]), progress=False)

@@ -14,6 +14,7 @@ from pathup.cli import main
 import pathup.config as config_layer
 from pathup.config import config_from_args, from_dict
 from pathup.errors import PathUpError
+from test_metrics_seam_features import _pasted_tiles
 
 
 # ----------------------------------------------------------------------------------------- item 6
@@ -392,19 +393,8 @@ def test_seam_score_is_local_glass_columns_do_not_move_it(tissue):
     for img in tissue:
         seamless = seam_score(glass(img), 100, 100)
         assert abs(seamless - 1.0) < 0.1, seamless  # the global background gave 0.82-0.87 here
-        pasted = seam_score(glass(_pasted(img, 100, rng)), 100, 100)
+        pasted = seam_score(glass(_pasted_tiles(img, 100, rng)), 100, 100)
         assert pasted > 1.4 and pasted > seamless + 0.4, pasted
-
-
-def _pasted(img, tile, rng):
-    h, w = img.shape[:2]
-    out = np.empty_like(img)
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            th, tw = min(tile, h - y), min(tile, w - x)
-            sy, sx = rng.integers(0, h - th + 1), rng.integers(0, w - tw + 1)
-            out[y:y + th, x:x + tw] = img[sy:sy + th, sx:sx + tw]
-    return out
 
 
 def test_seam_score_is_bounded_where_only_part_of_a_line_is_textured(tissue):
