@@ -60,27 +60,6 @@ def _validate(cfg: TrainConfig) -> None:
         raise PathUpError("no dataset given (DATASET: a folder written by 'pathup prepare')")
     if cfg.out is None:
         raise PathUpError("no run folder given (--out RUN)")
-    checks = [
-        (cfg.max_steps > 0, "--max-steps must be > 0"),
-        (cfg.batch_size > 0, "--batch-size must be > 0"),
-        (cfg.grad_accum > 0, "--grad-accum must be > 0"),
-        (cfg.lr > 0, "--lr must be > 0"),
-        (0.0 <= cfg.prompt_dropout < 1.0, "--prompt-dropout must be in [0, 1)"),
-        (cfg.fel_beta >= 0.0, "--fel-beta must be >= 0 (0 turns the feature entropy loss off)"),
-        (cfg.fel_tau > 0.0, "--fel-tau must be > 0"),
-        (0.0 <= cfg.fel_momentum < 1.0, "--fel-momentum must be in [0, 1)"),
-        (cfg.fel_proj_dim >= 0, "--fel-proj-dim must be >= 0"),
-        (cfg.ema_decay is None or 0.0 <= cfg.ema_decay < 1.0, "--ema-decay must be in [0, 1)"),
-        (cfg.vae_steps >= 0 and cfg.vae_batch_size > 0, "--vae-steps must be >= 0 and --vae-batch-size > 0"),
-        (cfg.checkpoint_every >= 0 and cfg.sample_every >= 0, "--checkpoint-every and --sample-every must be >= 0"),
-        (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1"),
-        (cfg.log_every >= 1, "--log-every must be >= 1"),
-        (cfg.sample_steps >= 1, "--sample-steps must be >= 1"),
-        (cfg.num_workers >= 0, "--num-workers must be >= 0"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise PathUpError(msg)
 
 
 def _sized(name: str, resolution: int | None):
