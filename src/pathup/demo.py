@@ -26,6 +26,7 @@ import hashlib
 import html
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +225,7 @@ def _generate(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
     from pathup.sample.config import SampleConfig
     from pathup.sample.generate import class_dirname
     from pathup.sample.pipeline import PathUpPipeline
-    from pathup.sample.writers import save_png
+    from pathup.sample.writers import save_png, sidecar_path
 
     pipe = PathUpPipeline.from_pretrained(str(run_dir / "model"), device=cfg.device, dtype="fp32",
                                           progress=False)
@@ -247,9 +248,15 @@ def _generate(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
         for i in range(4):
             seed = cfg.seed + i
             path = gen / "guidance" / f"g{g:g}" / class_dirname(show) / f"s{seed}.png"
-            ov = pipe.overview(show, seed=seed, steps=cfg.steps, guidance=g)
-            save_png(ov, path, {**pipe.settings(show, dataclasses.replace(scfg, guidance=g), seed=seed,
-                                                prompts=pipe.prompts_for(show)), "level": "overview"})
+            done = gen / "overviews" / class_dirname(show) / f"s{seed}.png"
+            if g == cfg.guidance and done.is_file():  # the same image as the class's overview: reuse it
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(done, path)
+                shutil.copyfile(sidecar_path(done), sidecar_path(path))
+            else:
+                ov = pipe.overview(show, seed=seed, steps=cfg.steps, guidance=g)
+                save_png(ov, path, {**pipe.settings(show, dataclasses.replace(scfg, guidance=g), seed=seed,
+                                                    prompts=pipe.prompts_for(show)), "level": "overview"})
             written.setdefault("guidance", {}).setdefault(f"{g:g}", []).append(str(path))
     for c in tqdm(classes, desc="large images", unit="img", disable=not cfg.progress):
         written["large"][c] = str(_upscale(pipe, scfg, c, gen / "large", weight_map="pyramid"))
