@@ -84,7 +84,7 @@ def test_generate_to_folder_process_share_and_errors(pipe, tmp_path):
 
     with pytest.raises(PathUpError, match="unknown class 'lymphoma'"):
         generate_to_folder(pipe, "lymphoma", tmp_path / "other", cfg, progress=False)
-    with pytest.raises(PathUpError, match="--steps must be at least 1"):
+    with pytest.raises(PathUpError, match="steps must be at least 1"):
         generate_to_folder(pipe, "benign", tmp_path / "other", SampleConfig(steps=0), progress=False)
     (tmp_path / "file").write_text("x")
     with pytest.raises(PathUpError, match="exists and is not a folder"):

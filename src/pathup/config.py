@@ -9,8 +9,8 @@ into ``--kebab-case`` options, so the CLI and the dataclass never drift apart.
 
 Numeric options are checked once, here: ``from_dict`` (and so ``config_from_args``, the CLI and YAML
 files) ends with ``validate(cfg)``, which Python callers may also call on a config they built
-themselves. It raises a one-line ``PathUpError`` naming the option (``--kebab-name``) and the allowed
-values. The rules:
+themselves. It raises a one-line ``OptionError`` (a ``PathUpError``) naming the field and the allowed
+values; the CLI shows the field as its flag (``--kebab-name``). The rules:
 
 * every ``float`` value (also inside ``list[float]`` / ``Optional[float]`` fields) must be finite: nan,
   inf and -inf are refused unless the field's metadata says ``"finite": False`` (then only nan is refused);
@@ -22,8 +22,8 @@ values. The rules:
       workers: int = field(default=0, metadata={"help": "...", "min": 0})
 
   keys: ``"min"`` (lower bound, inclusive unless ``"min_exclusive": True``), ``"max"`` (upper bound,
-  inclusive unless ``"max_exclusive": True``). Messages read ``--lr must be > 0, got -1.0``,
-  ``--workers must be at least 0, got -2``, ``--fraction must be in [0, 1), got 1.5``.
+  inclusive unless ``"max_exclusive": True``). Messages read ``lr must be > 0, got -1.0``,
+  ``workers must be at least 0, got -2``, ``fraction must be in [0, 1), got 1.5`` (``--lr ...`` on the CLI).
 
 Checks that involve several options (e.g. overlap < patch size) stay with the stage's own validation.
 """
@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.io import atomic_write_text
 
 T = TypeVar("T")
@@ -107,6 +107,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, sour
     """Build ``cls`` from ``data``, starting from ``base`` (or the defaults); unknown keys are errors."""
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = resolve_aliases(cls, data)
     unknown = sorted(set(data) - names)
     if unknown:
         raise PathUpError(f"{source}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
@@ -123,6 +124,42 @@ def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, sour
         cfg = dataclasses.replace(base, **values)
     validate(cfg)
     return cfg
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002 - the help text
+           default_factory: Any = dataclasses.MISSING, aliases: tuple[str, ...] = (), **meta: Any) -> Any:
+    """A dataclass field with its help text and metadata: the one way configs declare an option.
+
+    ``meta`` takes the range keys of ``validate`` (``min``, ``max``, ...), ``metavar``, ``cli=False``
+    (no command-line option) and ``positional=True``; ``aliases`` are older names of the field that YAML
+    files, keyword options and the command line still accept (hidden from ``--help``)::
+
+        latent_patch: int = option(64, "latent patch size p", min=1, aliases=("patch_size",))
+    """
+    metadata = {"help": help, **meta}
+    if aliases:
+        metadata["aliases"] = tuple(aliases)
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def aliases_of(cls: type) -> dict[str, str]:
+    """{older name: field name} of a config dataclass (the fields' ``aliases`` metadata)."""
+    return {a: f.name for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())}
+
+
+def resolve_aliases(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with older option names replaced by the field names (PathUpError if both are given)."""
+    aliases = aliases_of(cls)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = aliases.get(key, key)
+        if name != key and name in data:
+            raise PathUpError(f"options '{key}' and '{name}' are the same option (its older and newer name): "
+                              f"give one")
+        out[name] = value
+    return out
 
 
 def _fmt_bound(value: Any) -> str:
@@ -143,20 +180,19 @@ def _range_text(meta: Any) -> str | None:
 
 
 def check_value(name: str, value: Any, meta: Any = None) -> None:
-    """Check one numeric option value against the rules of ``validate`` (PathUpError naming ``--name``)."""
+    """Check one numeric option value against the rules of ``validate`` (``OptionError`` naming ``name``)."""
     meta = meta or {}
     items = value if isinstance(value, (list, tuple)) else [value]
-    flag = "--" + name.replace("_", "-")
     for v in items:
         if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and meta.get("finite", True))):
-            raise PathUpError(f"{flag} must be a finite number, got {v}")
+            raise OptionError(name, f"must be a finite number, got {v}")
         lo, hi = meta.get("min"), meta.get("max")
         ok = ((lo is None or (v > lo if meta.get("min_exclusive") else v >= lo))
               and (hi is None or (v < hi if meta.get("max_exclusive") else v <= hi)))
         if not ok:
-            raise PathUpError(f"{flag} must be {_range_text(meta)}, got {v}")
+            raise OptionError(name, f"must be {_range_text(meta)}, got {v}")
 
 
 def validate(cfg: Any) -> Any:
@@ -166,7 +202,7 @@ def validate(cfg: Any) -> Any:
     ``max_exclusive``, ``finite``). Returns ``cfg``.
 
     Raises:
-        PathUpError: one line naming the option (``--kebab-name``) and its allowed range.
+        OptionError: one line naming the field and its allowed range (the CLI shows it as ``--kebab-name``).
     """
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"validate expects a config dataclass instance, got {type(cfg).__name__}")
@@ -248,6 +284,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[s
         if "metavar" in f.metadata:
             kwargs["metavar"] = f.metadata["metavar"]
         group.add_argument(flag, **kwargs)
+        for alias in f.metadata.get("aliases", ()):  # older spellings keep working, hidden from --help
+            group.add_argument("--" + alias.replace("_", "-"), **{**kwargs, "help": argparse.SUPPRESS})
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
@@ -255,7 +293,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
     data: dict[str, Any] = {}
     source = "options"
     if getattr(args, "config", None):
-        data.update(load_yaml(args.config))
+        data.update(resolve_aliases(cls, load_yaml(args.config)))
         source = str(args.config)
     names = {f.name for f in dataclasses.fields(cls)}
     data.update({k: v for k, v in vars(args).items() if k in names})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -285,13 +286,26 @@ def list_images(folder: str | Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def safe_name(name: str) -> str:
-    """A class name usable as a folder and file name (unsafe characters become ``_``).
+def safe_name(name: str, *, empty: str = "class") -> str:
+    """``name`` usable as a folder or file name: runs of characters outside ``[A-Za-z0-9_.-]`` become
+    ``_``, leading/trailing ``.``/``_`` go, and ``empty`` stands for a name with nothing left.
 
-    Not injective (``a b`` and ``a_b`` give the same name): class folders of ``pathup generate`` use
-    ``pathup.sample.generate.class_dirname``, which adds a short hash when the name is not itself safe.
+    Not injective (``a b`` and ``a_b`` give the same name): ``unique_name`` is, for class folders.
     """
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or empty
+
+
+def unique_name(name: str) -> str:
+    """The folder (and file-name) form of a class name, injective over names.
+
+    The name itself when it is already a safe file name (``[A-Za-z0-9_.-]``, not starting with ``.``);
+    otherwise ``safe_name(name)`` plus ``-`` and the first 8 hex digits of the SHA-256 of the exact name,
+    so that ``a b`` and ``a_b``, or ``腫瘍`` and ``良性``, get different folders.
+    """
+    safe = safe_name(name)
+    if safe == name:
+        return safe
+    return f"{safe}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -17,7 +17,7 @@ import sys
 from typing import Sequence
 
 from pathup import __version__
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 
 # The order in which stages appear in ``pathup --help``; modules not listed follow alphabetically.
 STAGE_ORDER = ("prepare", "train", "generate", "upscale", "evaluate", "experiment", "downstream",
@@ -115,7 +115,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except PathUpError as err:
         if args.verbose:
             raise
-        print(f"pathup {args.command}: error: {err}", file=sys.stderr)
+        message = err.for_cli() if isinstance(err, OptionError) else str(err)
+        print(f"pathup {args.command}: error: {message}", file=sys.stderr)
         return 2
     except OSError as err:  # unwritable or read-only output, disk full, a folder where a file should be...
         if args.verbose:

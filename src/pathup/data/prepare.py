@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import zlib
@@ -43,7 +42,8 @@ from pathup.data.splits import assign_splits, stable_int
 from pathup.data.tiling import LevelSpec, region_to_tile, tile_grid
 from pathup.data.tissue import TissueMap, tissue_mask
 from pathup.errors import PathUpError
-from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, atomic_path, atomic_write_text, check_writable_dir, open_image
+from pathup.io import (DEFAULT_MAX_IMAGE_PIXELS, atomic_path, atomic_write_text, check_writable_dir, open_image,
+                       safe_name)
 from pathup.prompts import LEVELS, PromptTable, build_prompt
 
 log = logging.getLogger(__name__)
@@ -218,14 +218,11 @@ def scan_source(item: SourceItem, params: _Params) -> dict[str, Any]:
     return {"key": item.key, "width": W, "height": H, "levels": levels}
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "x"
-
-
 def tile_file(item: SourceItem, level: str, x: int, y: int) -> str:
     """The tile's path relative to the dataset folder (unique per source, level and position)."""
     tag = hashlib.sha1(item.key.encode()).hexdigest()[:8]
-    return f"tiles/{level}/{_safe(item.class_name)}/{_safe(item.path.stem)}-{tag}_{x}_{y}.png"
+    cls, stem = safe_name(item.class_name, empty="x"), safe_name(item.path.stem, empty="x")
+    return f"tiles/{level}/{cls}/{stem}-{tag}_{x}_{y}.png"
 
 
 def write_source(item: SourceItem, tiles: dict[str, list[list[float]]], split: str, params: _Params,

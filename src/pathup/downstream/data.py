@@ -256,7 +256,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _folder_class(folder: Path) -> str | None:
     """The class a ``pathup generate`` class folder was made for (its ``generate_settings.json``), or None."""
-    from pathup.sample.generate import GENERATE_SETTINGS
+    from pathup.data.generated import GENERATE_SETTINGS
 
     settings = folder / GENERATE_SETTINGS
     if not settings.is_file():
@@ -277,7 +277,7 @@ def synthetic_folders(folder: Path, classes: Sequence[str]) -> tuple[dict[str, s
     name, else a safe form plus a short hash), the exact class name, or, for folders made before
     ``class_dirname``, ``safe_name(class)`` when no other class claims that name.
     """
-    from pathup.sample.generate import class_dirname
+    from pathup.data.generated import class_dirname
 
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     marked = {name: _folder_class(folder / name) for name in found}
@@ -313,7 +313,7 @@ def scan_synthetic(folder: str | Path, classes: Sequence[str], *, overviews: boo
     are added. The class folders must match ``classes`` exactly; a sidecar ``.json`` whose ``class``
     differs from its folder's class is an error.
     """
-    from pathup.sample.generate import class_dirname
+    from pathup.data.generated import class_dirname
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -9,22 +9,13 @@ only when used, so ``pathup --help`` stays fast).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
-_EXPORTS = {
-    "feature_statistics": "fid", "frechet_distance": "fid", "mmd2_unbiased": "kid", "polynomial_kernel": "kid",
-    "knn_radii": "prdc", "pairwise_distances_chunked": "prdc", "precision_recall": "prdc",
-    "grid_lines": "seam", "patch_starts": "seam", "seam_score": "seam",
-    "make_extractor": "features", "evaluate": "evaluate", "EvaluateConfig": "evaluate",
-    "compute_metrics": "evaluate",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=["consistency", "evaluate", "experiment", "features", "fid", "kid", "prdc", "report", "runner", "seam"], submod_attrs={
+    "fid": ["feature_statistics", "frechet_distance"],
+    "kid": ["mmd2_unbiased", "polynomial_kernel"],
+    "prdc": ["knn_radii", "pairwise_distances_chunked", "precision_recall"],
+    "seam": ["grid_lines", "patch_starts", "seam_score"],
+    "features": ["make_extractor"],
+    "evaluate": ["evaluate", "EvaluateConfig", "compute_metrics"],
+})

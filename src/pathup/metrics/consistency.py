@@ -206,7 +206,7 @@ def labelled_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path
     (``FAKE/<class>/...``). With ``level`` (``overview`` or ``patch``), images known to be of the other
     level (a generate folder's overviews vs its final images) are left out, unless none would remain.
     """
-    from pathup.sample.generate import read_generated
+    from pathup.data.generated import read_generated
 
     root = Path(spec)
     if not root.is_dir():

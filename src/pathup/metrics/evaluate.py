@@ -140,7 +140,7 @@ def _class_counts(names: Any) -> tuple[tuple[str, int], ...]:
 def _generated_of_level(path: Path, level: str, role: str) -> list[Any]:
     """The images of a folder; in a ``pathup generate`` folder only the final images of ``level``:
     the large images (sidecar level ``upscaled``) for ``patch``, the overviews for ``overview``."""
-    from pathup.sample.generate import read_generated
+    from pathup.data.generated import read_generated
 
     images = read_generated(path)
     wanted = "overview" if level == "overview" else "upscaled"

@@ -71,7 +71,7 @@ def kid(real: "np.ndarray | torch.Tensor", fake: "np.ndarray | torch.Tensor", su
     if subsets < 1:
         raise PathUpError(f"--kid-subsets must be at least 1, got {subsets}")
     if subset_size < 2:
-        raise PathUpError(f"--kid-subset-size must be at least 2, got {subset_size} "
+        raise PathUpError(f"subset_size must be at least 2, got {subset_size} "
                           "(KID compares pairs within a subset)")
     m = min(int(subset_size), r.shape[0], f.shape[0])
     if m < 2:

@@ -166,7 +166,7 @@ def upscaler_names(paths: list[str]) -> dict[str, str]:
 def _slug(name: str) -> str:
     """A class, model or upscaler name as a file-name part: ``pathup.sample.generate.class_dirname``
     (injective: ``a b`` and ``a_b`` never share a file)."""
-    from pathup.sample.generate import class_dirname
+    from pathup.data.generated import class_dirname
 
     return class_dirname(name)
 

@@ -20,57 +20,19 @@ Submodules import torch; this package's top level stays light (attributes load o
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
-_EXPORTS = {
-    "PathUpPipeline": "pathup.sample.pipeline",
-    "PathUpOutput": "pathup.sample.pipeline",
-    "SampleConfig": "pathup.sample.config",
-    "parse_size": "pathup.sample.config",
-    "pyramid_weights": "pathup.sample.weights",
-    "uniform_weights": "pathup.sample.weights",
-    "patch_weights": "pathup.sample.weights",
-    "patch_grid": "pathup.sample.grid",
-    "PatchBox": "pathup.sample.grid",
-    "track_patches": "pathup.sample.tracking",
-    "tracked_img2img": "pathup.sample.tracking",
-    "guided_denoiser": "pathup.sample.tracking",
-    "generate_overview": "pathup.sample.overview",
-    "encode_tiled": "pathup.sample.vae_tiling",
-    "decode_tiled": "pathup.sample.vae_tiling",
-    "save_png": "pathup.sample.writers",
-    "save_tiff": "pathup.sample.writers",
-    "read_settings": "pathup.sample.writers",
-    "generate_to_folder": "pathup.sample.generate",
-    "upscale_to_file": "pathup.sample.generate",
-    "GenerateResult": "pathup.sample.generate",
-    "image_paths": "pathup.sample.generate",
-    "seeds_for_process": "pathup.sample.generate",
-    "is_done": "pathup.sample.generate",
-    "pending_seeds": "pathup.sample.generate",
-    "upscale_path": "pathup.sample.generate",
-    "class_dirname": "pathup.sample.generate",
-    "read_generated": "pathup.sample.generate",
-    "GeneratedImage": "pathup.sample.generate",
-    # compose (the function ``compose`` is ``PathUpPipeline.compose``; the name here is the submodule)
-    "ComposeConfig": "pathup.sample.compose",
-    "ComposeResult": "pathup.sample.compose",
-    "ComposeOutput": "pathup.sample.compose",
-    "compose_to_folder": "pathup.sample.compose",
-    "Layout": "pathup.sample.layout",
-    "load_layout": "pathup.sample.layout",
-    "read_label_image": "pathup.sample.layout",
-    "read_region_json": "pathup.sample.layout",
-    "read_legend": "pathup.sample.layout",
-    "random_layout": "pathup.sample.layout",
-    "geojson_regions": "pathup.sample.layout",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'pathup.sample' has no attribute {name!r}")
+# One lazy-import mechanism for the package (scientific-python's lazy_loader): names load on first use.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=["compose", "config", "generate", "grid", "layout", "overview", "pipeline", "tracking", "vae_tiling", "weights", "writers"], submod_attrs={
+    "pipeline": ["PathUpPipeline", "PathUpOutput"],
+    "config": ["SampleConfig", "parse_size"],
+    "weights": ["pyramid_weights", "uniform_weights", "patch_weights"],
+    "grid": ["patch_grid", "PatchBox"],
+    "tracking": ["track_patches", "tracked_img2img", "guided_denoiser"],
+    "overview": ["generate_overview"],
+    "vae_tiling": ["encode_tiled", "decode_tiled"],
+    "writers": ["save_png", "save_tiff", "read_settings"],
+    "generate": ["generate_to_folder", "upscale_to_file", "GenerateResult", "image_paths", "seeds_for_process", "is_done", "pending_seeds", "upscale_path", "class_dirname", "read_generated", "GeneratedImage"],
+    "compose": ["ComposeConfig", "ComposeResult", "ComposeOutput", "compose_to_folder"],
+    "layout": ["Layout", "load_layout", "read_label_image", "read_region_json", "read_legend", "random_layout", "geojson_regions"],
+})

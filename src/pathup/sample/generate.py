@@ -40,7 +40,6 @@ This module imports no torch at its top, so that ``pathup --help`` stays fast.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -48,18 +47,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from pathup.errors import PathUpError
-from pathup.io import safe_name
+from pathup.data.generated import (GENERATE_CONFIG, GENERATE_SETTINGS, LEVELS, UPSCALE_CONFIG,  # noqa: F401
+                                   GeneratedImage, class_dirname, read_generated, read_json as _read_json)
 from pathup.sample.config import SampleConfig, parse_size, validate
 
 if TYPE_CHECKING:
     from pathup.sample.pipeline import PathUpPipeline
 
-GENERATE_CONFIG = "generate_config.yaml"
-GENERATE_SETTINGS = "generate_settings.json"
-UPSCALE_CONFIG = "upscale_config.yaml"
 # options that never change an existing image: a rerun may differ in them and still resume
 NEUTRAL_OPTIONS = ("seed", "num", "device", "dtype", "patch_batch", "overwrite")
-LEVELS = ("upscaled", "overview")  # the "level" of a generated image's sidecar
 
 
 MAX_OUTPUT_PIXELS = 32768 * 32768  # 1 gigapixel: a larger --size is refused before any work (issue 12 item 11)
@@ -75,19 +71,6 @@ def check_output_size(cfg: SampleConfig) -> None:
     if w * h > MAX_OUTPUT_PIXELS:
         raise PathUpError(f"--size {w}x{h} is {w * h:,} pixels, over the limit of {MAX_OUTPUT_PIXELS:,} "
                           "(32768x32768): the image and its latents are held in memory whole")
-
-
-def class_dirname(class_name: str) -> str:
-    """The folder (and file-name) form of a class name, injective over class names.
-
-    The name itself when it is already a safe file name (``[A-Za-z0-9_.-]``, not starting with ``.``);
-    otherwise ``safe_name(name)`` plus ``-`` and the first 8 hex digits of the SHA-256 of the exact name,
-    so that ``a b`` and ``a_b``, or ``腫瘍`` and ``良性``, get different folders.
-    """
-    safe = safe_name(class_name)
-    if safe == class_name:
-        return safe
-    return f"{safe}-{hashlib.sha256(class_name.encode('utf-8')).hexdigest()[:8]}"
 
 
 @dataclass
@@ -169,14 +152,6 @@ def settings_fingerprint(class_name: str, cfg: SampleConfig, model: str | Path |
     w, h = parse_size(cfg.size)
     options["size"] = f"{w}x{h}"
     return {"class": class_name, "model": model_key(model), "options": options}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _fingerprint_of_sidecar(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -285,53 +260,6 @@ def pending_seeds(out: Path, class_name: str, cfg: SampleConfig, *, process_inde
         return seeds, []  # --overwrite: every image is made again
     done = [s for s in seeds if is_done(image_paths(out, class_name, s, fmt)[0])]
     return [s for s in seeds if s not in done], done
-
-
-# ------------------------------------------------------------------------------ reading a folder back
-@dataclass(frozen=True)
-class GeneratedImage:
-    """One image of a ``generate`` (or ``upscale``) folder: its class and level, None where unknown."""
-
-    path: Path
-    class_name: str | None
-    level: str | None  # "upscaled" (the final large image), "overview", or None (not a generated image)
-
-
-def read_generated(root: str | Path) -> list[GeneratedImage]:
-    """Every image under ``root`` with the class and level it was generated for.
-
-    The class and level come from the image's sidecar (``"class"``, ``"level"``); without one, the layout
-    above decides: ``<class>/overview/*`` beside a ``generate_config.yaml`` / ``generate_settings.json``
-    is an overview, the images directly in such a class folder are the final images, and the class comes
-    from ``generate_settings.json``. Other images get None.
-    """
-    from pathup.io import list_images
-
-    root = Path(root)
-    folder_class: dict[Path, str | None] = {}
-
-    def marked(folder: Path) -> bool:
-        return (folder / GENERATE_CONFIG).is_file() or (folder / GENERATE_SETTINGS).is_file()
-
-    def class_of(folder: Path) -> str | None:
-        if folder not in folder_class:
-            data = _read_json(folder / GENERATE_SETTINGS) if (folder / GENERATE_SETTINGS).is_file() else None
-            folder_class[folder] = data.get("class") if data else None
-        return folder_class[folder]
-
-    out = []
-    for p in list_images(root):
-        meta = _read_json(p.with_suffix(".json")) if p.with_suffix(".json").is_file() else None
-        level = meta.get("level") if meta else None
-        level = level if level in LEVELS else None
-        cls = meta.get("class") if meta else None
-        home = p.parent.parent if p.parent.name == "overview" and marked(p.parent.parent) else p.parent
-        if level is None and marked(home):
-            level = "overview" if home != p.parent else "upscaled"
-        if cls is None and marked(home):
-            cls = class_of(home)
-        out.append(GeneratedImage(p, cls if isinstance(cls, str) else None, level))
-    return out
 
 
 def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: SampleConfig, *,

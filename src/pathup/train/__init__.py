@@ -1,17 +1,10 @@
 """The Accelerate training loop: autoencoder stage (from scratch), L_r + beta L_e, EMA, checkpoints,
 resume, sample grids, TensorBoard and the loss history."""
 
-from typing import Any
+import lazy_loader
 
-from pathup.train.config import TrainConfig
-
-__all__ = ["TrainConfig", "train"]
-
-
-def __getattr__(name: str) -> Any:
-    # The loop imports torch and diffusers: load it on first use so that `pathup --help` stays fast.
-    if name == "train":
-        from pathup.train.loop import train
-
-        return train
-    raise AttributeError(name)
+# The loop imports torch and diffusers: it loads on first use so that `pathup --help` stays fast.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=["checkpoint", "config", "data", "ema", "loop", "sampling"], submod_attrs={
+    "config": ["TrainConfig"],
+    "loop": ["train"],
+})
