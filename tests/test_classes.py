@@ -112,7 +112,7 @@ def test_text_encoder_frozen_when_fine_tuning(two_class, tmp_path):
 # -------------------------------------------------------------------------------- class-consistency
 @pytest.fixture(scope="module")
 def kather(tmp_path_factory):
-    from pathup.demo import prepare_sample
+    from pathup.experiments.demo.stages import prepare_sample
 
     root = tmp_path_factory.mktemp("kather")
     prepare_sample("kather", root / "ds", progress=False)

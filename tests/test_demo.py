@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pathup.cli import main
-from pathup.demo import check_links
+from pathup.experiments.demo.report import check_links
 
 QUICK = ["--classes", "04_LYMPHO", "07_ADIPOSE", "08_EMPTY", "--vae-steps", "2", "--train-steps", "3",
          "--batch-size", "2", "--steps", "3", "--size", "256", "--latent-patch", "16", "--latent-overlap", "8",

@@ -17,7 +17,7 @@ from pathup.metrics.evaluate import EvaluateConfig, build_samples, evaluate
 
 
 def _cfg(tmp_path, real, fake, **kw):
-    base = dict(real=str(real), fake=str(fake), out=str(tmp_path / "out" / "metrics.json"), features="random-cnn",
+    base = dict(data=str(real), fake=str(fake), out=str(tmp_path / "out" / "metrics.json"), features="random-cnn",
                 overview_size=96, repeats=2, kid_subsets=10, cache_dir=str(tmp_path / "cache"), progress=False)
     base.update(kw)
     return EvaluateConfig(**base)
@@ -81,19 +81,19 @@ def test_different_sets_score_worse_and_cache_is_used(tmp_path, real, blurred):
 
 def test_patch_level_crops_change_with_the_seed(tmp_path, real):
     paths = list_images(real)
-    a = build_samples(paths, "patch", overview_size=512, patch_size=64, crops_per_image=3, num_samples=0, seed=0)
-    b = build_samples(paths, "patch", overview_size=512, patch_size=64, crops_per_image=3, num_samples=0, seed=1)
+    a = build_samples(paths, "patch", overview_size=512, crop_px=64, crops_per_image=3, num_samples=0, seed=0)
+    b = build_samples(paths, "patch", overview_size=512, crop_px=64, crops_per_image=3, num_samples=0, seed=1)
     assert len(a) == 72 and all(s.box[2:] == (64, 64) for s in a)
     assert all(0 <= s.box[0] <= 233 - 64 and 0 <= s.box[1] <= 153 - 64 for s in a)
     assert [s.box for s in a] != [s.box for s in b]
-    sub = build_samples(paths, "patch", overview_size=512, patch_size=64, crops_per_image=3, num_samples=20, seed=0)
+    sub = build_samples(paths, "patch", overview_size=512, crop_px=64, crops_per_image=3, num_samples=20, seed=0)
     assert len(sub) == 20
-    res = evaluate(_cfg(tmp_path, real, real, level="patch", patch_size=64,
+    res = evaluate(_cfg(tmp_path, real, real, level="patch", crop_px=64,
                         crops_per_image=2, repeats=2))
     assert res["summary"]["n_fake"]["mean"] == 48
     assert res["runs"][0]["fid"] != res["runs"][1]["fid"] and res["summary"]["fid"]["std"] > 0
-    with pytest.raises(PathUpError, match="smaller than --patch-size 512"):
-        evaluate(_cfg(tmp_path, real, real, level="patch", patch_size=512))
+    with pytest.raises(PathUpError, match="smaller than --crop-px 512"):
+        evaluate(_cfg(tmp_path, real, real, level="patch", crop_px=512))
 
 
 def _prepared_dataset(root, src):

@@ -17,7 +17,8 @@ from PIL import Image
 from pathup.cli import main
 from pathup.errors import PathUpError
 from pathup.metrics.report import METRIC_COLUMNS
-from pathup.metrics.runner import ExperimentConfig, run_experiment
+from pathup.experiments.config import ExperimentConfig
+from pathup.experiments.run import run_experiment
 
 TRAIN = dict(batch_size=2, vae_steps=1, vae_batch_size=2, vae_crop=32, num_workers=0, sample_every=0, log_every=1,
              lr_warmup_steps=0, checkpoint_every=0)

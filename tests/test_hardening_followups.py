@@ -54,7 +54,8 @@ def test_read_settings_refuses_a_bomb_in_one_line_and_reads_the_chunk_without_de
 
 
 def test_runner_reads_overviews_through_the_pixel_limit(tmp_path):
-    from pathup.metrics.runner import ExperimentConfig, _Counts, bicubic_images
+    from pathup.experiments.config import ExperimentConfig
+    from pathup.experiments.makers import Counts as _Counts, bicubic_images
 
     cfg = ExperimentConfig(data=str(tmp_path / "ds"), out=str(tmp_path / "exp"), seeds=1, images_per_class=1)
     _bomb_png(tmp_path / "exp" / "images" / "pathup" / "seed0" / "overview" / "a_0.png")

@@ -105,7 +105,7 @@ def test_evaluate_config_ranges_on_cli_and_in_python(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--kid-subset-size must be at least 2, got 0" in err
     with pytest.raises(PathUpError, match="kid_subset_size must be at least 2"):
-        evaluate(EvaluateConfig(real=str(tmp_path), fake=str(tmp_path), kid_subset_size=1))
+        evaluate(EvaluateConfig(data=str(tmp_path), fake=str(tmp_path), kid_subset_size=1))
     with pytest.raises(PathUpError, match="seam_band must be at least 0"):
         from_dict(EvaluateConfig, {"real": "r", "fake": "f", "seam_band": -1})
 
@@ -459,7 +459,7 @@ def test_evaluate_writes_the_computed_metrics_when_the_seam_step_fails(tmp_path,
     ({"upscale_factor": "nan"}, "upscale_factor must be a finite number"),
 ])
 def test_experiment_config_ranges(data, message):
-    from pathup.metrics.runner import ExperimentConfig, validate as runner_validate
+    from pathup.experiments.config import ExperimentConfig, validate as runner_validate
 
     with pytest.raises(PathUpError, match=message):
         from_dict(ExperimentConfig, {"data": "d", "out": "o", **data})

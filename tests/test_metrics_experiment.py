@@ -9,7 +9,7 @@ import pytest
 
 from pathup.cli import main
 from pathup.errors import PathUpError
-from pathup.metrics.experiment import build_report, load_results, results_from_mapping, row_order, table_markdown
+from pathup.experiments.tables import build_report, load_results, results_from_mapping, row_order, table_markdown
 from pathup.metrics.report import format_mean_std, markdown_table, mean_std
 
 

@@ -5,28 +5,27 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pathup.config import add_config_args, config_from_args
+HELP = "run prepare -> train -> generate -> evaluate -> report on the shipped sample images"
+DESCRIPTION = ("Runs the whole PathUp pipeline on real images shipped with the package (Kather 2016 colorectal "
+               "tiles by default, or BreakHis with --sample breakhis): prepares tiles, trains the tiny model from "
+               "scratch, generates overviews, large images by patch-wise timestep tracking and a mixed-tissue "
+               "image from a class map, evaluates them (class-consistency beside its real ceiling included) and "
+               "writes OUT/report.html. About 9 minutes on 2 CPU cores; rerunning reuses finished stages.")
 
 
 def register(subparsers: Any) -> None:
-    from pathup.demo import DemoConfig
+    from pathup.config import add_config_args
+    from pathup.experiments.demo.config import DemoConfig
 
-    p = subparsers.add_parser(
-        "demo", help="run prepare -> train -> generate -> evaluate -> report on the shipped sample images",
-        description="Runs the whole PathUp pipeline on real images shipped with the package (Kather 2016 "
-                    "colorectal tiles by default, or BreakHis with --sample breakhis): prepares tiles, trains "
-                    "the tiny model from scratch, generates overviews, large images by patch-wise timestep "
-                    "tracking and a mixed-tissue image from a class map, evaluates them (class-consistency "
-                    "beside its real ceiling included) and writes OUT/report.html. About 9 minutes on 2 CPU "
-                    "cores; rerunning reuses finished stages.")
-    add_config_args(p, DemoConfig)
+    add_config_args(p := subparsers.add_parser("demo", help=HELP, description=DESCRIPTION), DemoConfig)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathup.demo import DemoConfig, run_demo
+    from pathup.config import config_from_args
+    from pathup.experiments.demo.config import DemoConfig
+    from pathup.experiments.demo.run import run_demo
 
-    cfg = config_from_args(DemoConfig, args)
-    report = run_demo(cfg)
+    report = run_demo(config_from_args(DemoConfig, args))
     print(f"pathup demo: report at {report}")
     return 0

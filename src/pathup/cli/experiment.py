@@ -1,9 +1,9 @@
 """``pathup experiment``: the paper's Tables 1-4 (Markdown, mean +- std over seeds) and plots.
 
 * ``pathup experiment run --data DATASET --out OUT``: train the ablation arms, generate and upscale, evaluate
-  every condition per seed and write the report (``pathup.metrics.runner``).
+  every condition per seed and write the report (``pathup.experiments.run``).
 * ``pathup experiment report --results RESULTS --out OUT`` (or the older ``pathup experiment --results ...
-  --out ...``): only the report, from evaluate JSON files (``pathup.metrics.experiment``).
+  --out ...``): only the report, from evaluate JSON files (``pathup.experiments.tables``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from pathup.config import add_config_args
-    from pathup.metrics.runner import ExperimentConfig
+    from pathup.experiments.config import ExperimentConfig
 
     p = subparsers.add_parser(
         "experiment", help="reproduce Tables 1-4 (train, generate, evaluate over seeds) and plot them",
@@ -46,21 +46,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("run", help="train, generate, upscale, evaluate and report the tables",
                        description="Reproduce the structure of the PathUp paper's Tables 1-4 on a prepared "
-                                   "dataset (see pathup.metrics.runner).", epilog=RUN_EPILOG,
+                                   "dataset (see pathup.experiments.run).", epilog=RUN_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(r, ExperimentConfig)
     r.set_defaults(func=run_experiment)
 
     rep = sub.add_parser("report", help="tables.md and plots from existing evaluate results",
                          description="Collect RESULTS/<table>/<condition>/*.json and write OUT/tables.md plus "
-                                     "one plot per table (see pathup.metrics.experiment for the layout).")
+                                     "one plot per table (see pathup.experiments.tables for the layout).")
     rep.add_argument("--results", required=True, metavar="DIR", help="folder with <table>/<condition>/*.json")
     rep.add_argument("--out", required=True, metavar="DIR", help="output folder for tables.md and the plots")
     rep.set_defaults(func=run_report)
 
 
 def _report(results: str, out: str) -> int:
-    from pathup.metrics.experiment import build_report
+    from pathup.experiments.tables import build_report
 
     report = build_report(results, out)
     print(report["markdown"], end="")
@@ -82,7 +82,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_experiment(args: argparse.Namespace) -> int:
     from pathup.config import config_from_args
-    from pathup.metrics.runner import ExperimentConfig, run_experiment as run_exp
+    from pathup.experiments.config import ExperimentConfig
+    from pathup.experiments.run import run_experiment as run_exp
 
     cfg = config_from_args(ExperimentConfig, args)
     res = run_exp(cfg)

@@ -1,11 +1,11 @@
 """``evaluate(cfg)``: IP, IR, FID, KID (and a seam score) between a real and a synthetic image set.
 
-PathUp paper section 4.3 - 4.7 and SPEC.md section 6. Two levels:
+PathUp paper sections 4.3 - 4.7. Two levels:
 
 * ``overview``: every image is resized to ``overview_size`` (512) - synthetic 512 overviews against real
   2048 tiles resized to 512 (non-square images are resized on their short side and centre-cropped);
-* ``patch``: random ``patch_size`` (512) crops of the large synthetic images against real 512 patches
-  (an image exactly ``patch_size`` is used whole; a smaller one is an error).
+* ``patch``: random ``crop_px`` (512) crops of the large synthetic images against real 512 patches
+  (an image exactly ``crop_px`` is used whole; a smaller one is an error).
 
 At most ``num_samples`` samples per set are used (drawn per seed). With ``repeats`` seeds
 (``seed``, ``seed + 1``, ...), the crops, the subsample and the KID subsets change, and the result is mean +-
@@ -14,17 +14,17 @@ std over the seeds. Features are cached per file set under ``cache_dir``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from pathup.config import option
 from pathup.errors import PathUpError
 from pathup.io import image_size
 
@@ -35,58 +35,50 @@ log = logging.getLogger(__name__)
 class EvaluateConfig:
     """Options of ``pathup evaluate`` (and of ``evaluate(cfg)``)."""
 
-    real: str = field(metadata={"help": "real images: a folder (searched recursively) or a prepared dataset "
-                                        "(folder with manifest.csv, or the CSV itself)", "metavar": "REAL"})
-    fake: str = field(metadata={"help": "synthetic images: a folder or a prepared dataset/manifest",
-                                "metavar": "FAKE"})
-    out: str = field(default="metrics.json", metadata={
-        "help": "output JSON; a Markdown table (.md) and the resolved config (.config.yaml) go beside it"})
-    level: Literal["overview", "patch"] = field(default="overview", metadata={
-        "help": "overview: resize whole images to --overview-size; patch: random --patch-size crops "
-                "(also filters manifests by their level column)"})
-    split: str = field(default="test", metadata={
-        "help": "manifest split to use (train, val, test; 'all' for every split); ignored for folders"})
-    features: str = field(default="inception", metadata={
-        "help": "feature extractor: inception (FID Inception-v3, downloaded on first use), timm:NAME, a "
-                "TorchScript file, or the offline, non-comparable random-cnn / color-stats"})
-    features_weights: str | None = field(default=None, metadata={
-        "help": "local weights for the extractor (offline use), e.g. the FID Inception .pth", "metavar": "PATH"})
-    features_size: int = field(default=224, metadata={"help": "input size for a TorchScript extractor", "min": 1})
-    overview_size: int = field(default=512, metadata={"help": "overview level: images are resized to this",
-                                                      "min": 1})
-    patch_size: int = field(default=512, metadata={"help": "patch level: crop size", "min": 1})
-    crops_per_image: int = field(default=1, metadata={"help": "patch level: random crops per image larger "
-                                                              "than --patch-size", "min": 1})
-    num_samples: int = field(default=10000, metadata={"help": "at most this many samples per set "
-                                                              "(drawn per seed; 0 = all)", "min": 0})
-    repeats: int = field(default=5, metadata={"help": "seeds to repeat over (mean +- std)", "min": 1})
-    seed: int = field(default=0, metadata={"help": "first seed", "min": 0})
-    k: int = field(default=3, metadata={"help": "nearest neighbours for precision/recall", "min": 1})
-    kid_subsets: int = field(default=100, metadata={"help": "KID: number of random subsets", "min": 1})
-    kid_subset_size: int = field(default=1000, metadata={"help": "KID: subset size (shrinks to the smaller set)",
-                                                         "min": 2})
-    chunk_size: int = field(default=2048, metadata={"help": "rows per pairwise-distance block", "min": 1})
-    batch_size: int = field(default=32, metadata={"help": "images per feature-extraction batch", "min": 1})
-    num_workers: int = field(default=0, metadata={"help": "image-loading worker processes", "min": 0})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
-    cache_dir: str | None = field(default=None, metadata={
-        "help": "feature cache folder (default: $XDG_CACHE_HOME/pathup/features)", "metavar": "DIR"})
-    cache: bool = field(default=True, metadata={"help": "cache features per file set"})
-    seam: bool = field(default=False, metadata={"help": "also compute the seam score of the synthetic images"})
-    seam_patch: int | None = field(default=None, metadata={
-        "help": "seam grid patch size in pixels (default: from each image's sidecar .json)", "metavar": "PX",
-        "min": 1})
-    seam_stride: int | None = field(default=None, metadata={
-        "help": "seam grid stride in pixels (default: from each image's sidecar .json)", "metavar": "PX",
-        "min": 1})
-    seam_band: int = field(default=1, metadata={"help": "seam score: half-width of the band around a line",
-                                                "min": 0})
-    class_consistency: bool | None = field(default=None, metadata={
-        "help": "class-consistency: a classifier trained on REAL's 'train' tiles (on --features) predicts each "
-                "synthetic image's class, beside its accuracy on REAL's held-out --split (the ceiling), plus "
-                "per-class colour (default: on when REAL is a prepared dataset with a held-out split and FAKE "
-                "has class folders)"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    data: str = option(help="real images: a prepared dataset (folder with manifest.csv, or the CSV itself) or a "
+                            "folder (searched recursively)", metavar="DATASET", aliases=("real",))
+    fake: str = option(help="synthetic images: a folder or a prepared dataset/manifest", metavar="FAKE")
+    out: str = option("metrics.json", "output JSON; a Markdown table (.md) and the resolved config (.config.yaml) "
+                                      "go beside it")
+    level: Literal["overview", "patch"] = option("overview", "overview: resize whole images to --overview-size; "
+                                                             "patch: random --crop-px crops (also filters manifests "
+                                                             "by their level column)")
+    split: str = option("test", "manifest split to use (train, val, test; 'all' for every split); ignored for "
+                                "folders")
+    features: str = option("inception", "feature extractor: inception (FID Inception-v3, downloaded on first use), "
+                                        "timm:NAME, a TorchScript file, or the offline, non-comparable random-cnn / "
+                                        "color-stats")
+    features_weights: str | None = option(None, "local weights for the extractor (offline use), e.g. the FID "
+                                                "Inception .pth", metavar="PATH")
+    features_size: int = option(224, "input size for a TorchScript extractor", min=1)
+    overview_size: int = option(512, "overview level: images are resized to this", min=1)
+    crop_px: int = option(512, "patch level: crop size in pixels", min=1, metavar="PX", aliases=("patch_size",))
+    crops_per_image: int = option(1, "patch level: random crops per image larger than --crop-px", min=1)
+    num_samples: int = option(10000, "at most this many samples per set (drawn per seed; 0 = all)", min=0)
+    repeats: int = option(5, "seeds to repeat over (mean +- std)", min=1)
+    seed: int = option(0, "first seed", min=0)
+    k: int = option(3, "nearest neighbours for precision/recall", min=1)
+    kid_subsets: int = option(100, "KID: number of random subsets", min=1)
+    kid_subset_size: int = option(1000, "KID: subset size (shrinks to the smaller set)", min=2)
+    chunk_size: int = option(2048, "rows per pairwise-distance block", min=1)
+    batch_size: int = option(32, "images per feature-extraction batch", min=1)
+    num_workers: int = option(0, "image-loading worker processes", min=0)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    cache_dir: str | None = option(None, "feature cache folder (default: $XDG_CACHE_HOME/pathup/features)",
+                                   metavar="DIR")
+    cache: bool = option(True, "cache features per file set")
+    seam: bool = option(False, "also compute the seam score of the synthetic images")
+    seam_patch: int | None = option(None, "seam grid patch size in pixels (default: from each image's sidecar "
+                                          ".json)", metavar="PX", min=1)
+    seam_stride: int | None = option(None, "seam grid stride in pixels (default: from each image's sidecar .json)",
+                                     metavar="PX", min=1)
+    seam_band: int = option(1, "seam score: half-width of the band around a line", min=0)
+    class_consistency: bool | None = option(
+        None, "class-consistency: a classifier trained on DATASET's 'train' tiles (on --features) predicts each "
+              "synthetic image's class, beside its accuracy on DATASET's held-out --split (the ceiling), plus "
+              "per-class colour (default: on when DATASET is a prepared dataset with a held-out split and FAKE "
+              "has class folders)")
+    progress: bool = option(True, "show progress bars")
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -104,7 +96,6 @@ class ImageSet:
 def resolve_images(spec: str | Path, level: str, split: str, role: str) -> ImageSet:
     """The image files of REAL or FAKE: a folder, a prepared dataset folder, or a manifest CSV."""
     from pathup.data.manifest import SPLITS, read_manifest
-    from pathup.io import list_images
 
     path = Path(spec)
     if not path.exists():
@@ -163,9 +154,10 @@ class Sample:
     size: int
 
 
-def build_samples(paths: Sequence[Path], level: str, *, overview_size: int, patch_size: int,
+def build_samples(paths: Sequence[Path], level: str, *, overview_size: int, crop_px: int,
                   crops_per_image: int, num_samples: int, seed: int) -> list[Sample]:
-    """The samples of one set for one seed (SPEC.md section 6 levels; see the module docstring)."""
+    """The samples of one set for one seed (the paper's overview and patch levels, section 4.3; see the
+    module docstring)."""
     rng = np.random.default_rng(seed)
     samples: list[Sample] = []
     if level == "overview":
@@ -173,16 +165,16 @@ def build_samples(paths: Sequence[Path], level: str, *, overview_size: int, patc
     elif level == "patch":
         for p in paths:
             w, h = image_size(p)
-            if w < patch_size or h < patch_size:
-                raise PathUpError(f"{p}: {w}x{h} is smaller than --patch-size {patch_size} "
-                                  "(use a smaller --patch-size or --level overview)")
-            if (w, h) == (patch_size, patch_size):
-                samples.append(Sample(p, None, patch_size))
+            if w < crop_px or h < crop_px:
+                raise PathUpError(f"{p}: {w}x{h} is smaller than --crop-px {crop_px} "
+                                  "(use a smaller --crop-px or --level overview)")
+            if (w, h) == (crop_px, crop_px):
+                samples.append(Sample(p, None, crop_px))
                 continue
             for _ in range(crops_per_image):
-                x = int(rng.integers(0, w - patch_size + 1))
-                y = int(rng.integers(0, h - patch_size + 1))
-                samples.append(Sample(p, (x, y, patch_size, patch_size), patch_size))
+                x = int(rng.integers(0, w - crop_px + 1))
+                y = int(rng.integers(0, h - crop_px + 1))
+                samples.append(Sample(p, (x, y, crop_px, crop_px), crop_px))
     else:
         raise PathUpError(f"--level {level!r}: allowed: overview, patch")
     if num_samples and len(samples) > num_samples:
@@ -354,12 +346,6 @@ def _write_result(cfg: EvaluateConfig, out: Path, result: dict[str, Any]) -> Non
     save_config(cfg, out.with_suffix(".config.yaml"))
 
 
-def resolve_device(device: str) -> str:
-    from pathup.device import resolve_device as _resolve
-
-    return str(_resolve(device))
-
-
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run the evaluation and write ``cfg.out`` (JSON), the Markdown table and the resolved config.
 
@@ -367,8 +353,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         The JSON content: ``runs`` (per seed: precision, recall, fid, kid_x1000, ...), ``summary`` (mean,
         std, n per metric), ``real``/``fake`` (source, kind, n_images), ``features``, ``seam`` (optional).
     """
-    from pathup.config import save_config, to_dict, validate
-    from pathup.io import atomic_write_text
+    from pathup.config import to_dict, validate
+    from pathup.device import resolve_device
     from pathup.metrics.features import make_extractor
     from pathup.metrics.report import mean_std, summarize_runs
 
@@ -378,16 +364,16 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if out.suffix.lower() != ".json":
         raise PathUpError(f"--out {out}: expected a .json file name")
-    real_set = resolve_images(cfg.real, cfg.level, cfg.split, "real")
+    real_set = resolve_images(cfg.data, cfg.level, cfg.split, "data")
     fake_set = resolve_images(cfg.fake, cfg.level, cfg.split, "fake")
     for s in (real_set, fake_set):
-        role = "real" if s is real_set else "fake"
+        role = "data" if s is real_set else "fake"
         if len(s.paths) <= cfg.k and not (cfg.level == "patch" and cfg.crops_per_image * len(s.paths) > cfg.k):
             raise PathUpError(f"--{role} {s.source}: {len(s.paths)} image(s); precision/recall with k = {cfg.k} "
                               f"needs at least {cfg.k + 1} samples per set")
     grids = seam_grids(fake_set.paths, cfg.seam_patch, cfg.seam_stride) if cfg.seam else None
 
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
     extractor = make_extractor(cfg.features, cfg.features_weights, cfg.features_size, device)
     if not extractor.comparable:
         log.warning("features '%s' are not Inception features: the numbers are not comparable with the "
@@ -397,12 +383,12 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     for r in range(cfg.repeats):
         seed = cfg.seed + r
         feats = {}
-        for role, s in (("real", real_set), ("fake", fake_set)):
-            samples = build_samples(s.paths, cfg.level, overview_size=cfg.overview_size, patch_size=cfg.patch_size,
+        for role, flag, s in (("real", "data", real_set), ("fake", "fake", fake_set)):
+            samples = build_samples(s.paths, cfg.level, overview_size=cfg.overview_size, crop_px=cfg.crop_px,
                                     crops_per_image=cfg.crops_per_image, num_samples=cfg.num_samples,
                                     seed=seed * 2 + (role == "fake"))
             if len(samples) <= cfg.k:
-                raise PathUpError(f"--{role} {s.source}: {len(samples)} sample(s); precision/recall with "
+                raise PathUpError(f"--{flag} {s.source}: {len(samples)} sample(s); precision/recall with "
                                   f"k = {cfg.k} needs at least {cfg.k + 1}")
             feats[role] = extract_features(samples, extractor, batch_size=cfg.batch_size,
                                            num_workers=cfg.num_workers, cache_dir=cache_dir,
@@ -453,23 +439,23 @@ def _class_consistency(cfg: EvaluateConfig, device: str, out: Path) -> dict[str,
     if cfg.class_consistency is False:
         return None
     try:
-        _, classes, splits = consistency.labelled_real(cfg.real, cfg.level)
+        _, classes, splits = consistency.labelled_real(cfg.data, cfg.level)
         _, fake_classes = consistency.labelled_fake(cfg.fake, cfg.level)
         held = cfg.split if cfg.split in ("test", "val") else None
         if len(set(classes)) < 2 or "train" not in splits or not ({held} if held else {"test", "val"}) & set(splits):
-            raise PathUpError(f"--real {cfg.real}: class-consistency needs a prepared dataset with 'train' tiles of "
+            raise PathUpError(f"--data {cfg.data}: class-consistency needs a prepared dataset with 'train' tiles of "
                               "at least 2 classes and a held-out 'test' or 'val' split")
         trained = {c for c, s in zip(classes, splits) if s == "train"}
         unknown = sorted(set(fake_classes) - trained)
         if unknown:
-            raise PathUpError(f"--fake {cfg.fake}: class(es) {unknown} have no real 'train' tiles in --real "
-                              f"{cfg.real} (it has {sorted(trained)}) for class-consistency")
+            raise PathUpError(f"--fake {cfg.fake}: class(es) {unknown} have no real 'train' tiles in --data "
+                              f"{cfg.data} (it has {sorted(trained)}) for class-consistency")
     except PathUpError as err:
         if cfg.class_consistency:
             raise
         log.info("class-consistency skipped: %s", err)
         return None
-    res = consistency.measure(cfg.real, cfg.fake, level=cfg.level, features=cfg.features,
+    res = consistency.measure(cfg.data, cfg.fake, level=cfg.level, features=cfg.features,
                               features_weights=cfg.features_weights, size=cfg.overview_size,
                               heldout_split=held, device=device, seed=cfg.seed)
     res["plot"] = str(consistency.colour_plot(res, out.with_suffix(".colour.png"), {str(cfg.fake): "generated"}))

@@ -1,6 +1,6 @@
 """The structure of the PathUp paper's Tables 1-4 built from ``pathup evaluate`` results (pure functions).
 
-``pathup.metrics.runner`` (``pathup experiment run``) produces these results end to end (training runs,
+``pathup.experiments.run`` (``pathup experiment run``) produces these results end to end (training runs,
 images, one evaluate JSON per condition, level and seed); this module only reads and reports them
 (``pathup experiment report``).
 

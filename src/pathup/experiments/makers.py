@@ -1,0 +1,198 @@
+"""The image makers of the experiment: PathUp overviews and their upscales (pyramid or uniform weight map,
+PathUp paper section 3.3, Eq. 6), bicubic resizes and diffusers upscaler pipelines (Table 3).
+
+Seed ``s`` generates overview ``i`` of each class with seed ``s * images_per_class + i`` and upscales it
+with the same noise seed. Every maker skips images already on disk (resume) and counts what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pathup.errors import PathUpError
+from pathup.experiments.config import ExperimentConfig, check_upscaler, slug
+from pathup.io import open_image
+
+
+@dataclass
+class Counts:
+    """Images written and images found on disk (skipped)."""
+
+    written: int = 0
+    skipped: int = 0
+
+
+def seed_of(cfg: ExperimentConfig, seed: int, i: int) -> int:
+    return seed * cfg.images_per_class + i
+
+
+def _overview_settings(pipe: Any, cls: str, seed: int, cfg: ExperimentConfig) -> dict[str, Any]:
+    from pathup import __version__
+
+    return {"class": cls, "prompt": pipe.prompts_for(cls)["overview"], "seed": seed, "model": pipe.model_name,
+            "kind": "overview", "options": {"steps": cfg.steps, "guidance": cfg.guidance,
+                                            "scheduler": cfg.scheduler}, "pathup_version": __version__}
+
+
+def latent_grid(cfg: ExperimentConfig, pipe: Any) -> tuple[int, int]:
+    """(latent patch, latent overlap) for PathUp upscaling with this model."""
+    p = cfg.latent_patch or int(pipe.ldm.unet.config.sample_size)
+    o = p // 2 if cfg.latent_overlap is None else cfg.latent_overlap
+    if not 0 <= o < p:
+        raise PathUpError(f"--latent-overlap {o} must be in [0, --latent-patch {p})")
+    return p, o
+
+
+def _each_image(cfg: ExperimentConfig, classes: list[str]):
+    """(seed index, class, image index, file name) of every overview of the experiment."""
+    for s in range(cfg.seeds):
+        for cls in classes:
+            for i in range(cfg.images_per_class):
+                yield s, cls, i, f"{slug(cls)}_{i}.png"
+
+
+def generate_arm(cfg: ExperimentConfig, model: str | Path, key: str, classes: list[str], size: int,
+                 weight_maps: tuple[str, ...], counts: Counts) -> None:
+    """Overviews of every class and seed, each upscaled by PathUp with the given weight maps."""
+    from tqdm.auto import tqdm
+
+    from pathup.config import from_dict
+    from pathup.sample import PathUpPipeline
+    from pathup.sample.config import SampleConfig
+    from pathup.sample.writers import save_png
+
+    root = Path(cfg.out) / "images" / key
+    todo = []
+    for s, cls, i, name in _each_image(cfg, classes):
+        paths = [root / f"seed{s}" / "overview" / name] + [root / f"seed{s}" / wm / name for wm in weight_maps]
+        if all(p.is_file() for p in paths):
+            counts.skipped += len(paths)
+        else:
+            todo.append((s, cls, i, paths))
+    if not todo:
+        return
+    pipe = PathUpPipeline.from_pretrained(str(model), device=cfg.device, progress=False)
+    patch, overlap = latent_grid(cfg, pipe)
+    for s, cls, i, paths in tqdm(todo, desc=f"images {key}", unit="class-seed", disable=not cfg.progress):
+        seed = seed_of(cfg, s, i)
+        ov_path = paths[0]
+        if ov_path.is_file():
+            overview = open_image(ov_path)  # pixel limit checked from the header; one-line error if unreadable
+            counts.skipped += 1
+        else:
+            overview = pipe.overview(cls, seed=seed, steps=cfg.steps, guidance=cfg.guidance, scheduler=cfg.scheduler)
+            save_png(image=overview, path=ov_path, settings=_overview_settings(pipe, cls, seed, cfg))
+            counts.written += 1
+        for wm, path in zip(weight_maps, paths[1:]):
+            if path.is_file():
+                counts.skipped += 1
+                continue
+            img = pipe.upscale(overview, cls, size=size, seed=seed, steps=cfg.steps, guidance=cfg.guidance,
+                               scheduler=cfg.scheduler, strength=cfg.strength, patch_size=patch, overlap=overlap,
+                               weight_map=wm)
+            sc = from_dict(SampleConfig, {"steps": cfg.steps, "guidance": cfg.guidance, "scheduler": cfg.scheduler,
+                                          "seed": seed, "size": str(size), "patch_size": patch, "overlap": overlap,
+                                          "strength": cfg.strength, "weight_map": wm})
+            settings = pipe.settings(cls, sc, seed=seed, prompts=pipe.prompts_for(cls), source=str(ov_path))
+            settings["vae_scale_factor"] = pipe.ldm.vae_scale_factor
+            save_png(image=img, path=path, settings=settings)
+            counts.written += 1
+
+
+def bicubic_images(cfg: ExperimentConfig, classes: list[str], size: int, counts: Counts) -> None:
+    """PIL bicubic resizes of the full model's overviews (Table 3 baseline)."""
+    from PIL import Image
+
+    from pathup.sample.writers import save_png
+
+    root = Path(cfg.out) / "images" / "pathup"
+    for s, cls, i, name in _each_image(cfg, classes):
+        out = root / f"seed{s}" / "bicubic" / name
+        if out.is_file():
+            counts.skipped += 1
+            continue
+        src = root / f"seed{s}" / "overview" / name
+        img = open_image(src).resize((size, size), Image.BICUBIC)
+        save_png(image=img, path=out, settings={"class": cls, "seed": seed_of(cfg, s, i), "kind": "bicubic",
+                                              "overview_source": str(src), "size": [size, size]})
+        counts.written += 1
+
+
+def load_upscaler(path: str, device: str) -> Any:
+    """A diffusers upscaler pipeline from a local folder (PathUpError if it cannot be loaded)."""
+    from diffusers import DiffusionPipeline
+
+    from pathup.device import resolve_device
+
+    check_upscaler(path)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - diffusers/transformers loading errors
+        raise PathUpError(f"--upscaler {path}: cannot load ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    dev = resolve_device(device)
+    pipe = pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    pipe._pathup_device = dev  # noqa: SLF001 - the generator's device
+    return pipe
+
+
+def run_upscaler(pipe: Any, image: Any, prompt: str, seed: int, cfg: ExperimentConfig) -> Any:
+    """One low-resolution overview -> its upscale (PIL), by the pipeline's own interface."""
+    import torch
+
+    g = torch.Generator(device=pipe._pathup_device).manual_seed(int(seed))  # noqa: SLF001
+    if type(pipe).__name__ == "StableDiffusionUpscalePipeline":
+        return pipe(prompt=prompt, image=image, num_inference_steps=cfg.upscaler_steps, guidance_scale=cfg.guidance,
+                    noise_level=cfg.noise_level, generator=g).images[0]
+    return pipe(image=image, num_inference_steps=cfg.upscaler_steps, generator=g).images[0]
+
+
+def patch_prompts(model: str | Path, classes: list[str]) -> dict[str, str]:
+    """The ``patch`` prompt of each class from a saved model's prompt table (``pathup.json``)."""
+    from pathup.prompts import PromptTable, build_prompt
+
+    meta = Path(model) / "pathup.json"
+    table = None
+    if meta.is_file():
+        data = json.loads(meta.read_text()).get("prompts")
+        table = PromptTable.from_dict(data) if data else None
+    return {c: table.prompt(c, "patch") if table is not None else build_prompt(c, "patch") for c in classes}
+
+
+def upscaler_images(cfg: ExperimentConfig, name: str, path: str, classes: list[str], size: int,
+                    prompts: dict[str, str], counts: Counts) -> None:
+    """Table 3: a diffusers upscaler applied to the full model's overviews (resized to ``size`` if needed)."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from pathup.sample.writers import save_png
+
+    root = Path(cfg.out) / "images" / "pathup"
+    todo = []
+    for s, cls, i, file in _each_image(cfg, classes):
+        out = root / f"seed{s}" / f"upscaler-{slug(name)}" / file
+        if out.is_file():
+            counts.skipped += 1
+        else:
+            todo.append((s, cls, i, out))
+    if not todo:
+        return
+    pipe = load_upscaler(path, cfg.device)
+    for s, cls, i, out in tqdm(todo, desc=f"upscaler {name}", unit="img", disable=not cfg.progress):
+        src = root / f"seed{s}" / "overview" / out.name
+        overview = open_image(src)
+        seed = seed_of(cfg, s, i)
+        img = run_upscaler(pipe, overview, prompts[cls], seed, cfg)
+        native = list(img.size)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BICUBIC)
+        settings = {"class": cls, "seed": seed, "kind": "upscaler", "upscaler": str(path),
+                    "pipeline": type(pipe).__name__, "prompt": prompts[cls], "native_size": native,
+                    "size": [size, size], "overview_source": str(src),
+                    "options": {"steps": cfg.upscaler_steps, "guidance": cfg.guidance, "noise_level": cfg.noise_level}}
+        save_png(image=img, path=out, settings=settings)
+        counts.written += 1
