@@ -163,7 +163,7 @@ def test_tile_size_has_a_documented_bound(tmp_path, capsys):
     root = _class_folders(tmp_path / "imgs", n_per_class=1)
     rc = main(["prepare", str(root), "--out", str(tmp_path / "ds"), "--tile-size", "100000"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "--tile-size" in err and "4096" in err
+    assert rc == 2 and err.count("\n") == 1 and "--tile-px" in err and "4096" in err
     assert not (tmp_path / "ds" / ".prepare").exists()
     assert "4096" in __import__("pathup.cli", fromlist=["build_parser"]).build_parser()._subparsers._group_actions[0] \
         .choices["prepare"].format_help()
@@ -172,7 +172,7 @@ def test_tile_size_has_a_documented_bound(tmp_path, capsys):
 def test_yaml_bool_is_not_a_number(tmp_path, capsys):
     from pathup.config import from_dict
 
-    with pytest.raises(PathUpError, match="patch_size.*int.*True"):
+    with pytest.raises(PathUpError, match="patch_px.*int.*True"):
         from_dict(PrepareConfig, {"out": "x", "patch_size": True})
     with pytest.raises(PathUpError, match="min_tissue.*float"):
         from_dict(PrepareConfig, {"out": "x", "min_tissue": False})
@@ -181,7 +181,7 @@ def test_yaml_bool_is_not_a_number(tmp_path, capsys):
     cfg.write_text("patch_size: true\n")
     rc = main(["prepare", str(tmp_path), "--out", str(tmp_path / "ds"), "--config", str(cfg)])
     err = capsys.readouterr().err
-    assert rc == 2 and "patch_size" in err and err.count("\n") == 1
+    assert rc == 2 and "patch_px" in err and err.count("\n") == 1
 
 
 # ------------------------------------------------------------------------------ 8. empty classes (prepare)
@@ -252,7 +252,7 @@ def test_prepare_write_failure_stops_with_one_line_naming_the_folder(tmp_path, m
 
 
 def test_truncated_slide_says_why(tmp_path, sample_wsi):
-    from pathup.data.sources import SlideReader
+    from pathup.data.slides import SlideReader
 
     data = Path(sample_wsi).read_bytes()
     cut = tmp_path / "cut.svs"
@@ -296,7 +296,7 @@ def _alive(pid: int) -> bool:
 def test_sigkill_of_prepare_leaves_no_worker_processes(tmp_path):
     code = textwrap.dedent("""
         import time
-        from pathup.data.prepare import _run
+        from pathup.data.workers import run_jobs as _run
         print("started", flush=True)
         for _ in _run(time.sleep, [(120,), (120,), (120,)], 2, "scan", False):
             pass

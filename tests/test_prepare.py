@@ -19,8 +19,8 @@ from pathup.io import load_rgb
 
 
 def _cfg(out, sources, **kw):
-    base = dict(out=str(out), sources=[str(s) for s in sources], patch_size=64, patch_overlap=8,
-                overview_size=128, overview_overlap=16, tile_size=32, workers=1)
+    base = dict(out=str(out), sources=[str(s) for s in sources], patch_px=64, patch_overlap=8,
+                overview_px=128, overview_overlap=16, tile_px=32, workers=1)
     base.update(kw)
     return PrepareConfig(**base)
 
@@ -57,14 +57,14 @@ def _subset_csv(tmp_path, sample_breakhis, n=2, split=False):
 
 def test_sample_folder_layout_end_to_end(tmp_path, sample_breakhis):
     out = tmp_path / "ds"
-    summary = prepare(_cfg(out, [sample_breakhis], patch_size=230, patch_overlap=0, overview_size=460,
-                           overview_overlap=0, tile_size=32, val_fraction=0.3, test_fraction=0.3), progress=False)
+    summary = prepare(_cfg(out, [sample_breakhis], patch_px=230, patch_overlap=0, overview_px=460,
+                           overview_overlap=0, tile_px=32, val_fraction=0.3, test_fraction=0.3), progress=False)
     rows = read_manifest(out)
     assert set(MANIFEST_COLUMNS) <= set(rows[0])
     info = read_dataset_info(out)
     assert info["classes"] == ["ductal_carcinoma", "fibroadenoma", "mucinous_carcinoma", "papillary_carcinoma"]
     assert info["levels"] == ["patch", "overview"] and info["tile_size"] == 32
-    assert from_dict(PrepareConfig, load_yaml(out / "config.yaml")).patch_size == 230
+    assert from_dict(PrepareConfig, load_yaml(out / "config.yaml")).patch_px == 230
     # without overlap the starts are 0, s, 2s, ... below L - s, then L - s (e.g. 700 at 230: 0,230,460,470)
     starts = lambda length, s: sorted(set(range(0, max(1, length - s), s)) | {max(0, length - s)})  # noqa: E731
     per_source = {}
@@ -103,7 +103,7 @@ def test_sample_folder_layout_end_to_end(tmp_path, sample_breakhis):
 def test_patch_tiles_are_exact_crops_and_csv_split_kept(tmp_path, sample_breakhis):
     csv_path = _subset_csv(tmp_path, sample_breakhis, n=2, split=True)
     out = tmp_path / "ds"
-    prepare(_cfg(out, [csv_path], levels=["patch"], patch_size=96, patch_overlap=0, tile_size=96,
+    prepare(_cfg(out, [csv_path], levels=["patch"], patch_px=96, patch_overlap=0, tile_px=96,
                  min_tissue=0.0, max_per_class=0), progress=False)
     rows = read_manifest(out)
     given = {r["path"]: r["split"] for r in csv.DictReader(csv_path.open())}
@@ -118,7 +118,7 @@ def test_patch_tiles_are_exact_crops_and_csv_split_kept(tmp_path, sample_breakhi
 def test_shipped_manifest_as_csv_source(tmp_path, sample_breakhis):
     manifest = sample_breakhis / "MANIFEST.csv"
     out = tmp_path / "ds"
-    s = prepare(_cfg(out, [manifest], levels=["overview"], overview_size=460, overview_overlap=0, min_tissue=0.0,
+    s = prepare(_cfg(out, [manifest], levels=["overview"], overview_px=460, overview_overlap=0, min_tissue=0.0,
                      split_by="slide", val_fraction=0.25, test_fraction=0.25), progress=False)
     listed = {str((sample_breakhis / r["path"]).resolve()): r for r in csv.DictReader(manifest.open())}
     rows = read_manifest(out)
@@ -160,7 +160,7 @@ def test_image_modes_become_rgb8(tmp_path):
     Image.fromarray(rgb[..., 0]).save(root / "c" / "gray.png")
     tifffile.imwrite(root / "c" / "deep.tif", (rgb.astype(np.uint16) * 257))  # 16-bit RGB TIFF
     out = tmp_path / "ds"
-    prepare(_cfg(out, [root], levels=["patch"], patch_size=70, patch_overlap=0, tile_size=70, min_tissue=0.0),
+    prepare(_cfg(out, [root], levels=["patch"], patch_px=70, patch_overlap=0, tile_px=70, min_tissue=0.0),
             progress=False)
     rows = {r["source"].split("/")[-1]: r for r in read_manifest(out) if r["x"] == "0" and r["y"] == "0"}
     assert set(rows) == {"rgba.png", "palette.png", "gray.png", "deep.tif"}
@@ -180,11 +180,11 @@ def test_tissue_filter_drops_blank_tiles(tmp_path):
     a[:, 64:] = 250  # right half is white glass
     Image.fromarray(a).save(root / "c" / "half.png")
     out = tmp_path / "ds"
-    s = prepare(_cfg(out, [root], levels=["patch"], patch_size=32, patch_overlap=0, tile_size=32), progress=False)
+    s = prepare(_cfg(out, [root], levels=["patch"], patch_px=32, patch_overlap=0, tile_px=32), progress=False)
     xs = sorted({int(r["x"]) for r in read_manifest(out)})
     assert xs == [0, 32] and s.dropped_background == {"patch": 4}
     assert all(float(r["tissue"]) > 0.9 for r in read_manifest(out))
-    s2 = prepare(_cfg(tmp_path / "all", [root], levels=["patch"], patch_size=32, patch_overlap=0, tile_size=32,
+    s2 = prepare(_cfg(tmp_path / "all", [root], levels=["patch"], patch_px=32, patch_overlap=0, tile_px=32,
                       min_tissue=0.0), progress=False)
     assert s2.n_tiles == 8 and s2.dropped_background == {"patch": 0}
 
@@ -236,9 +236,9 @@ def test_resume_skips_finished_sources(tmp_path, monkeypatch):
     assert calls == [] and s.n_resumed == 6
     assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "tiles").rglob("*.png")}
     # other options into the same folder: refused, unless --overwrite
-    with pytest.raises(PathUpError, match="other options patch_size"):
-        prepare(_cfg(out, [root], patch_size=48), progress=False)
-    s = prepare(_cfg(out, [root], patch_size=48, overwrite=True), progress=False)
+    with pytest.raises(PathUpError, match="other options patch_px"):
+        prepare(_cfg(out, [root], patch_px=48), progress=False)
+    s = prepare(_cfg(out, [root], patch_px=48, overwrite=True), progress=False)
     assert s.n_resumed == 0 and all(r["width"] == "48" for r in read_manifest(out) if r["level"] == "patch")
 
 
@@ -257,8 +257,8 @@ def test_wsi_source_on_the_shipped_svs(tmp_path, sample_wsi):
     classes = tmp_path / "slides.csv"
     classes.write_text(f"slide,class,patient\n{sample_wsi.name},IC,p1\n")
     out = tmp_path / "ds"
-    s = prepare(_cfg(out, [sample_wsi], slide_classes=str(classes), patch_size=512, patch_overlap=0,
-                     overview_size=1024, overview_overlap=0, tile_size=64), progress=False)
+    s = prepare(_cfg(out, [sample_wsi], slide_classes=str(classes), patch_px=512, patch_overlap=0,
+                     overview_px=1024, overview_overlap=0, tile_px=64), progress=False)
     rows = read_manifest(out)
     # 2220 x 2967: patch grid 5 x 6 = 30, overview grid 3 x 3 = 9 before the tissue filter
     assert len([r for r in rows if r["level"] == "patch"]) + s.dropped_background["patch"] == 30
@@ -364,7 +364,7 @@ def test_unreadable_slide(tmp_path, sample_wsi):
     (slides / "broken.svs").write_bytes(b"II*\x00garbage" * 10)
     classes = tmp_path / "c.csv"
     classes.write_text("slide,class\ngood,IC\nbroken,N\n")
-    kw = dict(slide_classes=str(classes), levels=["overview"], overview_size=1024, overview_overlap=0, tile_size=32)
+    kw = dict(slide_classes=str(classes), levels=["overview"], overview_px=1024, overview_overlap=0, tile_px=32)
     s = prepare(_cfg(tmp_path / "ds", [slides], **kw), progress=False)
     assert [b.path.split("/")[-1] for b in s.bad_files] == ["broken.svs"] and s.n_tiles > 0
     with pytest.raises(PathUpError) as e:

@@ -13,11 +13,19 @@ layouts (--layout auto detects them):
   csv      FILE.csv with path, class [, patient, slide, split]; paths relative to the CSV
   wsi      slide files or folders of them (.svs .tif .ndpi .mrxs ...) with --slide-classes CSV
 
-tiles: each level cuts --X-size regions with --X-overlap px overlap, covering the whole image (the last
-row and column align to the border), and writes them at --tile-size. An image smaller than a region
-along an axis is used whole along it; the region is then stretched to a square tile (--small-tile
+tiles: each level cuts --X-px regions with --X-overlap px overlap (X: patch, overview), covering the
+whole image (the last row and column align to the border), and writes them at --tile-px. An image smaller
+than a region along an axis is used whole along it; the region is then stretched to a square tile (--small-tile
 resize) or kept at the level's scale and padded with white at the bottom/right (--small-tile pad).
 Tiles whose tissue fraction is below --min-tissue are dropped as background.
+
+physical scale: by default regions count level-0 pixels of each source, so a 40x slide and a 20x slide
+give different fields of view. --target-mpp M counts them in pixels at M microns per pixel instead: a
+--patch-px P region is P * M / source_mpp level-0 pixels, read from the best pyramid level and resized to
+--tile-px. Slides carry their own scale (their MPP metadata); image folders and CSV sources need --mpp
+(their level-0 microns per pixel, which for slides replaces the slide's own). manifest.csv records each
+tile's microns per pixel (column mpp) and dataset.json the scale of each level ("mpp").
+(--patch-size, --overview-size and --tile-size are older names of --patch-px, --overview-px, --tile-px.)
 
 writes DATASET/tiles/<level>/<class>/*.png, DATASET/manifest.csv, DATASET/dataset.json and
 DATASET/config.yaml; rerunning the same command resumes (finished sources are skipped).
@@ -25,7 +33,9 @@ DATASET/config.yaml; rerunning the same command resumes (finished sources are sk
 example:
   pathup prepare data/bracs --out runs/bracs-tiles
   pathup prepare slides/ --layout wsi --slide-classes slides.csv --out runs/wsi-tiles \\
-      --patch-size 256 --patch-overlap 32 --overview-size 1024 --overview-overlap 128 --tile-size 256
+      --patch-px 256 --patch-overlap 32 --overview-px 1024 --overview-overlap 128 --tile-px 256
+  pathup prepare slides/ --layout wsi --slide-classes slides.csv --out runs/wsi-20x --target-mpp 0.5
+  pathup prepare rois/ --out runs/rois-20x --mpp 0.25 --target-mpp 0.5
 """
 
 

@@ -6,10 +6,15 @@
 * ``class``, ``level`` (``patch`` or ``overview``), ``prompt``;
 * ``source`` (the image or slide the tile was cut from), ``patient``, ``slide`` (may be empty);
 * ``split`` (``train``, ``val`` or ``test``);
-* ``x``, ``y``, ``width``, ``height``: the tile's region in the source, in source pixels.
+* ``x``, ``y``, ``width``, ``height``: the tile's region in the source, in source pixels;
+* ``mpp`` (written by ``pathup prepare``): microns per pixel of the tile (region microns / tile pixels),
+  empty when the source's scale is unknown.
 
 ``dataset.json`` holds ``classes`` (ordered; class ids index this list), ``levels``,
-``descriptions`` (optional free text per class), ``tile_size`` and the options used.
+``descriptions`` (optional free text per class), ``tile_size``, ``mpp`` (``{"patch": float | null,
+"overview": float | null}``: microns per pixel of each level's tiles, null when unknown or when the
+sources differ, which ``mpp_note`` then says) and the options used. Files written before these fields
+existed are still read (``dataset_mpp`` gives null scales for them).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from pathup.errors import PathUpError
 
@@ -79,3 +84,42 @@ def write_dataset_info(root: str | Path, info: dict[str, Any]) -> Path:
     path = Path(root) / "dataset.json"
     atomic_write_text(path, json.dumps(info, indent=2))
     return path
+
+
+def dataset_mpp(info: Mapping[str, Any]) -> dict[str, float | None]:
+    """``{"patch": mpp, "overview": mpp}`` of a dataset.json (None where unknown, or in older files)."""
+    raw = info.get("mpp") if isinstance(info.get("mpp"), Mapping) else {}
+    levels = list(info.get("levels") or ("patch", "overview"))
+    return {lv: (float(raw[lv]) if isinstance(raw.get(lv), (int, float)) else None) for lv in levels}
+
+
+def level_mpp(rows: Iterable[Mapping[str, Any]], levels: Iterable[str], nominal: Mapping[str, float] | None = None,
+              tolerance: float = 0.01) -> tuple[dict[str, float | None], str]:
+    """The microns per pixel of each level's tiles from manifest rows, and a note when one is unknown.
+
+    A level's value is ``nominal[level]`` when given (prepare's ``target_mpp``), else the rows' common
+    ``mpp``; it is None when a row's scale is unknown or when the rows differ by more than ``tolerance``
+    (relative), and the note says which and why.
+    """
+    values: dict[str, list[float | None]] = {lv: [] for lv in levels}
+    for r in rows:
+        if r["level"] in values:
+            v = r.get("mpp")
+            values[r["level"]].append(None if v in (None, "") else float(v))
+    out: dict[str, float | None] = {}
+    notes = []
+    for lv, vs in values.items():
+        known = [v for v in vs if v is not None]
+        if not vs:
+            out[lv] = None
+        elif len(known) < len(vs):
+            out[lv] = None
+            notes.append(f"{lv}: the scale of {len(vs) - len(known)} of {len(vs)} tiles is unknown (sources "
+                         f"without microns per pixel; give mpp)")
+        elif max(known) > min(known) * (1 + tolerance):
+            out[lv] = None
+            notes.append(f"{lv}: the sources differ in scale ({min(known):.4g} to {max(known):.4g} um/px per tile "
+                         f"pixel; use target_mpp to cut them at one scale)")
+        else:
+            out[lv] = round(float(nominal[lv]) if nominal and lv in nominal else sum(known) / len(known), 6)
+    return out, "; ".join(notes)

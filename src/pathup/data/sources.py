@@ -18,23 +18,20 @@ patient, slide and given split). Layouts (``--layout``):
   ``test/`` holding ``<k>_<CLASS>`` folders is ``bracs``; a folder holding slide files is ``wsi``; a
   folder with class sub-folders is ``folders``.
 
-Slides are read with tiffslide, or OpenSlide (``pip install 'pathup[openslide]'``) for formats tiffslide
-cannot read (``.mrxs``, ``.ndpi`` variants).
+Listing only: the files are opened by the readers of ``pathup.data.slides`` (images and slides behind
+one interface).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pathup.errors import PathUpError
-from pathup.io import IMAGE_SUFFIXES, list_images, max_image_pixels, to_rgb8
+from pathup.io import IMAGE_SUFFIXES, list_images
 
 log = logging.getLogger(__name__)
 
@@ -328,126 +325,3 @@ def collect_sources(paths: list[str], layout: str = "auto", slide_classes: str |
     if not unique:
         raise PathUpError(f"no images found in {', '.join(paths)}")
     return unique, bad, layouts
-
-
-class SlideReader:
-    """A whole-slide image opened with tiffslide (or OpenSlide when tiffslide cannot read it).
-
-    Every failure to open or read becomes a PathUpError naming the slide.
-    """
-
-    def __init__(self, path: str | Path, max_pixels: int | None = None) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise PathUpError(f"slide not found: {self.path}")
-        self.max_pixels = max_image_pixels(max_pixels)
-        errors = []
-        self._slide: Any = None
-        for backend in ("tiffslide", "openslide"):
-            try:
-                if backend == "tiffslide":
-                    import tiffslide
-
-                    slide = tiffslide.TiffSlide(str(self.path))
-                else:
-                    import openslide
-
-                    slide = openslide.OpenSlide(str(self.path))
-            except ImportError:
-                errors.append(f"{backend} not installed (pip install 'pathup[openslide]')")
-                continue
-            except Exception as err:  # noqa: BLE001 - any reader failure means "try the next reader"
-                errors.append(f"{backend}: {type(err).__name__}: {err}")
-                continue
-            try:  # the metadata is read lazily: a damaged file fails here (e.g. IndexError: no pages)
-                dims = tuple(int(v) for v in slide.dimensions)
-                downsamples = [float(d) for d in slide.level_downsamples]
-                level_dims = [tuple(int(v) for v in d) for d in slide.level_dimensions]
-                if not level_dims or min(dims) < 1:
-                    raise ValueError("no image levels")
-            except Exception as err:  # noqa: BLE001
-                errors.append(f"{backend}: {type(err).__name__}: {err}")
-                with contextlib.suppress(Exception):
-                    slide.close()
-                continue
-            self._slide, self.backend = slide, backend
-            break
-        if self._slide is None:
-            why = _tiff_damage(self.path)
-            if why is None and any("out of range(0)" in e for e in errors):
-                why = "the file holds no image pages (damaged, or not a slide)"
-            detail = "; ".join(" ".join(e.split()) for e in errors)
-            if why:
-                raise PathUpError(f"unreadable slide {self.path}: {why} ({detail})")
-            raise PathUpError(f"cannot read slide {self.path}: {detail}")
-        self.dimensions: tuple[int, int] = dims  # type: ignore[assignment]
-        self.level_downsamples = downsamples
-        self.level_dimensions = level_dims  # type: ignore[assignment]
-
-    def close(self) -> None:
-        self._slide.close()
-
-    def _best_level(self, downsample: float) -> int:
-        best = 0
-        for i, d in enumerate(self.level_downsamples):
-            if d <= downsample + 1e-6:
-                best = i
-        return best
-
-    def read(self, x: int, y: int, w: int, h: int, out_w: int, out_h: int) -> "Image.Image":  # noqa: F821
-        """The level-0 region ``(x, y, w, h)`` as an ``out_w x out_h`` RGB image, read from the finest level
-        that is at least as coarse as needed (then area-resized)."""
-        from PIL import Image
-
-        lvl = self._best_level(min(w / out_w, h / out_h))
-        d = self.level_downsamples[lvl]
-        lw, lh = self.level_dimensions[lvl]
-        rw = max(1, min(math.ceil(w / d), lw))
-        rh = max(1, min(math.ceil(h / d), lh))
-        if rw * rh > self.max_pixels:
-            raise PathUpError(f"slide {self.path}: reading ({x}, {y}, {w}x{h}) needs a {rw}x{rh} region at level {lvl}, "
-                              f"over the pixel limit of {self.max_pixels:,} (the slide has no coarser level); "
-                              f"raise it with --max-image-pixels or use smaller tiles")
-        try:
-            region = to_rgb8(self._slide.read_region((int(x), int(y)), lvl, (rw, rh)))
-        except Exception as err:  # noqa: BLE001
-            raise PathUpError(f"cannot read slide {self.path} at ({x}, {y}): {err}") from None
-        if region.size != (out_w, out_h):
-            shrink = out_w <= rw and out_h <= rh
-            region = region.resize((out_w, out_h), Image.BOX if shrink else Image.BICUBIC)
-        return region
-
-    def overview(self, downsample: float) -> "Image.Image":  # noqa: F821
-        """The whole slide at about ``downsample`` x (read from a low-resolution level), for the tissue mask."""
-        W, H = self.dimensions
-        ow, oh = max(1, math.ceil(W / downsample)), max(1, math.ceil(H / downsample))
-        return self.read(0, 0, W, H, ow, oh)
-
-
-def _tiff_damage(path: Path) -> str | None:
-    """Why a TIFF-based slide file cannot hold an image (truncated, empty, not a TIFF), or None when its
-    header looks sound (the reader's own error is then the best explanation)."""
-    import struct
-
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as f:
-            head = f.read(16)
-    except OSError as err:
-        return f"cannot open the file ({err.strerror})"
-    if size == 0:
-        return "the file is empty (0 bytes)"
-    order = {b"II": "<", b"MM": ">"}.get(head[:2])
-    if order is None or len(head) < 8:
-        return None  # not a TIFF (e.g. .mrxs): nothing more to say
-    version = struct.unpack(order + "H", head[2:4])[0]
-    if version == 42:
-        first = struct.unpack(order + "I", head[4:8])[0]
-    elif version == 43 and len(head) >= 16:
-        first = struct.unpack(order + "Q", head[8:16])[0]
-    else:
-        return "the file has a TIFF signature but a damaged header"
-    if first >= size:
-        return (f"the file is truncated or incomplete: its first image directory is at byte {first:,} "
-                f"but the file has {size:,} bytes (copy it again)")
-    return None
