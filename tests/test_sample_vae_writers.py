@@ -132,3 +132,64 @@ def test_format_choice_and_bad_paths(tmp_path):
         save_image(np.zeros((8, 8, 3), np.uint8), tmp_path / "x.jpg")
     with pytest.raises(PathUpError, match="multiple of 16"):
         save_tiff(np.zeros((8, 8, 3), np.uint8), tmp_path / "x.tiff", tile=40)
+
+
+def test_pyramidal_tiff_records_its_physical_scale_for_qupath(tmp_path):
+    """Resolution tags (px/cm) on every level, OME-XML PhysicalSizeX/Y in um, and tiffslide's MPP."""
+    import xml.etree.ElementTree as ET
+
+    import tiffslide
+    import tifffile
+
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (300, 520, 3), dtype=np.uint8)
+    path = save_tiff(img, tmp_path / "scaled.tiff", {"seed": 5}, tile=64, mpp=0.5)
+    with tifffile.TiffFile(path) as tf:
+        assert tf.is_ome
+        levels = tf.series[0].levels
+        assert len(levels) >= 4
+        for lv in levels:
+            page = lv.keyframe
+            h, w = page.shape[:2]
+            assert page.tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+            xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
+            # 0.5 um/px = 20000 px/cm at level 0; a level downsampled by d has 20000 / d px/cm
+            assert xr[0] / xr[1] == pytest.approx(20000 * w / 520, rel=1e-6)
+            assert yr[0] / yr[1] == pytest.approx(20000 * h / 300, rel=1e-6)
+        assert [lv.keyframe.shape[:2] for lv in levels[:3]] == [(300, 520), (150, 260), (75, 130)]
+        assert levels[1].keyframe.tags["XResolution"].value[0] / levels[1].keyframe.tags["XResolution"].value[1] \
+            == pytest.approx(10000)
+        ome = ET.fromstring(tf.pages[0].description)
+        ns = {"ome": "http://www.openmicroscopy.org/Schemas/OME/2016-06"}
+        pixels = ome.find(".//ome:Pixels", ns)
+        assert float(pixels.get("PhysicalSizeX")) == 0.5 and float(pixels.get("PhysicalSizeY")) == 0.5
+        assert pixels.get("PhysicalSizeXUnit") == "µm" and pixels.get("PhysicalSizeYUnit") == "µm"
+        assert json.loads(ome.find(".//ome:Description", ns).text) == {"seed": 5}
+        assert np.array_equal(tf.series[0].asarray(), img)
+    slide = tiffslide.TiffSlide(str(path))
+    assert float(slide.properties["tiffslide.mpp-x"]) == pytest.approx(0.5)
+    assert float(slide.properties["tiffslide.mpp-y"]) == pytest.approx(0.5)
+    assert slide.level_dimensions[:2] == ((520, 300), (260, 150))
+    region = np.asarray(slide.read_region((100, 50), 0, (200, 120)).convert("RGB"))
+    assert np.array_equal(region, img[50:170, 100:300])
+    slide.close()
+    assert read_settings(path) == {"seed": 5}
+    with pytest.raises(PathUpError, match="mpp must be a positive"):
+        save_tiff(img, tmp_path / "bad.tiff", tile=64, mpp=0)
+
+
+def test_png_records_its_physical_scale(tmp_path):
+    img = np.full((16, 24, 3), 200, np.uint8)
+    path = save_png(img, tmp_path / "a.png", {"seed": 1}, mpp=0.25)
+    with Image.open(path) as im:
+        assert im.info["dpi"] == pytest.approx((101600, 101600), abs=0.01)  # 25400 / 0.25
+        assert float(im.info["mpp"]) == 0.25
+    raw = path.read_bytes()  # pHYs: 4e6 pixels per metre on both axes, unit 1 (metre)
+    i = raw.index(b"pHYs")
+    assert int.from_bytes(raw[i + 4:i + 8], "big") == 4_000_000
+    assert int.from_bytes(raw[i + 8:i + 12], "big") == 4_000_000 and raw[i + 12] == 1
+    path = save_image(img, tmp_path / "b.png", mpp=0.5)
+    with Image.open(path) as im:
+        assert im.info["dpi"] == pytest.approx((50800, 50800), abs=0.01)
+    with Image.open(save_png(img, tmp_path / "c.png")) as im:
+        assert "dpi" not in im.info and "mpp" not in im.info
