@@ -75,6 +75,27 @@ def test_alpha_matches_coincidence_matrix_reference():
         assert krippendorff_alpha_interval(data) == pytest.approx(_alpha_by_coincidence_matrix(data), abs=1e-10)
 
 
+def test_alpha_matches_the_krippendorff_package():
+    """The krippendorff package (Castro 2017) as the oracle: interval alpha on (raters, units) matrices with
+    nan = missing, including integer ratings, missing cells, units rated once and unequal rater counts."""
+    krippendorff = pytest.importorskip("krippendorff")
+    published = np.array([
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, nan, nan, nan],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, nan, 3],
+        [nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, nan],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, nan]])
+    matrices = [published, np.array([[1, 2, 3, nan], [1, 2, 4, 5], [2, 2, 3, 5]], dtype=float)]
+    rng = np.random.default_rng(13)
+    for raters, units, missing in ((2, 10, 0.0), (3, 25, 0.3), (5, 40, 0.5), (8, 12, 0.2)):
+        truth = rng.integers(1, 6, size=units).astype(float)
+        data = np.clip(truth[None, :] + rng.integers(-1, 2, size=(raters, units)), 1, 5).astype(float)
+        data[rng.random(data.shape) < missing] = nan
+        matrices.append(data)
+    for data in matrices:
+        expected = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
+        assert krippendorff_alpha_interval(data) == pytest.approx(expected, abs=1e-10)
+
+
 def test_auc_matches_sklearn():
     from sklearn.metrics import roc_auc_score
 

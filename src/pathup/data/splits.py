@@ -1,4 +1,4 @@
-"""Train/val/test splits by patient or slide, never by tile (SPEC.md section 2).
+"""Train/val/test splits by patient or slide, never by tile (PathUp paper 4.1).
 
 The unit that is split is a *group*: the patient (``split_by="patient"``), or the slide
 (``split_by="slide"``); an image whose patient (or slide) is unknown is its own group. All images of a

@@ -1,4 +1,4 @@
-"""Where tiles are cut: the overlapping tile grid and the level resize (PathUp paper 3.1, SPEC.md section 2).
+"""Where tiles are cut: the overlapping tile grid and the level resize (PathUp paper 3.1).
 
 Each spatial level cuts square regions of ``size`` source pixels with ``overlap`` pixels shared by
 neighbours (stride ``size - overlap``) and writes every region at ``tile_size`` pixels:
