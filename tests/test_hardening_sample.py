@@ -137,7 +137,7 @@ def test_every_float_option_of_every_stage_must_be_finite():
     """The finite check is generic: the training options get it without metadata of their own."""
     from pathup.train.config import TrainConfig
 
-    for name in ("max_grad_norm", "weight_decay", "vae_lr", "vae_kl_weight", "guidance_scale"):
+    for name in ("max_grad_norm", "weight_decay", "vae_lr", "vae_kl_weight", "guidance"):
         with pytest.raises(PathUpError, match=f"{name} must be a finite number"):
             from_dict(TrainConfig, {name: "nan"})
 
@@ -155,7 +155,7 @@ def test_pipeline_stage_calls_refuse_non_finite_guidance(method):
 
 
 # ----------------------------------------------------------------------------------------- items 3, 4
-GEN = dict(size="64", steps=2, patch_size=8, overlap=4, guidance=2.0)
+GEN = dict(size="64", steps=2, latent_patch=8, latent_overlap=4, guidance=2.0)
 CLASSES = ["a b", "a_b", "腫瘍", "良性"]
 
 

@@ -11,21 +11,21 @@ from test_train import FAST, make_dataset
 
 
 @pytest.mark.parametrize("key,value,msg", [
-    ("max_grad_norm", float("nan"), "--max-grad-norm"),
-    ("vae_kl_weight", -1e9, "--vae-kl-weight must be at least 0"),
-    ("vae_lr", -1.0, "--vae-lr must be > 0"),
-    ("vae_lr", float("nan"), "--vae-lr"),
-    ("weight_decay", float("nan"), "--weight-decay"),
-    ("guidance_scale", float("nan"), "--guidance-scale"),
-    ("guidance_scale", float("inf"), "--guidance-scale"),
-    ("snr_gamma", 0.0, "--snr-gamma must be > 0"),
+    ("max_grad_norm", float("nan"), "max_grad_norm"),
+    ("vae_kl_weight", -1e9, "vae_kl_weight must be at least 0"),
+    ("vae_lr", -1.0, "vae_lr must be > 0"),
+    ("vae_lr", float("nan"), "vae_lr"),
+    ("weight_decay", float("nan"), "weight_decay"),
+    ("guidance", float("nan"), "guidance"),
+    ("guidance_scale", float("inf"), "guidance"),  # the older name of guidance
+    ("snr_gamma", 0.0, "snr_gamma must be > 0"),
 ])
 def test_train_numeric_options_are_checked_in_the_config_layer(key, value, msg, tmp_path):
     with pytest.raises(PathUpError, match=msg):
-        from_dict(TrainConfig, {"dataset": str(tmp_path), "out": str(tmp_path / "run"), key: value})
+        from_dict(TrainConfig, {"data": str(tmp_path), "out": str(tmp_path / "run"), key: value})
     # the Python API checks the same, before any work
     with pytest.raises(PathUpError, match=msg):
-        train(TrainConfig(dataset=tmp_path, out=tmp_path / "run2", **{key: value}))
+        train(TrainConfig(data=tmp_path, out=tmp_path / "run2", **{key: value}))
     assert not (tmp_path / "run2").exists()
 
 
@@ -35,10 +35,10 @@ def tiny_ds(tmp_path_factory, sample_breakhis):
 
 
 def test_no_progress_silences_every_training_bar(tiny_ds, tmp_path, capfd):
-    train(TrainConfig(dataset=tiny_ds, out=tmp_path / "quiet", max_steps=2, progress=False, **FAST))
+    train(TrainConfig(data=tiny_ds, out=tmp_path / "quiet", max_steps=2, progress=False, **FAST))
     err = capfd.readouterr().err
     assert "autoencoder:" not in err and "train:" not in err and "\r" not in err
-    train(TrainConfig(dataset=tiny_ds, out=tmp_path / "loud", max_steps=2, **FAST))
+    train(TrainConfig(data=tiny_ds, out=tmp_path / "loud", max_steps=2, **FAST))
     assert "train:" in capfd.readouterr().err
 
 
@@ -52,8 +52,8 @@ def test_empty_class_refused_unless_asked(tiny_ds, tmp_path):
     meta["classes"].append("ghost")
     (ds / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(PathUpError, match="ghost"):
-        train(TrainConfig(dataset=ds, out=tmp_path / "r1", max_steps=1, **FAST))
-    out = train(TrainConfig(dataset=ds, out=tmp_path / "r2", max_steps=1, allow_empty_classes=True, **FAST))
+        train(TrainConfig(data=ds, out=tmp_path / "r1", max_steps=1, **FAST))
+    out = train(TrainConfig(data=ds, out=tmp_path / "r2", max_steps=1, allow_empty_classes=True, **FAST))
     assert "ghost" in json.loads((out / "pathup.json").read_text())["prompts"]["classes"]
 
 
@@ -66,7 +66,7 @@ def test_library_write_failures_are_one_line(tiny_ds, tmp_path, monkeypatch):
 
     monkeypatch.setattr(accelerate.Accelerator, "save_state", full)
     with pytest.raises(PathUpError, match="disk full while writing checkpoint"):
-        train(TrainConfig(dataset=tiny_ds, out=tmp_path / "r", max_steps=1, progress=False, **FAST))
+        train(TrainConfig(data=tiny_ds, out=tmp_path / "r", max_steps=1, progress=False, **FAST))
     assert not list((tmp_path / "r" / "checkpoints").glob(".tmp*"))
 
 
@@ -76,7 +76,7 @@ def test_model_files_honour_the_umask(tiny_ds, tmp_path):
 
     old = os.umask(0o022)
     try:
-        out = train(TrainConfig(dataset=tiny_ds, out=tmp_path / "r", max_steps=1, progress=False, **FAST))
+        out = train(TrainConfig(data=tiny_ds, out=tmp_path / "r", max_steps=1, progress=False, **FAST))
     finally:
         os.umask(old)
     for p in [out, *out.rglob("*"), *(tmp_path / "r" / "base").rglob("*")]:

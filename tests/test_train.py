@@ -1,5 +1,6 @@
 """The training loop on real BreakHis tiles with the micro model: L_r goes down, a SIGKILLed and resumed
-run equals an uninterrupted one, RUN/model loads in diffusers, fine-tuning a saved checkpoint, bad input."""
+run equals an uninterrupted one, RUN/model loads in diffusers, fine-tuning a saved checkpoint, bad input;
+the EMA (diffusers' EMAModel) against a hand-computed average, the trackers, the dataset's MPP in the model."""
 
 import csv
 import json
@@ -16,7 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
+from pathup.losses import denoising_loss, denoising_target
 from pathup.prompts import build_prompt
 from pathup.train import TrainConfig, train
 
@@ -62,6 +64,28 @@ def data(tmp_path_factory, sample_breakhis):
             "root": root}
 
 
+@torch.no_grad()
+def denoising_loss_on(ldm, unet, images: torch.Tensor, prompts: list[str], *, seed: int = 0,
+                      timesteps: torch.Tensor | None = None) -> float:
+    """L_r of ``unet`` on fixed images (B, 3, R, R), prompts, noise and timesteps (a fair before/after measure).
+
+    The VAE's posterior mean, ``ldm``'s text encoder and scheduler; noise from ``seed``; timesteps spread
+    evenly over the schedule unless given.
+    """
+    dev = next(unet.parameters()).device
+    latents = ldm.encode_images(images.to(dev)).float()  # (B, 4, h, w)
+    b = latents.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=g).to(dev)  # (B, 4, h, w)
+    n_t = ldm.scheduler.config.num_train_timesteps
+    t = timesteps if timesteps is not None else torch.linspace(0, n_t - 1, b).round().long()
+    t = t.to(dev)
+    emb = ldm.encode_prompts(prompts).to(dev)  # (B, L, D)
+    noisy = ldm.scheduler.add_noise(latents, noise, t)
+    pred = unet(noisy, t, encoder_hidden_states=emb).sample
+    return float(denoising_loss(pred, denoising_target(ldm.scheduler, latents, noise, t)))
+
+
 def _unet_state(model_dir):
     from safetensors.torch import load_file
 
@@ -72,12 +96,12 @@ def _unet_state(model_dir):
 def runs(data):
     """One run SIGKILLed mid-way (a real process) then resumed, and one uninterrupted run."""
     root = data["root"]
-    common = dict(FAST, dataset=data["two"], max_steps=8, batch_size=4, lr=1e-3, checkpoint_every=1,
+    common = dict(FAST, data=data["two"], max_steps=8, batch_size=4, lr=1e-3, checkpoint_every=1,
                   keep_checkpoints=2, seed=3)
     killed = root / "killed"
-    args = [sys.executable, "-m", "pathup", "train", str(data["two"]), "--out", str(killed)]
+    args = [sys.executable, "-m", "pathup", "train", "--data", str(data["two"]), "--out", str(killed)]
     for k, v in common.items():
-        if k != "dataset":
+        if k != "data":
             args += [f"--{k.replace('_', '-')}", str(v)]
     # same thread count as this process: float reductions (and so the weights) depend on it
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONUNBUFFERED="1")
@@ -100,7 +124,6 @@ def test_training_lowers_the_denoising_loss(data, runs):
 
     from pathup.model import load_ldm
     from pathup.train.data import TrainTiles
-    from pathup.train.loop import denoising_loss_on
 
     base = load_ldm(runs["run"] / "base")  # trained VAE, untrained UNet
     after = load_ldm(runs["run"] / "base")
@@ -174,7 +197,7 @@ def test_sample_grid_and_finetune_a_saved_checkpoint(data, tmp_path):
     shutil.rmtree(src / "unet")  # a plain SD folder is enough: re-save only the UNet via diffusers
     build_ldm("micro", seed=5).unet.save_pretrained(src / "unet")
     (src / "pathup.json").unlink()
-    out = train(TrainConfig(dataset=data["two"], out=tmp_path / "ft", model=str(src), max_steps=2,
+    out = train(TrainConfig(data=data["two"], out=tmp_path / "ft", model=str(src), max_steps=2,
                             batch_size=2, num_workers=0, checkpoint_every=0, sample_every=2, sample_steps=2,
                             patho_align=False, fel_proj_dim=8))
     a, b = load_ldm(src), load_ldm(out)
@@ -198,24 +221,24 @@ def test_bad_inputs(data, runs, tmp_path, monkeypatch, capsys):
     (empty / "manifest.csv").write_text("path,class,level,prompt,split\n")
     (empty / "dataset.json").write_text(json.dumps({"classes": ["a"], "levels": ["patch", "overview"]}))
     with pytest.raises(PathUpError, match="empty dataset"):
-        train(TrainConfig(dataset=empty, out=tmp_path / "r0", **FAST))
+        train(TrainConfig(data=empty, out=tmp_path / "r0", **FAST))
     broken = tmp_path / "broken"
     shutil.copytree(data["two"], broken)
     for p in sorted((broken / "tiles").iterdir())[:4]:
         p.unlink()
     with pytest.raises(PathUpError, match="4 tile file.*missing"):
-        train(TrainConfig(dataset=broken, out=tmp_path / "r1", **FAST))
+        train(TrainConfig(data=broken, out=tmp_path / "r1", **FAST))
     # a different class set when resuming
     moved = tmp_path / "moved"
     shutil.copytree(runs["run"], moved)
     with pytest.raises(PathUpError, match="classes .* differ from the checkpoint"):
-        train(TrainConfig(dataset=data["other"], out=moved, resume=True, max_steps=8, **FAST))
+        train(TrainConfig(data=data["other"], out=moved, resume=True, max_steps=8, **FAST))
     with pytest.raises(PathUpError, match="already holds a training run"):
-        train(TrainConfig(dataset=data["two"], out=moved, max_steps=8, **FAST))
+        train(TrainConfig(data=data["two"], out=moved, max_steps=8, **FAST))
     with pytest.raises(PathUpError, match="fp16 needs a GPU"):
-        train(TrainConfig(dataset=data["two"], out=tmp_path / "r2", mixed_precision="fp16", cpu=True, **FAST))
+        train(TrainConfig(data=data["two"], out=tmp_path / "r2", mixed_precision="fp16", cpu=True, **FAST))
     # a NaN loss stops the run with the last good checkpoint named and intact
-    import pathup.train.loop as loop
+    import pathup.train.trainer as loop
 
     real = loop.denoising_loss
     calls = {"n": 0}
@@ -228,7 +251,7 @@ def test_bad_inputs(data, runs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loop, "denoising_loss", flaky)
     nan_run = tmp_path / "nan"
     with pytest.raises(PathUpError, match=r"loss is nan at step 3.*checkpoint-00000002"):
-        train(TrainConfig(dataset=data["two"], out=nan_run, max_steps=5, checkpoint_every=1, **FAST))
+        train(TrainConfig(data=data["two"], out=nan_run, max_steps=5, checkpoint_every=1, **FAST))
     assert not (nan_run / "model").exists()
     assert sorted(p.name for p in (nan_run / "checkpoints").iterdir()) == ["checkpoint-00000001", "checkpoint-00000002"]
     monkeypatch.setattr(loop, "denoising_loss", real)
@@ -238,9 +261,150 @@ def test_bad_inputs(data, runs, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(loop.Trainer, "_forward", oom)
     with pytest.raises(PathUpError, match="out of GPU memory in --batch-size 2: lower --batch-size"):
-        train(TrainConfig(dataset=data["two"], out=nan_run, resume=True, max_steps=5, **FAST))
+        train(TrainConfig(data=data["two"], out=nan_run, resume=True, max_steps=5, **FAST))
     # the CLI prints one line, no traceback
     capsys.readouterr()
     assert main(["train", str(empty), "--out", str(tmp_path / "r4"), "--model", "micro"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pathup train: error: empty dataset")
+
+
+# ------------------------------------------------------------------------------------------- EMA
+def test_ema_weights_equal_a_hand_computed_average(data, tmp_path):
+    """The final model holds theta_ema <- d_k theta_ema + (1 - d_k) theta_k over the raw weights theta_k after
+    each step k, with diffusers' EMAModel decay d_1 = 0, d_k = min(decay, k / (k + 9)); UNet and text encoder."""
+    from safetensors.torch import load_file
+
+    run, decay = tmp_path / "ema", 0.2  # d_2 = 2/11 (warm-up), d_3 = 0.2 (the cap, below 3/12)
+    out = train(TrainConfig(data=data["two"], out=run, max_steps=3, checkpoint_every=1, keep_checkpoints=3,
+                            ema_decay=decay, **FAST))
+    for saved, final in [("model.safetensors", _unet_state(out)),
+                         ("model_1.safetensors", load_file(str(out / "text_encoder" / "model.safetensors")))]:
+        raw = [load_file(str(run / "checkpoints" / f"checkpoint-{k:08d}" / saved)) for k in (1, 2, 3)]
+        ema = dict(raw[0])
+        for k, weights in zip((2, 3), raw[1:]):
+            d = min(decay, k / (k + 9))
+            ema = {n: d * ema[n] + (1 - d) * weights[n] for n in ema}
+        assert final.keys() == ema.keys()
+        for n in ema:
+            assert torch.allclose(final[n], ema[n], atol=1e-6, rtol=1e-5), (saved, n)
+        assert any(not torch.equal(final[n], raw[2][n]) for n in ema)  # not just the last raw weights
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_ema_offload_keeps_the_average_on_the_cpu(device):
+    from pathup.train.ema import TrainEMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3).to(device)
+    near = TrainEMA(model.parameters(), 0.5)
+    far = TrainEMA(model.parameters(), 0.5, offload=True)
+    hand = [p.detach().cpu().clone() for p in model.parameters()]
+    for k in range(1, 5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        near.step(model.parameters())
+        far.step(model.parameters())
+        d = 0.0 if k == 1 else min(0.5, k / (k + 9))
+        hand = [d * h + (1 - d) * p.detach().cpu() for h, p in zip(hand, model.parameters())]
+    assert all(s.device.type == "cpu" for s in far.shadow_params)
+    assert all(s.device.type == device for s in near.shadow_params)
+    for a, b, h in zip(near.shadow_params, far.shadow_params, hand):
+        assert torch.allclose(a.cpu(), h, atol=1e-6) and torch.allclose(b, h, atol=1e-6)
+    # a checkpoint's state (Accelerate loads it on the CPU) goes back where the average lives
+    state = {k: ([s.cpu() for s in v] if k == "shadow_params" else v) for k, v in near.state_dict().items()}
+    again = TrainEMA(model.parameters(), 0.5)
+    again.load_state_dict(state)
+    assert again.optimization_step == 4 and all(s.device.type == device for s in again.shadow_params)
+    assert all(torch.equal(a, b) for a, b in zip(again.shadow_params, near.shadow_params))
+    with pytest.raises(PathUpError, match="EMA weights do not match this model"):
+        TrainEMA(torch.nn.Linear(5, 4).parameters(), 0.5).load_state_dict(state)
+
+
+# -------------------------------------------------------------------------------------- trackers
+def test_tensorboard_tracker_logs_the_loss_history(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    hist = [json.loads(x) for x in (runs["run"] / "losses.jsonl").read_text().splitlines()]
+    for run in (runs["run"], runs["resumed"].parent):  # the resumed run's repeated steps are purged
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        for tag, key in [("loss/L_r", "l_r"), ("loss/L_e", "l_e"), ("loss/total", "loss"), ("lr", "lr")]:
+            scalars = events.Scalars(tag)
+            assert [e.step for e in scalars] == [h["step"] for h in hist] == list(range(1, 9)), (run, tag)
+            if run == runs["run"]:
+                assert [e.value for e in scalars] == pytest.approx([h[key] for h in hist], rel=1e-6)
+
+
+def test_log_with_none_and_a_tracker_that_is_not_installed(data, tmp_path):
+    from accelerate.tracking import get_available_trackers
+
+    from pathup.train.config import TRACKERS
+
+    train(TrainConfig(data=data["two"], out=tmp_path / "quiet", max_steps=2, log_with="none", **FAST))
+    assert not (tmp_path / "quiet" / "tensorboard").exists()
+    hist = [json.loads(x) for x in (tmp_path / "quiet" / "losses.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [1, 2]
+    installed = {str(t) for t in get_available_trackers()}
+    missing = [t for t in TRACKERS if t != "none" and t not in installed]
+    if missing:
+        with pytest.raises(OptionError, match=f"log_with '{missing[0]}' needs the {missing[0]} package") as err:
+            train(TrainConfig(data=data["two"], out=tmp_path / "r", max_steps=1, log_with=missing[0], **FAST))
+        assert err.value.for_cli().startswith(f"--log-with '{missing[0]}'")
+        assert not (tmp_path / "r").exists()
+
+
+def test_accelerate_state_is_released_between_runs(data, tmp_path):
+    """Two runs with other mixed precision in one process: needs Accelerate's private reset (see
+    pathup.train.accelerator.release); this fails if Accelerate renames it or its shared state."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    assert callable(getattr(AcceleratorState, "_reset_state", None))
+    train(TrainConfig(data=data["two"], out=tmp_path / "no", max_steps=1, **FAST))
+    assert AcceleratorState._shared_state == {} and PartialState._shared_state == {}
+    train(TrainConfig(data=data["two"], out=tmp_path / "bf16", max_steps=1, mixed_precision="bf16", cpu=True,
+                      **FAST))
+    assert yaml.safe_load((tmp_path / "bf16" / "config.yaml").read_text())["mixed_precision"] == "bf16"
+
+
+# ------------------------------------------------------------------------------ physical scale
+def test_model_records_the_dataset_mpp(data, runs, tmp_path):
+    from pathup.model import load_ldm
+    from pathup.train.data import dataset_mpp
+
+    # a dataset prepared without a physical scale: null values
+    assert json.loads((runs["full"] / "pathup.json").read_text())["mpp"] == {"patch": None, "overview": None}
+    ds = tmp_path / "ds"
+    shutil.copytree(data["two"], ds)
+    meta = json.loads((ds / "dataset.json").read_text())
+    (ds / "dataset.json").write_text(json.dumps({**meta, "mpp": {"patch": 0.5, "overview": 2.0}}))
+    out = train(TrainConfig(data=ds, out=tmp_path / "run", max_steps=1, **FAST))
+    assert json.loads((out / "pathup.json").read_text())["mpp"] == {"patch": 0.5, "overview": 2.0}
+    assert load_ldm(out).mpp == {"patch": 0.5, "overview": 2.0}
+    (ds / "dataset.json").write_text(json.dumps({**meta, "mpp": {"patch": -1, "overview": None}}))
+    with pytest.raises(PathUpError, match="mpp of level 'patch' must be a positive number or null, got -1"):
+        dataset_mpp(ds)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def test_cli_data_option_and_the_old_positional(tmp_path, capsys):
+    from pathup.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.csv").write_text("path,class,level,prompt,split\n")
+    (empty / "dataset.json").write_text(json.dumps({"classes": ["a"], "levels": ["patch", "overview"]}))
+    capsys.readouterr()
+    assert main(["train", "--data", str(empty), "--out", str(tmp_path / "r"), "--model", "micro"]) == 2
+    assert capsys.readouterr().err.strip().startswith("pathup train: error: empty dataset")
+    assert main(["train", str(empty), "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "two datasets given" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2
+    assert "no dataset given: --data DATASET" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(f in text for f in ("--data DATASET", "--ema-offload", "--log-with", "--guidance GUIDANCE"))
+    assert "--guidance-scale" not in text and "--dataset" not in text

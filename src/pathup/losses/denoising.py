@@ -1,4 +1,4 @@
-"""The denoising loss L_r (Eq. 2 of the PathUp paper; SPEC.md section 4)."""
+"""The denoising loss L_r (Eq. 2 of the PathUp paper, section 3.2)."""
 
 from __future__ import annotations
 

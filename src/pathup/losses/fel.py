@@ -1,4 +1,4 @@
-"""The feature entropy loss L_e and its memory bank (Eq. 3 of the PathUp paper; SPEC.md section 4).
+"""The feature entropy loss L_e and its memory bank (Eq. 3 of the PathUp paper, section 3.2).
 
 An InfoNCE over prompts: the UNet's mid-block output for a noisy latent and its prompt, pooled over
 space and L2-normalised, is ``z``; the memory bank holds one unit vector ``k_i`` per prompt id

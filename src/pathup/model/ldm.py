@@ -4,7 +4,9 @@ The saved folder is a regular Stable Diffusion checkpoint (``model_index.json`` 
 ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``; each loads with diffusers'
 ``from_pretrained``), plus PathUp's own files:
 
-* ``pathup.json``: the prompt table (classes x levels) and the model size name;
+* ``pathup.json``: the prompt table (classes x levels), the model size name and ``"mpp"``, the microns per
+  pixel of the training tiles of each level (``{"patch": float|null, "overview": float|null}``, copied from
+  the dataset's ``dataset.json``; null when unknown);
 * ``fel_bank.safetensors``: the feature entropy loss's memory bank (one vector per prompt id).
 """
 
@@ -20,7 +22,7 @@ import torch
 
 from pathup.errors import PathUpError
 from pathup.model.registry import MODEL_SIZES, ModelSize
-from pathup.prompts import PromptTable
+from pathup.prompts import LEVELS, PromptTable
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class LDM:
     prompts: PromptTable | None = None
     fel_bank: torch.Tensor | None = None  # (n_prompts, D), unit rows
     size: str | None = None  # registry name when built from scratch
+    mpp: dict[str, float | None] | None = None  # microns per pixel of the training tiles, by level
 
     @property
     def vae_scale_factor(self) -> int:
@@ -175,20 +178,21 @@ def load_ldm(path_or_id: str | Path, *, scheduler: str | None = None, device: st
     except (OSError, ValueError) as err:
         raise PathUpError(f"cannot load model {src}: {str(err).splitlines()[0]}") from None
     sched = make_scheduler(scheduler or _scheduler_short_name(sched_cfg), sched_cfg)
-    prompts, bank, size = None, None, None
+    prompts, bank, size, mpp = None, None, None, None
     if path.exists():
         meta_file = path / "pathup.json"
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text())
             prompts = PromptTable.from_dict(meta["prompts"]) if meta.get("prompts") else None
             size = meta.get("size")
+            mpp = meta.get("mpp")
         bank_file = path / "fel_bank.safetensors"
         if bank_file.is_file():
             from safetensors.torch import load_file
 
             bank = load_file(str(bank_file))["bank"]
     ldm = LDM(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sched,
-              prompts=prompts, fel_bank=bank, size=size)
+              prompts=prompts, fel_bank=bank, size=size, mpp=mpp)
     return ldm.to(device)
 
 
@@ -224,7 +228,7 @@ def save_ldm(ldm: LDM, path: str | Path) -> Path:
 
             raise write_failure(err, path, path.parent, "model") from None
         meta = {"size": ldm.size, "prompts": ldm.prompts.to_dict() if ldm.prompts else None,
-                "format": "pathup-ldm/1"}
+                "mpp": {level: (ldm.mpp or {}).get(level) for level in LEVELS}, "format": "pathup-ldm/1"}
         (tmp / "pathup.json").write_text(json.dumps(meta, indent=2))
         if ldm.fel_bank is not None:
             from safetensors.torch import save_file

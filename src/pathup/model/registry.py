@@ -32,6 +32,12 @@ _VAE4 = dict(
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
 )
 
+# the UNet blocks of Stable Diffusion 1.5 (small and sd15): cross-attention at the three finest resolutions
+_SD_BLOCKS = dict(
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+
 MODEL_SIZES: dict[str, ModelSize] = {
     "micro": ModelSize(
         name="micro", resolution=64,
@@ -71,9 +77,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
         unet=dict(
             sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(128, 256, 512, 512),
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                              "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            **_SD_BLOCKS,
             cross_attention_dim=256, attention_head_dim=8,
         ),
         text=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
@@ -86,9 +90,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
         unet=dict(
             sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                              "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            **_SD_BLOCKS,
             cross_attention_dim=768, attention_head_dim=8,
         ),
         text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,

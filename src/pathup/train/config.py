@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from pathup.config import option, resolve_aliases
 
-def _f(default, help: str, **kw):  # noqa: A002 - dataclass field with help text
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+# experiment trackers of Accelerate (``Accelerator(log_with=...)``); "none" logs only RUN/losses.jsonl
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio", "none")
 
 
+def _keyword_aliases(cls):
+    """Let the constructor take the fields' older names too (``TrainConfig(dataset=...)``, as ``from_dict`` does)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **resolve_aliases(cls, kwargs))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_keyword_aliases
 @dataclass
 class TrainConfig:
     """Training of the latent diffusion model with patho-align and the feature entropy loss.
@@ -20,73 +33,82 @@ class TrainConfig:
     Options left at ``None`` take a default that depends on where the model comes from: a model
     built from scratch (``tiny``, ``small``, ``sd15``) or a pretrained checkpoint being fine-tuned
     (the paper's defaults: lr 5e-6, batch 4, 50,000 steps). ``resolved()`` fills them in.
+
+    Older names still accepted (keywords, YAML, hidden flags): ``dataset`` for ``data``, ``guidance_scale``
+    for ``guidance``.
     """
 
-    dataset: Path = _f(None, "prepared dataset folder (manifest.csv + dataset.json from 'pathup prepare')", cli=False)
-    out: Path = _f(None, "run folder (checkpoints, samples, logs, final model)", metavar="RUN")
-    model: str = _f("tiny", "a size to build from scratch (tiny, small, sd15) or a diffusers Stable Diffusion "
-                            "folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
-    resolution: Optional[int] = _f(None, "training image size in pixels (multiple of 8 x 2^(UNet blocks-1)); "
-                                         "default: the model's", metavar="PX", min=8)
-    split: str = _f("train", "manifest split to train on")
-    levels: list[str] = _f([], "tile levels to train on (patch, overview); default: all levels in the dataset",
-                           metavar="LEVEL")
-    patho_align: bool = _f(True, "prompts from class and level (--no-patho-align: class-only prompts, one bank "
-                                 "vector per class, tiles of every selected level; the paper's ablation)")
+    data: Optional[Path] = option(None, "prepared dataset folder (manifest.csv + dataset.json from 'pathup prepare')",
+                                  metavar="DATASET", aliases=("dataset",))
+    out: Path = option(None, "run folder (checkpoints, samples, logs, final model)", metavar="RUN")
+    model: str = option("tiny", "a size to build from scratch (tiny, small, sd15) or a diffusers Stable Diffusion "
+                                "folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
+    resolution: Optional[int] = option(None, "training image size in pixels (multiple of 8 x 2^(UNet blocks-1)); "
+                                             "default: the model's", metavar="PX", min=8)
+    split: str = option("train", "manifest split to train on")
+    levels: list[str] = option(help="tile levels to train on (patch, overview); default: all levels in the dataset",
+                               default_factory=list, metavar="LEVEL")
+    patho_align: bool = option(True, "prompts from class and level (--no-patho-align: class-only prompts, one bank "
+                                     "vector per class, tiles of every selected level; the paper's ablation)")
     # optimisation
-    max_steps: Optional[int] = _f(None, "optimizer steps (default: 1000 for tiny, 2000 for other sizes built from "
-                                        "scratch, 50000 fine-tuning)", min=1)
-    batch_size: Optional[int] = _f(None, "tiles per device per micro-batch (default: 8 from scratch, 4 fine-tuning)", min=1)
-    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step", min=1)
-    lr: Optional[float] = _f(None, "AdamW learning rate (default: 2e-4 from scratch, 5e-6 fine-tuning)", min=0, min_exclusive=True)
-    lr_schedule: Literal["constant", "cosine", "linear"] = _f("constant", "learning-rate schedule after warm-up")
-    lr_warmup_steps: Optional[int] = _f(None, "linear warm-up steps (default: 100 from scratch, 0 fine-tuning)", min=0)
-    weight_decay: float = _f(1e-2, "AdamW weight decay", min=0)
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)", min=0)
-    mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Accelerate mixed precision (fp16 needs a GPU)")
-    gradient_checkpointing: bool = _f(False, "recompute UNet activations in the backward pass (saves memory)")
-    compile: bool = _f(False, "torch.compile the UNet")
-    cpu: bool = _f(False, "train on the CPU even when a GPU is present")
-    seed: int = _f(0, "seed of the model initialisation, data order, noise and timesteps", min=0)
-    num_workers: int = _f(2, "data-loading worker processes", min=0)
+    max_steps: Optional[int] = option(None, "optimizer steps (default: 1000 for tiny, 2000 for other sizes built from "
+                                            "scratch, 50000 fine-tuning)", min=1)
+    batch_size: Optional[int] = option(None, "tiles per device per micro-batch (default: 8 from scratch, 4 fine-tuning)", min=1)
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step", min=1)
+    lr: Optional[float] = option(None, "AdamW learning rate (default: 2e-4 from scratch, 5e-6 fine-tuning)", min=0, min_exclusive=True)
+    lr_schedule: Literal["constant", "cosine", "linear"] = option("constant", "learning-rate schedule after warm-up")
+    lr_warmup_steps: Optional[int] = option(None, "linear warm-up steps (default: 100 from scratch, 0 fine-tuning)", min=0)
+    weight_decay: float = option(1e-2, "AdamW weight decay", min=0)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", min=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "Accelerate mixed precision (fp16 needs a GPU)")
+    gradient_checkpointing: bool = option(False, "recompute UNet activations in the backward pass (saves memory)")
+    compile: bool = option(False, "torch.compile the UNet")
+    cpu: bool = option(False, "train on the CPU even when a GPU is present")
+    seed: int = option(0, "seed of the model initialisation, data order, noise and timesteps", min=0)
+    num_workers: int = option(2, "data-loading worker processes", min=0)
     # conditioning and losses
-    train_text_encoder: Optional[bool] = _f(None, "train the text encoder with the UNet (default: on for a model built "
-                                                  "from scratch, whose random encoder knows no words; off when "
-                                                  "fine-tuning a pretrained checkpoint: the paper's frozen CLIP)")
-    prediction_type: Optional[Literal["epsilon", "v_prediction"]] = _f(
+    train_text_encoder: Optional[bool] = option(None, "train the text encoder with the UNet (default: on for a model built "
+                                                      "from scratch, whose random encoder knows no words; off when "
+                                                      "fine-tuning a pretrained checkpoint: the paper's frozen CLIP)")
+    prediction_type: Optional[Literal["epsilon", "v_prediction"]] = option(
         None, "what the UNet predicts (default: v_prediction from scratch; the checkpoint's own when fine-tuning)")
-    zero_terminal_snr: Optional[bool] = _f(
+    zero_terminal_snr: Optional[bool] = option(
         None, "rescale the noise schedule to zero SNR at its last step, with trailing sampling timesteps (Lin et al. "
               "2024; default: on from scratch, so that very light or dark classes can be generated; off when "
               "fine-tuning)")
-    loss_weighting: Literal["none", "min-snr"] = _f("none", "per-timestep weights of L_r: none (Eq. 2 as printed) or "
-                                                           "min-snr (Hang et al. 2023, gamma --snr-gamma)")
-    snr_gamma: float = _f(5.0, "gamma of the min-snr weighting", min=0, min_exclusive=True)
-    prompt_dropout: float = _f(0.1, "share of samples trained with the empty prompt (classifier-free guidance)", min=0, max=1, max_exclusive=True)
-    fel_beta: float = _f(0.1, "weight beta of the feature entropy loss (0 turns it off)", min=0)
-    fel_tau: float = _f(0.07, "temperature tau of the feature entropy loss", min=0, min_exclusive=True)
-    fel_momentum: float = _f(0.99, "EMA momentum alpha of the memory bank", min=0, max=1, max_exclusive=True)
-    fel_proj_dim: int = _f(0, "output size of a projection head on the pooled mid-block features (0 = none)", min=0)
-    ema: bool = _f(True, "keep an exponential moving average of the UNet weights (saved as the final UNet)")
-    ema_decay: Optional[float] = _f(None, "EMA decay (default: 0.999 from scratch, 0.9999 fine-tuning)", min=0, max=1, max_exclusive=True)
+    loss_weighting: Literal["none", "min-snr"] = option("none", "per-timestep weights of L_r: none (Eq. 2 as printed) or "
+                                                               "min-snr (Hang et al. 2023, gamma --snr-gamma)")
+    snr_gamma: float = option(5.0, "gamma of the min-snr weighting", min=0, min_exclusive=True)
+    prompt_dropout: float = option(0.1, "share of samples trained with the empty prompt (classifier-free guidance)", min=0, max=1, max_exclusive=True)
+    fel_beta: float = option(0.1, "weight beta of the feature entropy loss (0 turns it off)", min=0)
+    fel_tau: float = option(0.07, "temperature tau of the feature entropy loss", min=0, min_exclusive=True)
+    fel_momentum: float = option(0.99, "EMA momentum alpha of the memory bank", min=0, max=1, max_exclusive=True)
+    fel_proj_dim: int = option(0, "output size of a projection head on the pooled mid-block features (0 = none)", min=0)
+    ema: bool = option(True, "keep an exponential moving average of the UNet weights (saved as the final UNet)")
+    ema_offload: bool = option(False, "keep the EMA weights in CPU memory between steps (saves GPU memory when "
+                                      "fine-tuning Stable Diffusion 1.5; each step copies them to the GPU and back)")
+    ema_decay: Optional[float] = option(None, "EMA decay (default: 0.999 from scratch, 0.9999 fine-tuning)", min=0, max=1, max_exclusive=True)
     # first stage of the from-scratch models
-    vae_steps: Optional[int] = _f(None, "autoencoder training steps before the UNet (from scratch only; default: "
-                                        "600)", min=0)
-    vae_batch_size: int = _f(8, "autoencoder batch size", min=1)
-    vae_lr: float = _f(5e-4, "autoencoder learning rate", min=0, min_exclusive=True)
-    vae_kl_weight: float = _f(1e-6, "KL weight of the autoencoder loss", min=0)
-    vae_crop: int = _f(64, "train the autoencoder on random crops of this size (0 = whole tiles)", metavar="PX", min=0)
-    allow_empty_classes: bool = _f(False, "train even when a class of the dataset has no tiles in --split (the model "
-                                          "then advertises a class it never saw)")
-    progress: bool = _f(True, "show progress bars")
+    vae_steps: Optional[int] = option(None, "autoencoder training steps before the UNet (from scratch only; default: "
+                                            "600)", min=0)
+    vae_batch_size: int = option(8, "autoencoder batch size", min=1)
+    vae_lr: float = option(5e-4, "autoencoder learning rate", min=0, min_exclusive=True)
+    vae_kl_weight: float = option(1e-6, "KL weight of the autoencoder loss", min=0)
+    vae_crop: int = option(64, "train the autoencoder on random crops of this size (0 = whole tiles)", metavar="PX", min=0)
+    allow_empty_classes: bool = option(False, "train even when a class of the dataset has no tiles in --split (the model "
+                                              "then advertises a class it never saw)")
+    progress: bool = option(True, "show progress bars")
     # outputs
-    checkpoint_every: int = _f(500, "write a checkpoint every N steps (0 = only at the end)", min=0)
-    keep_checkpoints: int = _f(3, "number of most recent checkpoints to keep", min=1)
-    resume: bool = _f(False, "continue from the newest complete checkpoint in RUN/checkpoints")
-    log_every: int = _f(10, "log losses (losses.jsonl, TensorBoard) every N steps", min=1)
-    sample_every: int = _f(500, "write a PNG grid of samples (class x level) every N steps (0 = off)", min=0)
-    sample_steps: int = _f(25, "DDIM steps of the sample grids", min=1)
-    guidance_scale: float = _f(3.0, "classifier-free guidance scale of the sample grids", min=0, max=100)
+    checkpoint_every: int = option(500, "write a checkpoint every N steps (0 = only at the end)", min=0)
+    keep_checkpoints: int = option(3, "number of most recent checkpoints to keep", min=1)
+    resume: bool = option(False, "continue from the newest complete checkpoint in RUN/checkpoints")
+    log_with: Literal[TRACKERS] = option("tensorboard", "experiment tracker of the losses (Accelerate's trackers; "
+                                                       "RUN/losses.jsonl is always written)")
+    log_every: int = option(10, "log losses (losses.jsonl and the --log-with tracker) every N steps", min=1)
+    sample_every: int = option(500, "write a PNG grid of samples (class x level) every N steps (0 = off)", min=0)
+    sample_steps: int = option(25, "DDIM steps of the sample grids", min=1)
+    guidance: float = option(3.0, "classifier-free guidance scale of the sample grids", min=0, max=100,
+                             aliases=("guidance_scale",))
 
     @property
     def from_scratch(self) -> bool:

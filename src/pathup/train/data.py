@@ -1,4 +1,5 @@
-"""Training data: the prepared dataset's tiles, their prompts and prompt ids, and a resumable order.
+"""Training data: the prepared dataset's tiles, their prompts and prompt ids, a resumable order, and the
+randomness of each step.
 
 Prompts are the manifest's ``prompt`` column (``"<class text>, <level>"``); prompt ids come from the
 ``PromptTable`` of ``dataset.json`` (classes x levels) and index the FEL memory bank. With
@@ -6,11 +7,15 @@ patho-align off the prompt is the class text alone and the table has one id per 
 every selected level are kept (the ablation sees the same images, without the level in the prompt).
 
 The order of the tiles is a pure function of (seed, epoch), so a resumed run reads exactly the
-batches the uninterrupted run would have read, without saving any sampler state.
+batches the uninterrupted run would have read, without saving any sampler state. Likewise the randomness
+of a step (flips, crops, posterior sample, noise, timesteps, prompt dropout) comes from ``step_generator``
+seeded by (seed, step, micro-batch, process).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import torch
@@ -142,3 +147,59 @@ def collate(items: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, t
     images = torch.stack([it[0] for it in items])  # (B, 3, R, R)
     ids = torch.tensor([it[1] for it in items], dtype=torch.long)  # (B,)
     return images, ids, [it[2] for it in items]
+
+
+def loader(dataset, sampler, num_workers: int) -> torch.utils.data.DataLoader:
+    """A DataLoader reading the batches of ``sampler`` (a ``StepBatches``)."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                                       pin_memory=torch.cuda.is_available())
+
+
+def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
+    """The CPU generator of one micro-batch of one step on one process."""
+    key = (((int(seed) * 1_000_003 + int(step)) * 131 + int(micro)) * 4099 + int(rank)) % (2 ** 63 - 1)
+    return torch.Generator().manual_seed(key)
+
+
+def random_flips(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Each image of (B, 3, H, W) flipped left-right and/or up-down with probability 1/2 each."""
+    flips = torch.rand(images.shape[0], 2, generator=g) < 0.5  # (B, 2)
+    out = images.clone()
+    for i, (fh, fv) in enumerate(flips.tolist()):
+        if fh:
+            out[i] = out[i].flip(-1)
+        if fv:
+            out[i] = out[i].flip(-2)
+    return out
+
+
+def random_crop(images: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """A random ``size`` x ``size`` crop of each image of (B, 3, H, W) (the images when ``size`` is 0 or too big)."""
+    b, _, h, w = images.shape
+    if size <= 0 or size >= min(h, w):
+        return images
+    ys = torch.randint(0, h - size + 1, (b,), generator=g).tolist()
+    xs = torch.randint(0, w - size + 1, (b,), generator=g).tolist()
+    return torch.stack([im[:, y:y + size, x:x + size] for im, y, x in zip(images, ys, xs)])  # (B, 3, s, s)
+
+
+def dataset_mpp(root: str | Path) -> dict[str, float | None]:
+    """The physical scale of a prepared dataset's tiles: ``{"patch": um/px, "overview": um/px}``.
+
+    Read from ``dataset.json``'s top-level ``"mpp"`` mapping; a level (or a whole dataset prepared before
+    it was recorded) without one is None.
+    """
+    path = Path(root) / "dataset.json"
+    try:
+        mpp = json.loads(path.read_text()).get("mpp")
+    except (OSError, ValueError) as err:
+        raise PathUpError(f"cannot read {path}: {err}") from None
+    mpp = mpp if isinstance(mpp, dict) else {}
+    out: dict[str, float | None] = {}
+    for level in LEVELS:
+        value = mpp.get(level)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise PathUpError(f"{path}: mpp of level {level!r} must be a positive number or null, got {value!r}")
+        out[level] = float(value) if value is not None else None
+    return out

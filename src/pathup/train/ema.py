@@ -1,60 +1,85 @@
-"""Exponential moving average of model weights (kept in float32, saved in checkpoints)."""
+"""Exponential moving average of the trained weights: diffusers' ``EMAModel``, optionally kept on the CPU.
+
+After optimizer step ``k`` (1, 2, ...) the averaged weights are ``theta_ema <- d_k theta_ema + (1 - d_k) theta``
+with ``d_k = min(decay, k / (k + 9))`` for ``k >= 2`` and ``d_1 = 0`` (diffusers' warm-up without
+``use_ema_warmup``), so the first steps are not dominated by the initialisation. The final model of a run
+holds the averaged weights.
+
+``offload=True`` keeps the averaged copy in CPU memory and brings it to the GPU only for the update (the
+``--offload_ema`` recipe of diffusers' training scripts): for Stable Diffusion 1.5 this frees about 3.4 GB
+of GPU memory (860 M float32 weights) during the forward and backward passes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterable, Iterator
+
 import torch
-from torch import nn
+from diffusers.training_utils import EMAModel
+
+from pathup.errors import PathUpError
 
 
-class EMA:
-    """theta_ema <- d theta_ema + (1 - d) theta after each optimizer step.
+class TrainEMA(EMAModel):
+    """diffusers' ``EMAModel`` that knows where its weights live, for Accelerate's checkpoints.
 
-    The decay warms up as ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as diffusers'
-    ``EMAModel``), so early averages are not dominated by the random initialisation.
+    Accelerate saves it with the checkpoint (``register_for_checkpointing``) and loads its state on the
+    CPU; ``load_state_dict`` puts the weights back where they belong and refuses another architecture.
+
+    Args:
+        parameters: the parameters to average (their device is where the average is updated).
+        decay: the largest decay ``d``.
+        offload: keep the averaged weights in CPU memory between updates.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
-        self.decay = float(decay)
-        self.num_updates = 0
-        self.shadow = [p.detach().float().clone() for p in model.parameters()]
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float, *, offload: bool = False) -> None:
+        params = list(parameters)
+        super().__init__(params, decay=decay)
+        self.offload = bool(offload)
+        self.device = params[0].device if params else torch.device("cpu")
+        self._park()
 
-    def current_decay(self) -> float:
-        n = self.num_updates
-        return min(self.decay, (1 + n) / (10 + n))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        params = [p.detach() for p in model.parameters()]
-        for s, p in zip(self.shadow, params):
-            s.lerp_(p.to(s.device, s.dtype), 1.0 - d)
-        self.num_updates += 1
+    def _park(self) -> None:
+        """Move the averaged weights to their resting place (the CPU when offloaded, else beside the model)."""
+        self.to(device="cpu" if self.offload else self.device)
 
     @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        for s, p in zip(self.shadow, model.parameters()):
-            p.copy_(s.to(p.device, p.dtype))
+    def step(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        params = list(parameters)
+        if self.offload and self.device.type != "cpu":
+            self.to(device=self.device)
+            try:
+                super().step(params)
+            finally:
+                self._park()
+        else:
+            super().step(params)
 
-    def swap(self, model: nn.Module) -> None:
-        """Exchange the model's weights and the averaged ones (call twice to undo)."""
-        with torch.no_grad():
-            for s, p in zip(self.shadow, model.parameters()):
-                tmp = p.detach().clone()
-                p.copy_(s.to(p.device, p.dtype))
-                s.copy_(tmp.to(s.device, s.dtype))
-
-    def to(self, device: torch.device | str) -> "EMA":
-        self.shadow = [s.to(device) for s in self.shadow]
-        return self
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": [s.cpu() for s in self.shadow]}
-
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["shadow"]) != len(self.shadow):
-            from pathup.errors import PathUpError
-
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        if "shadow" in state:  # a checkpoint of PathUp's EMA before diffusers' (same decay from update 2 on)
+            state = {"decay": float(state["decay"]), "optimization_step": int(state["num_updates"]),
+                     "shadow_params": list(state["shadow"])}
+        shadow = state.get("shadow_params")
+        if shadow is None or [tuple(s.shape) for s in shadow] != [tuple(s.shape) for s in self.shadow_params]:
             raise PathUpError("the checkpoint's EMA weights do not match this model (different architecture)")
-        dev = self.shadow[0].device if self.shadow else "cpu"
-        self.num_updates = int(state["num_updates"])
-        self.shadow = [s.to(dev, torch.float32) for s in state["shadow"]]
+        dtypes = [s.dtype for s in self.shadow_params]
+        super().load_state_dict(state)
+        self.shadow_params = [s.to(dtype=d) for s, d in zip(self.shadow_params, dtypes)]
+        self._park()
+
+
+@contextlib.contextmanager
+def averaged_weights(ema: EMAModel | None, module: torch.nn.Module) -> Iterator[None]:
+    """Within the block ``module`` holds the averaged weights; its own come back afterwards (no-op without EMA)."""
+    if ema is None:
+        yield
+        return
+    params = list(module.parameters())
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)

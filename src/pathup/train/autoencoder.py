@@ -1,0 +1,76 @@
+"""First stage of a model built from scratch: the KL autoencoder and its latent scaling factor.
+
+The PathUp paper fine-tunes Stable Diffusion, whose autoencoder (Rombach et al. 2022) is pretrained; a model
+built from scratch (the ``tiny``, ``small``, ``sd15`` sizes) first trains its own on the dataset's tiles, with
+the reconstruction + KL loss of ``pathup.losses.autoencoder_loss``, and the UNet then learns in its latents.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pathup.errors import PathUpError
+from pathup.losses import autoencoder_loss
+from pathup.train.config import TrainConfig
+from pathup.train.data import StepBatches, TrainTiles, loader, random_crop, random_flips, step_generator
+
+SEED_OFFSET = 7919  # the autoencoder stage's random streams differ from the UNet stage's
+
+
+class AutoencoderObjective(torch.nn.Module):
+    """Wraps the VAE so that its loss runs inside ``forward`` (needed for DDP's gradient sync)."""
+
+    def __init__(self, vae, kl_weight: float) -> None:
+        super().__init__()
+        self.vae = vae
+        self.kl_weight = kl_weight
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        return autoencoder_loss(self.vae, images, kl_weight=self.kl_weight, generator=generator)
+
+
+def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -> float:
+    """Train the KL autoencoder for ``cfg.vae_steps`` steps, then set its scaling factor; return it.
+
+    The scaling factor is 1 / std of the posterior samples of up to 512 tiles, so that the UNet sees
+    latents of unit variance (as Stable Diffusion's 0.18215 was chosen).
+    """
+    from tqdm.auto import tqdm
+
+    seed = cfg.seed + SEED_OFFSET
+    if cfg.vae_steps > 0:
+        vae.train().requires_grad_(True)
+        objective = AutoencoderObjective(vae, cfg.vae_kl_weight)
+        opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+        objective, opt = accelerator.prepare(objective, opt)
+        sampler = StepBatches(len(dataset), cfg.vae_batch_size, 1, seed, 0, cfg.vae_steps,
+                              accelerator.process_index, accelerator.num_processes)
+        bar = tqdm(loader(dataset, sampler, cfg.num_workers), total=cfg.vae_steps, desc="autoencoder",
+                   disable=not (accelerator.is_main_process and cfg.progress), dynamic_ncols=True)
+        for step, (images, _, _) in enumerate(bar):
+            g = step_generator(seed, step, 0, accelerator.process_index)
+            images = random_crop(random_flips(images, g), cfg.vae_crop, g).to(accelerator.device)
+            loss, rec, kl = objective(images, g)
+            if not torch.isfinite(loss):
+                raise PathUpError(f"autoencoder loss is {loss.item()} at step {step + 1}; lower --vae-lr")
+            accelerator.backward(loss)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            bar.set_postfix(rec=f"{rec.item():.4f}", kl=f"{kl.item():.1f}")
+        accelerator.free_memory()
+    vae.eval().requires_grad_(False)
+    n = min(len(dataset), 512)
+    g = step_generator(seed, -1)
+    stats = []
+    with torch.no_grad():
+        for i in range(0, n, 16):
+            images = torch.stack([dataset[j][0] for j in range(i, min(n, i + 16))]).to(accelerator.device)
+            stats.append(vae.encode(images).latent_dist.sample(g).float().flatten().cpu())
+    std = float(torch.cat(stats).std())
+    if not math.isfinite(std) or std <= 0:
+        raise PathUpError(f"the trained autoencoder's latents have std {std}; lower --vae-lr or raise --vae-steps")
+    sf = 1.0 / std
+    vae.register_to_config(scaling_factor=sf)
+    return sf
