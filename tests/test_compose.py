@@ -18,7 +18,7 @@ from pathup.sample.layout import (Layout, geojson_regions, random_layout, read_l
                                   resize_labels)
 
 CLASSES = ["benign", "in situ carcinoma", "stroma"]
-OPTIONS = dict(size="96x80", steps=3, patch_size=6, overlap=3, guidance=2.0, seed=3)
+OPTIONS = dict(size="96x80", steps=3, latent_patch=6, latent_overlap=3, guidance=2.0, seed=3)
 RED, BLUE = (228, 26, 28), (55, 126, 184)
 
 
@@ -108,7 +108,7 @@ def test_two_class_split_moves_each_half_toward_its_class():
                 table.append((ldm.encode_prompts([f"{cls}, {level}"])[0], value))
     ldm.unet = _PromptStub(ldm.unet, table)
     stub = PathUpPipeline(ldm, progress=False)
-    opts = dict(OPTIONS, size="128x64", patch_size=4, overlap=2, feather=2)
+    opts = dict(OPTIONS, size="128x64", latent_patch=4, latent_overlap=2, feather=2)
     z = stub.compose(_split(), output_type="latent", **opts).images[0]  # (1, 4, 8, 16)
     left, right = z[..., :, :6].mean().item(), z[..., :, 10:].mean().item()
     # eps > 0 (benign) pulls the predicted clean latent down, eps < 0 pushes it up.
@@ -134,7 +134,7 @@ def test_unet_evaluations_scale_with_classes_under_each_patch(pipe):
     lab = np.zeros((10, 12), np.int32)
     lab[:, 6:] = 1
     lay = Layout(lab, ["benign", "stroma"], [RED, BLUE], [0, 2], "split")
-    out = pipe.compose(lay, output_type="latent", **dict(OPTIONS, patch_size=4, overlap=2, feather=0))
+    out = pipe.compose(lay, output_type="latent", **dict(OPTIONS, latent_patch=4, latent_overlap=2, feather=0))
     unet = out.unet[0]
     by = unet["patches_by_classes"]
     assert by == {"1": 16, "2": 4}  # only the column of patches over the border (columns 4-7) sees both
@@ -278,7 +278,7 @@ def model_dir(tmp_path_factory):
     return str(save_ldm(ldm, tmp_path_factory.mktemp("m") / "model"))
 
 
-FAST = ["--steps", "2", "--patch-size", "6", "--overlap", "3", "--guidance", "2", "--size", "80x64"]
+FAST = ["--steps", "2", "--latent-patch", "6", "--latent-overlap", "3", "--guidance", "2", "--size", "80x64"]
 
 
 def test_cli_random_layout_num_and_process_share(model_dir, tmp_path, capsys):
@@ -296,7 +296,7 @@ def test_cli_random_layout_num_and_process_share(model_dir, tmp_path, capsys):
     assert "wrote 0 image(s)" in capsys.readouterr().out
     # Process 1 of 2 makes only seed 1 (as generate shares --num).
     pipe = PathUpPipeline.from_pretrained(model_dir, device="cpu", progress=False)
-    cfg = ComposeConfig(steps=2, patch_size=6, overlap=3, guidance=2.0, size="80x64", random_layout=2,
+    cfg = ComposeConfig(steps=2, latent_patch=6, latent_overlap=3, guidance=2.0, size="80x64", random_layout=2,
                         region_size=40, num=3)
     res = compose_to_folder(pipe, tmp_path / "share", cfg, process_index=1, num_processes=2, progress=False)
     assert [p.name for p in res.written] == ["random_s1.png"]

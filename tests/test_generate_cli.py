@@ -14,7 +14,7 @@ from pathup.cli import main
 from pathup.model import build_ldm, save_ldm
 from pathup.prompts import PromptTable
 
-FAST = ["--steps", "2", "--patch-size", "8", "--overlap", "4", "--guidance", "2"]
+FAST = ["--steps", "2", "--latent-patch", "8", "--latent-overlap", "4", "--guidance", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_generate_tiff(model_dir, tmp_path):
     (["--class", "lymphoma"], "unknown class 'lymphoma'; this model knows: benign, ductal_carcinoma"),
     (["--class", "benign", "--size", "12x"], "--size must be N or WxH"),
     (["--class", "benign", "--size", "0"], "--size must be at least 8x8"),
-    (["--class", "benign", "--overlap", "8", "--patch-size", "8"], "--overlap must be in [0, patch size 8)"),
+    (["--class", "benign", "--overlap", "8", "--patch-size", "8"], "--latent-overlap must be in [0, 8)"),
     (["--class", "benign", "--patch-batch", "0"], "--patch-batch must be 'auto' or a positive integer"),
     (["--class", "benign", "--strength", "0.1", "--steps", "2"], "re-runs no step"),
     (["--class", "benign", "--num", "0"], "--num must be at least 1"),

@@ -12,7 +12,7 @@ from pathup.prompts import PromptTable
 from pathup.sample import (GenerateResult, PathUpPipeline, SampleConfig, generate_to_folder, image_paths,
                            is_done, read_settings, seeds_for_process, upscale_to_file)
 
-OPTIONS = dict(size="128", steps=3, patch_size=8, overlap=4, guidance=2.0)
+OPTIONS = dict(size="128", steps=3, latent_patch=8, latent_overlap=4, guidance=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``pathup compose MODEL --layout LAYOUT --out OUT [--size WxH]``: mixed-tissue images from a class map.
+"""``pathup compose --model MODEL --layout LAYOUT --out OUT [--size WxH]``: mixed-tissue images from a class map.
 
 Regional conditioning (MultiDiffusion's region rule, Bar-Tal et al. 2023) in the overview and in
 patch-wise timestep tracking (PathUp Algorithm 1); writes the image with its label mask, colour and
@@ -14,19 +14,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pathup.config import add_config_args, config_from_args
+from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of, read_options
 from pathup.sample.compose import ComposeConfig
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "compose", help="mixed-tissue large images from a class map, with label masks",
+    p = add_sampling_parser(
+        subparsers, "compose", ComposeConfig, func=run,
+        help="mixed-tissue large images from a class map, with label masks",
         description="Compose a large image whose regions follow a class map: a class-mixed overview by "
                     "regional conditioning, then patch-wise timestep tracking in which each latent patch "
                     "blends the guided predictions of the classes under it by soft masks. Writes the image, "
                     "its label mask (class ids), colour and overlay previews, a JSON sidecar and GeoJSON "
                     "regions that QuPath imports.")
-    p.add_argument("model", metavar="MODEL", help="diffusers model folder, training run folder, hub id or size name")
     p.add_argument("--layout", metavar="FILE",
                    help="class map: a label image (ids, or colours with --legend) or a JSON of rectangles/"
                         "polygons in relative coordinates; or use --random-layout K")
@@ -34,8 +34,7 @@ def register(subparsers: Any) -> None:
                    help="YAML/JSON legend of a label image: class: colour ('#rrggbb' or [r, g, b]) or class: id; "
                         "without it a single-channel image's ids are the model's class indices")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    add_config_args(p, ComposeConfig)
-    p.set_defaults(func=run)
+    add_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,12 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
     from pathup.errors import PathUpError
     from pathup.sample.compose import compose_to_folder, validate
+    from pathup.sample.generate import check_out_folder
 
-    cfg = config_from_args(ComposeConfig, args)
-    validate(cfg)  # every option checked before any process group or model starts
-    from pathup.sample.generate import check_output_size
-
-    check_output_size(cfg)  # --size bounded before any model loads
+    model = model_of(args)
+    cfg = read_options(ComposeConfig, args, validate)
     if (args.layout is None) == (cfg.random_layout == 0):
         raise PathUpError("give either --layout FILE or --random-layout K")
     if args.legend is not None and args.layout is None:
@@ -56,16 +53,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--layout", args.layout), ("--legend", args.legend)):
         if path is not None and not Path(path).is_file():
             raise PathUpError(f"{flag} {path}: file not found")
-    from pathup.sample.generate import check_out_folder
-
     out = check_out_folder(args.out)  # an unwritable --out fails here, in one line, before the model loads
     state = PartialState(cpu=cfg.device == "cpu")
-
-    from pathup.sample.pipeline import PathUpPipeline
-
-    device = cfg.device if cfg.device != "auto" or state.num_processes == 1 else str(state.device)
-    pipe = PathUpPipeline.from_pretrained(args.model, device=device, dtype=cfg.dtype,
-                                          progress=state.is_local_main_process)
+    pipe = load_pipeline(model, cfg, state)
     result = compose_to_folder(pipe, out, cfg, layout=args.layout, legend=args.legend,
                                process_index=state.process_index, num_processes=state.num_processes,
                                progress=state.is_local_main_process)

@@ -1,20 +1,21 @@
-"""``pathup generate MODEL --class NAME --out DIR``: large images of a class (SPEC.md section 5).
+"""``pathup generate --model MODEL --class NAME --out DIR``: large images of a class (PathUp section 3.2).
 
-Layout (other stages rely on it)::
+Layout (other stages rely on it; ``pathup.data.generated``)::
 
     DIR/<class>/<class>_s<seed>.png        (or .tiff from 8192 px / --format tiff)
-    DIR/<class>/<class>_s<seed>.json       settings: prompts, seed, model, every option
+    DIR/<class>/<class>_s<seed>.json       settings: prompts, seed, model, every option, microns per pixel
     DIR/<class>/overview/<class>_s<seed>.png (+ .json)
     DIR/<class>/generate_config.yaml       the resolved options of the last run
 
 ``<class>`` is the class name, or for names that are not safe file names a safe form plus a short hash
-(``pathup.sample.generate.class_dirname``), so two classes never share a folder.
+(``pathup.data.generated.class_dirname``), so two classes never share a folder.
 
 ``--num N`` makes seeds seed .. seed+N-1; under ``accelerate launch`` they are shared across the
 processes (process i takes every num_processes-th seed). Images already written (image and sidecar
 present) are skipped, so an interrupted run resumes where it stopped. A folder made with another model
 or other image-changing settings is an error (naming the folder and the setting) unless ``--overwrite``
-replaces its images.
+replaces its images. The images carry the model's physical scale (``pathup.json``'s ``mpp``) unless
+``--mpp`` sets it.
 
 A thin wrapper over ``pathup.sample.generate.generate_to_folder`` (argument parsing, the process share
 under ``accelerate launch``, printing).
@@ -25,21 +26,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pathup.config import add_config_args, config_from_args
+from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of, read_options
 from pathup.sample.config import SampleConfig
 from pathup.sample.generate import image_paths, is_done, seeds_for_process  # noqa: F401  (re-exported)
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "generate", help="generate large images of a class (overview + patch-wise timestep tracking)",
+    p = add_sampling_parser(
+        subparsers, "generate", SampleConfig, func=run,
+        help="generate large images of a class (overview + patch-wise timestep tracking)",
         description="Generate an overview of a class at the model's training resolution, then upscale it "
                     "with patch-wise timestep tracking (PathUp Algorithm 1) to --size.")
-    p.add_argument("model", metavar="MODEL", help="diffusers model folder, training run folder, hub id or size name")
     p.add_argument("--class", dest="class_name", required=True, metavar="NAME", help="class to generate")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    add_config_args(p, SampleConfig)
-    p.set_defaults(func=run)
+    add_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,31 +49,23 @@ def run(args: argparse.Namespace) -> int:
     from pathup.sample.generate import (check_class_folder, check_out_folder, class_folder, clear_class_folder,
                                         generate_to_folder, pending_seeds)
 
-    cfg = config_from_args(SampleConfig, args)
-    validate(cfg)  # every option checked before any process group or model starts
-    from pathup.sample.generate import check_output_size
-
-    check_output_size(cfg)  # --size bounded before any model loads
+    model = model_of(args)
+    cfg = read_options(SampleConfig, args, validate)
     out = check_out_folder(args.out)  # an unwritable --out fails here, in one line, before any work
     state = PartialState(cpu=cfg.device == "cpu")
     share = dict(process_index=state.process_index, num_processes=state.num_processes)
     # A folder made with another model or other settings: an error, or with --overwrite cleared once.
-    stale = check_class_folder(out, args.class_name, cfg, args.model)
+    stale = check_class_folder(out, args.class_name, cfg, model)
     if cfg.overwrite:
         state.wait_for_everyone()  # every process has looked before process 0 clears
         if stale and state.is_main_process:
             clear_class_folder(out, args.class_name)
         state.wait_for_everyone()
-    todo, done = pending_seeds(out, args.class_name, cfg, **share, model=args.model)  # no model loaded yet
+    todo, done = pending_seeds(out, args.class_name, cfg, **share, model=model)  # no model loaded yet
     if not todo:
         print(f"pathup generate: all {len(done)} image(s) already in {out}; nothing to do")
         return 0
-
-    from pathup.sample.pipeline import PathUpPipeline
-
-    device = cfg.device if cfg.device != "auto" or state.num_processes == 1 else str(state.device)
-    pipe = PathUpPipeline.from_pretrained(args.model, device=device, dtype=cfg.dtype,
-                                          progress=state.is_local_main_process)
+    pipe = load_pipeline(model, cfg, state)
     result = generate_to_folder(pipe, args.class_name, out, cfg, **share, progress=state.is_local_main_process)
     skipped = len(result.skipped)
     print(f"pathup generate: wrote {len(result.written)} image(s) to {class_folder(out, args.class_name)}"

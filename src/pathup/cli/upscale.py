@@ -1,11 +1,11 @@
 """``pathup upscale IMAGE --model MODEL --class NAME``: patch-wise timestep tracking on your own overview.
 
-Runs SPEC.md section 5 from step 1 on a given low-resolution image (for example a real overview, to
-compare upscalers): resize to --size, encode, noise to --strength, denoise with one scheduler per
-patch and the pyramid weights, decode. Writes ``OUT/<image stem>_<class>_s<seed>.png`` (or .tiff)
-with a JSON sidecar, and the resolved options in ``OUT/upscale_config.yaml``. A rerun skips a target
-made with the same settings; one made from another image, model or settings is an error unless
-``--overwrite`` replaces it.
+Runs PathUp Algorithm 1 on a given low-resolution image (for example a real overview, to compare
+upscalers): resize to --size, encode, noise to --strength, denoise with one scheduler per patch and the
+pyramid weights, decode. Writes ``OUT/<image stem>_<class>_s<seed>.png`` (or .tiff) with a JSON sidecar
+(and the model's physical scale, or ``--mpp``), and the resolved options in ``OUT/upscale_config.yaml``.
+A rerun skips a target made with the same settings; one made from another image, model or settings is an
+error unless ``--overwrite`` replaces it.
 
 A thin wrapper over ``pathup.sample.generate.upscale_to_file`` (argument parsing, printing).
 """
@@ -16,41 +16,38 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pathup.config import add_config_args, config_from_args
+from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of
 from pathup.sample.config import SampleConfig
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "upscale", help="upscale your own overview with patch-wise timestep tracking",
+    p = add_sampling_parser(
+        subparsers, "upscale", SampleConfig, func=run, positional_model=False, skip=("num",),
+        help="upscale your own overview with patch-wise timestep tracking",
         description="Upscale a low-resolution image to --size with the class's patch prompt and "
                     "patch-wise timestep tracking (PathUp Algorithm 1).")
     p.add_argument("image", metavar="IMAGE", help="the low-resolution overview (any RGB image file)")
-    p.add_argument("--model", required=True, metavar="MODEL",
-                   help="diffusers model folder, training run folder, hub id or size name")
     p.add_argument("--class", dest="class_name", required=True, metavar="NAME",
                    help="class whose patch prompt conditions the upscaling")
     p.add_argument("--out", default="upscaled", metavar="DIR", help="output folder (default: upscaled)")
-    add_config_args(p, SampleConfig, skip=("num",))
-    p.set_defaults(func=run)
+    add_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathup.config import config_from_args
     from pathup.io import load_rgb
     from pathup.sample.generate import check_out_folder, check_upscale_target, upscale_path, upscale_to_file
 
+    model = model_of(args)
     cfg = config_from_args(SampleConfig, args)
     out = Path(args.out)
     target = upscale_path(args.image, args.class_name, out, cfg)  # checks every option first
     image = load_rgb(args.image)  # PathUpError on a missing or corrupt file
     check_out_folder(out)  # an unwritable --out fails here, in one line, before the model loads
-    if check_upscale_target(target, args.image, args.class_name, cfg, args.model):  # same settings: done
+    if check_upscale_target(target, args.image, args.class_name, cfg, model):  # same settings: done
         print(f"pathup upscale: {target} already exists; nothing to do")
         return 0
-
-    from pathup.sample.pipeline import PathUpPipeline
-
-    pipe = PathUpPipeline.from_pretrained(args.model, device=cfg.device, dtype=cfg.dtype)
+    pipe = load_pipeline(model, cfg)
     upscale_to_file(pipe, args.image, args.class_name, out, cfg, image=image)
     print(f"pathup upscale: wrote {target}")
     return 0

@@ -1,4 +1,4 @@
-"""The overlapping latent patch grid of Algorithm 1 (PathUp paper 3.3, SPEC.md section 5 step 3).
+"""The overlapping latent patch grid of Algorithm 1 (PathUp section 3.2).
 
 Patches of ``p x p`` latent positions with stride ``p - o``; the last row and column of patches are
 aligned to the canvas border so the whole canvas is covered, for any canvas size (not square, not a

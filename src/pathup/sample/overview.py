@@ -1,4 +1,4 @@
-"""Step 1 of generation: the low-resolution reference overview I_ref (SPEC.md section 5 inputs).
+"""Step 1 of generation: the low-resolution reference overview I_ref (PathUp section 3.2).
 
 Text-to-image with the class's ``overview`` prompt at the model's training resolution, through
 diffusers' own ``StableDiffusionPipeline`` built from the model's components (the reference
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError
 
 
 def text_embeddings(ldm: Any, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +46,7 @@ def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50,
     from diffusers import StableDiffusionPipeline
 
     if steps < 1:
-        raise PathUpError(f"--steps must be at least 1, got {steps}")
+        raise OptionError("steps", f"must be at least 1, got {steps}")
     res = ldm.resolution
     height, width = height or res, width or res
     pipe = StableDiffusionPipeline(vae=ldm.vae, text_encoder=ldm.text_encoder, tokenizer=ldm.tokenizer,

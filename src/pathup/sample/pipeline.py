@@ -1,40 +1,47 @@
-"""The PathUp generation pipeline: overview, then patch-wise timestep tracking (SPEC.md section 5).
+"""The PathUp generation pipeline: overview, then patch-wise timestep tracking (PathUp section 3.2, Algorithm 1).
 
-Used like a diffusers pipeline::
+A ``diffusers.DiffusionPipeline`` with the Stable Diffusion modules registered (``vae``, ``unet``,
+``text_encoder``, ``tokenizer``, ``scheduler``), so ``.to()``, ``enable_model_cpu_offload()``,
+``components`` and ``save_pretrained`` work as in diffusers::
 
-    from pathup.model import load_ldm
     from pathup.sample import PathUpPipeline
 
-    pipe = PathUpPipeline(load_ldm("runs/bracs/model"))
+    pipe = PathUpPipeline.from_pretrained("runs/bracs/model")     # or a hub id, or a size name
     out = pipe(class_name="DCIS", size=(2048, 2048), seed=0)
     out.images[0].save("dcis.png"); out.overviews[0].save("dcis_overview.png")
+    pipe.save_pretrained("my-model")   # a Stable Diffusion folder + pathup.json + a model card (README.md)
 
-``pipe.upscale(image, class_name=...)`` runs steps 1-6 of SPEC.md section 5 on a user's own
-low-resolution overview. ``pathup generate`` and ``pathup upscale`` are thin wrappers over this class.
+``pipe.upscale(image, class_name=...)`` runs the upscaling steps of Algorithm 1 on a user's own
+low-resolution overview; ``PathUpPipeline(ldm)`` wraps an already built ``pathup.model.LDM``.
+``pathup generate`` / ``upscale`` / ``compose`` are thin wrappers over this class.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from pathup.device import resolve_device
 from pathup.errors import PathUpError
-from pathup.model.ldm import make_scheduler
+from pathup.model.ldm import LDM, make_scheduler
 from pathup.prompts import build_prompt
 from pathup.sample.config import (SampleConfig, check_options, config_from_options, parse_patch_batch, parse_size,
-                                  validate)
+                                  stored_options, validate)
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings
+from pathup.sample.scale import output_mpp, read_model_mpp
 from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
 from pathup.sample.vae_tiling import decode_tiled, encode_tiled
-from pathup.device import resolve_device
 
+MODULES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -45,7 +52,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name not in DTYPES:
-        raise PathUpError(f"unknown --dtype {name!r}; allowed: auto, {', '.join(DTYPES)}")
+        raise PathUpError(f"unknown dtype {name!r}; allowed: auto, {', '.join(DTYPES)}")
     return DTYPES[name]
 
 
@@ -65,6 +72,14 @@ def _to_pil(image: Any) -> "Image.Image":  # noqa: F821
     return Image.fromarray(arr, "RGB")
 
 
+def _older_names(given: dict[str, Any], latent_patch: int, latent_overlap: int) -> tuple[int, int]:
+    """(latent_patch, latent_overlap) with the older keyword names ``patch_size`` / ``overlap`` applied."""
+    unknown = sorted(set(given) - {"patch_size", "overlap"})
+    if unknown:
+        raise TypeError(f"upscale() got unexpected keyword argument(s) {', '.join(unknown)}")
+    return int(given.get("patch_size", latent_patch)), int(given.get("overlap", latent_overlap))
+
+
 @dataclass
 class PathUpOutput:
     """Result of ``PathUpPipeline.__call__``: one entry per image."""
@@ -74,29 +89,72 @@ class PathUpOutput:
     settings: list[dict[str, Any]] = field(default_factory=list)
 
 
-class PathUpPipeline:
-    """Overview + patch-wise timestep tracking on a ``pathup.model.LDM``.
+class PathUpPipeline(DiffusionPipeline):
+    """Overview + patch-wise timestep tracking on a Stable-Diffusion-style model.
 
     Args:
-        ldm: the model (already on its device and dtype).
+        vae, text_encoder, tokenizer, unet, scheduler: the model's modules (diffusers' way); or pass a
+            ``pathup.model.LDM`` as the only positional argument (or as ``ldm=``).
+        ldm: the model with PathUp's prompt table (its modules are registered).
         model_name: recorded in the settings of each image.
         progress: show progress bars.
+        mpp: ``{"patch": .., "overview": ..}`` microns per pixel of the model's levels (None: unknown).
     """
 
-    def __init__(self, ldm: Any, *, model_name: str | None = None, progress: bool = True) -> None:
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = list(MODULES)
+
+    def __init__(self, vae: Any = None, text_encoder: Any = None, tokenizer: Any = None, unet: Any = None,
+                 scheduler: Any = None, *, ldm: Any = None, model_name: str | None = None, progress: bool = True,
+                 mpp: dict[str, float | None] | None = None) -> None:
+        super().__init__()
+        if ldm is None and not isinstance(vae, torch.nn.Module) and vae is not None \
+                and all(m is None for m in (text_encoder, tokenizer, unet, scheduler)):
+            ldm, vae = vae, None  # PathUpPipeline(ldm): the model already built
+        if ldm is None:
+            ldm = LDM(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        self.register_modules(**{name: getattr(ldm, name, None) for name in MODULES})
         self.ldm = ldm
-        self.model_name = model_name or (ldm.size or "unnamed")
+        self.model_name = model_name or (getattr(ldm, "size", None) or "unnamed")
         self.progress = progress
+        self.mpp = dict(mpp) if mpp else {"patch": None, "overview": None}
 
     @classmethod
-    def from_pretrained(cls, model: str, *, device: str = "auto", dtype: str = "auto",
-                        progress: bool = True) -> "PathUpPipeline":
-        """Load a diffusers folder, a training run folder, a hub id or a size name."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str = "auto",
+                        dtype: str = "auto", progress: bool = True, torch_dtype: torch.dtype | None = None
+                        ) -> "PathUpPipeline":
+        """Load a diffusers folder (``model_index.json`` + PathUp's ``pathup.json``), a training run folder,
+        a hub id or a size name (``pathup.model.load_ldm``), on ``device`` in ``dtype`` (or ``torch_dtype``).
+        """
         from pathup.model import load_ldm
 
+        model = str(pretrained_model_name_or_path)
         dev = resolve_device(device)
-        ldm = load_ldm(model, device=dev, dtype=resolve_dtype(dtype, dev))
-        return cls(ldm, model_name=str(model), progress=progress)
+        ldm = load_ldm(model, device=dev, dtype=torch_dtype or resolve_dtype(dtype, dev))
+        return cls(ldm=ldm, model_name=model, progress=progress, mpp=read_model_mpp(model))
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Save as a Stable Diffusion folder (``model_index.json``, one subfolder per module) plus PathUp's
+        ``pathup.json`` (prompt table, size, ``mpp``) and a model card ``README.md`` (``pathup.sample.model_card``).
+
+        The folder loads with ``PathUpPipeline.from_pretrained`` and with diffusers'
+        ``StableDiffusionPipeline.from_pretrained``. ``kwargs`` (diffusers' options) are not used.
+        """
+        import json
+
+        from pathup.io import atomic_write_text
+        from pathup.model import save_ldm
+        from pathup.sample.model_card import model_card
+
+        ldm = LDM(**{name: getattr(self, name) for name in MODULES}, prompts=getattr(self.ldm, "prompts", None),
+                  fel_bank=getattr(self.ldm, "fel_bank", None), size=getattr(self.ldm, "size", None))
+        path = save_ldm(ldm, save_directory)
+        meta_file = path / "pathup.json"
+        meta = json.loads(meta_file.read_text())
+        if "mpp" not in meta and any(v is not None for v in self.mpp.values()):
+            meta["mpp"] = dict(self.mpp)
+            atomic_write_text(meta_file, json.dumps(meta, indent=2))
+        atomic_write_text(path / "README.md", model_card(self, meta))
 
     # ----------------------------------------------------------------------------- prompts
     def prompts_for(self, class_name: str) -> dict[str, str]:
@@ -115,21 +173,21 @@ class PathUpPipeline:
         if prompt is not None:
             return prompt
         if class_name is None:
-            raise PathUpError("give a class name (class_name=... / --class) or a prompt")
+            raise PathUpError("give a class name (class_name) or a prompt")
         return self.prompts_for(class_name)[level]
 
-    def scheduler(self, name: str | None = None) -> Any:
-        """A fresh scheduler by short name with the model's noise schedule (None: the model's own)."""
+    def fresh_scheduler(self, name: str | None = None) -> Any:
+        """A fresh scheduler by short name with the model's noise schedule (None: a copy of the model's own)."""
         if name is None:
-            return copy.deepcopy(self.ldm.scheduler)
-        return make_scheduler(name, dict(self.ldm.scheduler.config))
+            return copy.deepcopy(self.scheduler)
+        return make_scheduler(name, dict(self.scheduler.config))
 
     def vae_tiles(self, vae_tile: int = 0, vae_overlap: int = 0) -> tuple[int, int]:
         """Autoencoder tile and overlap in latent positions (0: twice the UNet sample size, a quarter tile)."""
         tile = vae_tile or 2 * int(self.ldm.unet.config.sample_size)
         overlap = vae_overlap or tile // 4
         if overlap >= tile:
-            raise PathUpError(f"--vae-overlap {overlap} must be smaller than --vae-tile {tile}")
+            raise PathUpError(f"vae_overlap {overlap} must be smaller than vae_tile {tile}")
         return tile, overlap
 
     # ----------------------------------------------------------------------------- stages
@@ -139,28 +197,30 @@ class PathUpPipeline:
         """Step 1: the reference overview at the model's training resolution (PIL image)."""
         check_options(seed=seed, steps=steps, guidance=guidance)
         text = self._resolve_prompt(class_name, prompt, "overview")
-        img = generate_overview(self.ldm, text, scheduler=self.scheduler(scheduler), steps=steps,
+        img = generate_overview(self.ldm, text, scheduler=self.fresh_scheduler(scheduler), steps=steps,
                                 guidance=guidance, seed=seed, negative_prompt=negative_prompt,
                                 progress=self.progress)
         return _to_pil(img)
 
     def upscale(self, image: Any, class_name: str | None = None, *, prompt: str | None = None,
                 size: Any = 2048, seed: int = 0, steps: int = 50, guidance: float = 7.5,
-                scheduler: str | None = "ddim", strength: float = 0.8, patch_size: int = 64,
-                overlap: int = 32, weight_map: str = "pyramid", patch_batch: int | str = "auto",
+                scheduler: str | None = "ddim", strength: float = 0.8, latent_patch: int = 64,
+                latent_overlap: int = 32, weight_map: str = "pyramid", patch_batch: int | str = "auto",
                 step_mode: str = "per-patch", vae_tile: int = 0, vae_overlap: int = 0,
-                negative_prompt: str = "", output_type: str = "pil", denoiser: Any = None) -> Any:
-        """Steps 1-6 of SPEC.md section 5: resize, encode, noise, track patches, decode.
+                negative_prompt: str = "", output_type: str = "pil", denoiser: Any = None,
+                **older_names: Any) -> Any:
+        """Upscale a reference overview (PathUp Algorithm 1): resize, encode, noise, track patches, decode.
 
         Args:
             image: the low-resolution reference (PIL, uint8 array or [0, 1] tensor).
             class_name: class whose ``patch`` prompt conditions the patches.
             prompt: a prompt to use instead of the class's.
-            size: output size: int, ``"WxH"`` or (width, height); any size (it need not be a multiple
-                of 8: the canvas is padded by reflection and the result cropped).
+            size: output size: int, ``"WxH"``, (width, height) or a ``Size``; any size (it need not be a
+                multiple of 8: the canvas is padded by reflection and the result cropped).
             seed: seed of the forward-process noise.
             steps, guidance, scheduler, strength: sampling settings.
-            patch_size, overlap, weight_map, patch_batch, step_mode: see ``track_patches``.
+            latent_patch, latent_overlap, weight_map, patch_batch, step_mode: see ``track_patches``
+                (p and o of Algorithm 1, in latent positions; ``patch_size`` / ``overlap``: older names).
             vae_tile, vae_overlap: autoencoder tiling in latent positions (0: automatic).
             negative_prompt: unconditional prompt.
             output_type: ``pil``, ``np`` (uint8 (H, W, 3)) or ``latent`` ((1, C, h, w)).
@@ -169,8 +229,9 @@ class PathUpPipeline:
         """
         from PIL import Image
 
-        check_options(seed=seed, steps=steps, guidance=guidance, strength=strength, patch_size=patch_size,
-                      overlap=overlap, vae_tile=vae_tile, vae_overlap=vae_overlap)
+        latent_patch, latent_overlap = _older_names(older_names, latent_patch, latent_overlap)
+        check_options(seed=seed, steps=steps, guidance=guidance, strength=strength, latent_patch=latent_patch,
+                      latent_overlap=latent_overlap, vae_tile=vae_tile, vae_overlap=vae_overlap)
         ldm = self.ldm
         width, height = parse_size(size)
         text = self._resolve_prompt(class_name, prompt, "patch")
@@ -181,24 +242,23 @@ class PathUpPipeline:
         hp, wp = math.ceil(height / f) * f, math.ceil(width / f) * f
         pixels = np.pad(np.asarray(ref), ((0, hp - height), (0, wp - width), (0, 0)), mode="symmetric")
         tile, tile_overlap = self.vae_tiles(vae_tile, vae_overlap)
-        device = ldm.device
-        # 1. X_0 = E(I_ref), encoded in tiles.
+        # 1. X_0 = E(I_ref), encoded in tiles (on the execution device: with CPU offload the modules wait on the CPU).
         x0 = encode_tiled(ldm.encode_images, pixels, tile=tile, overlap=tile_overlap, factor=f,
-                          latent_channels=int(ldm.vae.config.latent_channels), device=device,
+                          latent_channels=int(ldm.vae.config.latent_channels), device=self._execution_device,
                           progress=self.progress)  # (1, C, h, w) float32
         if denoiser is None:
             cond, uncond = text_embeddings(ldm, text, negative_prompt)
             denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance)
         pb = parse_patch_batch(patch_batch)
         if pb == "auto":
-            n = len(patch_grid(x0.shape[2], x0.shape[3], patch_size, overlap))
-            ph, pw = min(patch_size, x0.shape[2]), min(patch_size, x0.shape[3])
+            n = len(patch_grid(x0.shape[2], x0.shape[3], latent_patch, latent_overlap))
+            ph, pw = min(latent_patch, x0.shape[2]), min(latent_patch, x0.shape[3])
             pb = auto_patch_batch(ldm.unet, n, (ph, pw), guidance=guidance > 1.0,
                                   cross_dim=denoiser.cross_dim)
         # 2-5. Noise to the start timestep and run patch-wise timestep tracking.
-        z = tracked_img2img(denoiser, x0, self.scheduler(scheduler), steps=steps, strength=strength,
-                            generator=torch.Generator().manual_seed(int(seed)), patch=patch_size,
-                            overlap=overlap, weight_map=weight_map, patch_batch=pb, step_mode=step_mode,
+        z = tracked_img2img(denoiser, x0, self.fresh_scheduler(scheduler), steps=steps, strength=strength,
+                            generator=torch.Generator().manual_seed(int(seed)), patch=latent_patch,
+                            overlap=latent_overlap, weight_map=weight_map, patch_batch=pb, step_mode=step_mode,
                             progress=self.progress)  # (1, C, h, w)
         if output_type == "latent":
             return z
@@ -207,17 +267,33 @@ class PathUpPipeline:
                            progress=self.progress)[:height, :width]  # (H, W, 3) uint8
         return out if output_type == "np" else Image.fromarray(out, "RGB")
 
+    def upscale_with(self, image: Any, prompt: str, cfg: SampleConfig, seed: int, *, output_type: str = "np",
+                     denoiser: Any = None) -> Any:
+        """``upscale`` with every option from ``cfg`` (``cfg.seed`` is not used: ``seed`` is)."""
+        return self.upscale(image, prompt=prompt, size=cfg.size, seed=seed, steps=cfg.steps, guidance=cfg.guidance,
+                            scheduler=cfg.scheduler, strength=cfg.strength, latent_patch=cfg.latent_patch,
+                            latent_overlap=cfg.latent_overlap, weight_map=cfg.weight_map,
+                            patch_batch=cfg.patch_batch, step_mode=cfg.step_mode, vae_tile=cfg.vae_tile,
+                            vae_overlap=cfg.vae_overlap, negative_prompt=cfg.negative_prompt,
+                            output_type=output_type, denoiser=denoiser)
+
+    def image_mpp(self, cfg: SampleConfig) -> float | None:
+        """Microns per pixel of an image generated at ``cfg.size``: ``cfg.mpp``, else the model's overview
+        MPP x the overview width / the image width (``pathup.sample.scale``); None when unknown."""
+        return output_mpp(self.mpp, int(self.ldm.resolution), cfg.size.width, cfg.mpp)
+
     def settings(self, class_name: str | None, cfg: SampleConfig, *, seed: int,
                  prompts: dict[str, str], source: str | None = None) -> dict[str, Any]:
-        """Everything needed to reproduce one image (stored beside it)."""
+        """Everything needed to reproduce one image (stored beside it; older option names, as before)."""
         from pathup import __version__
 
-        options = asdict(cfg)
-        options["seed"] = seed
-        width, height = parse_size(cfg.size)
-        return {"class": class_name, "prompt": prompts.get("patch"), "overview_prompt": prompts.get("overview"),
-                "seed": seed, "model": self.model_name, "size": [width, height], "overview_source": source,
-                "options": options, "pathup_version": __version__}
+        settings = {"class": class_name, "prompt": prompts.get("patch"), "overview_prompt": prompts.get("overview"),
+                    "seed": seed, "model": self.model_name, "size": list(cfg.size), "overview_source": source,
+                    "options": stored_options(cfg, seed=seed), "pathup_version": __version__}
+        mpp = self.image_mpp(cfg)
+        if mpp is not None:
+            settings["mpp"] = mpp
+        return settings
 
     def __call__(self, class_name: str | None = None, *, prompt: str | None = None,
                  overview_prompt: str | None = None, image: Any = None, num_images: int = 1,
@@ -232,8 +308,9 @@ class PathUpPipeline:
             num_images: number of images.
             output_type: ``pil`` or ``np``.
             **options: any ``SampleConfig`` field (size, seed, steps, guidance, scheduler, strength,
-                patch_size, overlap, weight_map, patch_batch, step_mode, vae_tile, vae_overlap,
-                negative_prompt); ``size`` may also be an int or a (width, height) tuple.
+                latent_patch, latent_overlap, weight_map, patch_batch, step_mode, vae_tile, vae_overlap,
+                negative_prompt, mpp); ``size`` may also be an int or a (width, height) tuple; the older
+                names ``patch_size`` and ``overlap`` are accepted.
         """
         cfg = config_from_options(SampleConfig, options, {"num", "format", "device", "dtype", "overwrite"})
         validate(cfg)
@@ -247,13 +324,7 @@ class PathUpPipeline:
             if ref is None:
                 ref = self.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
                                     scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
-            img = self.upscale(ref, prompt=prompts["patch"], size=cfg.size, seed=seed, steps=cfg.steps,
-                               guidance=cfg.guidance, scheduler=cfg.scheduler, strength=cfg.strength,
-                               patch_size=cfg.patch_size, overlap=cfg.overlap, weight_map=cfg.weight_map,
-                               patch_batch=cfg.patch_batch, step_mode=cfg.step_mode, vae_tile=cfg.vae_tile,
-                               vae_overlap=cfg.vae_overlap, negative_prompt=cfg.negative_prompt,
-                               output_type=output_type)
-            out.images.append(img)
+            out.images.append(self.upscale_with(ref, prompts["patch"], cfg, seed, output_type=output_type))
             out.overviews.append(_to_pil(ref))
             out.settings.append(self.settings(class_name, cfg, seed=seed, prompts=prompts,
                                               source="generated" if image is None else "given"))

@@ -1,4 +1,4 @@
-"""Encode and decode with the autoencoder in overlapping tiles (SPEC.md section 5 steps 1 and 6).
+"""Encode and decode with the autoencoder in overlapping tiles (PathUp Algorithm 1: encoding the reference, decoding the result).
 
 Large images do not fit through the autoencoder at once. Both directions cut the input into
 overlapping tiles (the same border-aligned grid as the patch sampler, ``pathup.sample.grid``),

@@ -1,4 +1,4 @@
-"""Per-patch weight maps for combining overlapping patches (PathUp paper Eq. 6, SPEC.md section 5).
+"""Per-patch weight maps for combining overlapping patches (PathUp Eq. 6).
 
 Every latent position takes the weighted mean of the patch values that cover it,
 ``value = sum(w * x) / sum(w)``. The pyramid map of Eq. 6 gives the patch centre the most say and
@@ -9,7 +9,7 @@ its border the least:
 where ``d_i`` and ``d_j`` are the distances of (i, j) to the nearest patch border along each axis.
 On a discrete p x p patch the distance of row ``i`` is ``d_i = min(i, p - 1 - i)`` (0 on the border
 rows); its largest value is ``floor((p - 1) / 2)``, which stands for the paper's ``p / 2`` so that the
-map is normalised to exactly [0.5, 1] as SPEC.md asks: 0.5 on the border, 1 at the centre. A patch
+map is normalised to exactly [0.5, 1] as PathUp Eq. 6 has it: 0.5 on the border, 1 at the centre. A patch
 that is not square (the canvas is smaller than ``p`` along one axis) normalises each axis by its own
 half-width. An axis of one or two positions is all border (weight 0.5).
 
