@@ -1,7 +1,6 @@
 """A shortened ``pathup demo`` runs end to end; its report links only files that exist; a rerun reuses stages."""
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -68,3 +67,40 @@ def test_demo_rejects_unknown_class(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--classes", "nope", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "unknown nope" in err and "08_EMPTY" in err and "Traceback" not in err
+
+
+def test_tile_px_keeps_its_older_name():
+    from pathup.config import from_dict
+    from pathup.experiments.demo.config import DemoConfig
+
+    assert from_dict(DemoConfig, {"tile_size": 96}).tile_px == 96
+    import argparse
+
+    from pathup.config import add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, DemoConfig)
+    assert config_from_args(DemoConfig, parser.parse_args(["--tile-size", "64"])).tile_px == 64
+    assert "--tile-px" in parser.format_help() and "--tile-size" not in parser.format_help()
+
+
+def test_report_template_escapes_text_and_formats_metrics():
+    from pathup.experiments.demo.report import metrics_rows, render
+
+    summary = {"precision": {"mean": 0.5, "std": 0.25}, "recall": {"mean": 1.0, "std": 0.0},
+               "fid": {"mean": 12.3456, "std": 1.0}, "n_real": {"mean": 8.0}, "n_fake": {"mean": 6.0}}
+    rows = metrics_rows({"overview": summary, "patch": summary})
+    assert rows[0] == {"level": "overview", "precision": ("0.500", "0.250"), "recall": ("1.000", "0.000"),
+                       "fid": ("12.35", "1.00"), "kid": None, "real": 8, "fake": 6}
+    page = render({"credit": "c", "classes": ["<b>x</b>", "y"], "steps": 3, "dataset": "d&e", "overviews": "o.png",
+                   "real_overviews": "r.png", "cc": None, "guidance": None,
+                   "large": {"size": 64, "image": "l'.png", "overlay": "g.png", "cls": "a", "prompt": "p<",
+                             "seed": 0, "overview": "ov.png"},
+                   "composed": None, "loss": None, "samples": None, "extractor": "random-cnn", "metrics": rows,
+                   "seam": {"pyramid": "1.000", "uniform": "1.500", "pyramid_image": "a.png", "uniform_image": "b.png"},
+                   "settings": '{"a": "<x>"}'})
+    assert "&lt;b&gt;x&lt;/b&gt;, y" in page and "d&amp;e" in page and "<code>p&lt;</code>" in page
+    assert "src='l&#39;.png'" in page  # a quote in a path cannot end the attribute
+    assert "<td>0.500 &plusmn; 0.250</td>" in page and "<td>-</td>" in page  # KID absent
+    assert "Class-consistency was not measured" in page and "Guidance 1 is" not in page
+    assert '{&#34;a&#34;: &#34;&lt;x&gt;&#34;}' in page

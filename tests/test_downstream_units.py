@@ -66,7 +66,7 @@ def test_abmil_is_permutation_invariant():
 # --- synthetic selection ------------------------------------------------------------------------
 
 def test_allocate_synthetic_water_fills_rare_classes_first():
-    from pathup.downstream.data import allocate_synthetic
+    from pathup.downstream.synthetic import allocate_synthetic
 
     # levels 10, 2, 5: class 1 is filled to 5, then 1 and 2 alternate (ties to the earlier class).
     assert allocate_synthetic([10, 2, 5], [5, 5, 5], 6, "rare") == [0, 5, 1]
@@ -86,7 +86,7 @@ def _png(path, size=(40, 30), color=(200, 100, 150)):
 
 
 def test_scan_synthetic_names_extra_and_missing_classes(tmp_path):
-    from pathup.downstream.data import scan_synthetic
+    from pathup.downstream.synthetic import scan_synthetic
 
     for cls in ("a", "b", "zz"):
         _png(tmp_path / cls / f"{cls}_s0.png")
@@ -97,7 +97,7 @@ def test_scan_synthetic_names_extra_and_missing_classes(tmp_path):
 
 
 def test_scan_synthetic_layout_and_sidecar_check(tmp_path):
-    from pathup.downstream.data import scan_synthetic
+    from pathup.downstream.synthetic import scan_synthetic
 
     for cls in ("a", "b"):
         for s in (0, 1):
@@ -113,7 +113,7 @@ def test_scan_synthetic_layout_and_sidecar_check(tmp_path):
 
 
 def test_grid_boxes_cover_the_image_with_border_aligned_last_tiles():
-    from pathup.downstream.data import grid_boxes
+    from pathup.downstream.synthetic import grid_boxes
 
     boxes = grid_boxes(350, 230, 96, 16)
     xs = sorted({b[0] for b in boxes})
@@ -363,3 +363,19 @@ def test_patch_geometry_from_dataset_json_or_manifest(tmp_path):
     info["level_regions"] = {"patch": {"size": 512, "overlap": 64}}
     (tmp_path / "d" / "dataset.json").write_text(json.dumps(info))
     assert patch_geometry(load_real(tmp_path / "d")) == (512, 64)
+
+
+# --- resuming -----------------------------------------------------------------------------------
+
+def test_finished_run_needs_the_same_signature_and_its_predictions(tmp_path):
+    from pathup.downstream.run import finished_run
+    from pathup.stages import Marker
+
+    run = tmp_path / "vit_real_s0"
+    record = {"classifier": "vit", "arm": "real", "seed": 0, "signature": "abc", "f1": [0.5, 1.0]}
+    Marker(run / "run.json").write({"signature": "abc"}, **record)
+    assert finished_run(run, "abc") is None  # no predictions.csv: not finished
+    (run / "predictions.csv").write_text("unit,patient,true,pred\n")
+    assert finished_run(run, "abc") == record  # the record as written, without the marker's fingerprint
+    assert finished_run(run, "abd") is None  # other settings: run again
+    assert json.loads((run / "run.json").read_text())["signature"] == "abc"

@@ -176,3 +176,22 @@ def test_cli_writes_metrics(tmp_path, real, blurred, capsys):
     res = json.loads(out.read_text())
     assert res["features"]["dim"] == 152 and len(res["runs"]) == 2
     assert "KID x1000" in capsys.readouterr().out
+
+
+def test_data_and_crop_px_names_with_their_older_spellings(tmp_path, capsys):
+    """``--data`` / ``crop_px`` are the names; ``--real`` / ``patch_size`` (and ``--patch-size``) still work."""
+    import argparse
+
+    from pathup.config import add_config_args, config_from_args, from_dict
+
+    cfg = from_dict(EvaluateConfig, {"real": "r", "fake": "f", "patch_size": 64})
+    assert (cfg.data, cfg.crop_px) == ("r", 64)
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, EvaluateConfig)
+    new = config_from_args(EvaluateConfig, parser.parse_args(["--data", "d", "--fake", "f", "--crop-px", "32"]))
+    old = config_from_args(EvaluateConfig, parser.parse_args(["--real", "d", "--fake", "f", "--patch-size", "32"]))
+    assert new == old and (new.data, new.crop_px) == ("d", 32)
+    assert "--real" not in parser.format_help() and "--patch-size" not in parser.format_help()
+    rc = main(["evaluate", "--data", str(tmp_path / "nope"), "--fake", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("pathup evaluate: error: --data: not found")

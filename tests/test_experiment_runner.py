@@ -219,3 +219,22 @@ def test_missing_dataset_one_line(tmp_path, capsys):
     rc = main(["experiment", "run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "not a prepared dataset" in err
+
+
+def test_a_finished_arm_is_reused_only_with_the_same_settings(tmp_path):
+    """``runs/<arm>/experiment-done.json`` is a ``pathup.stages.Marker`` of what the arm's model depends on."""
+    from pathup.experiments.arms import DONE, arm_settings, train_arm
+    from pathup.stages import Marker
+
+    cfg = ExperimentConfig(data=str(tmp_path / "ds"), out=str(tmp_path / "exp"), train_steps=3)
+    model = tmp_path / "exp" / "runs" / "no-fel" / "model"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    marker = Marker(model.parent / DONE)
+    marker.write(arm_settings(cfg, "no-fel", {"lr": 1e-4}), arm="no-fel")
+    assert train_arm(cfg, "no-fel", {"lr": 1e-4}) == (model, False)  # reused: nothing trained
+    assert marker.matching(arm_settings(cfg, "no-fel", {"lr": 2e-4})) is None  # other options: retrain
+    other = ExperimentConfig(data=cfg.data, out=cfg.out, train_steps=4)
+    assert marker.matching(arm_settings(other, "no-fel", {"lr": 1e-4})) is None
+    device = ExperimentConfig(data=cfg.data, out=cfg.out, train_steps=3, device="cpu")  # the device is no setting
+    assert marker.matching(arm_settings(device, "no-fel", {"lr": 1e-4})) is not None

@@ -109,7 +109,7 @@ def _generated(root: Path, cls: str, seeds=(0, 1), with_settings: bool = True) -
 
 
 def test_scan_synthetic_finds_generate_folders_of_unsafe_class_names(tmp_path):
-    from pathup.downstream.data import scan_synthetic
+    from pathup.downstream.synthetic import scan_synthetic
     from pathup.sample.generate import class_dirname
 
     classes = ["ductal carcinoma", "a_b", "a b"]  # "a b" and "a_b" would share a safe_name folder
@@ -124,7 +124,7 @@ def test_scan_synthetic_finds_generate_folders_of_unsafe_class_names(tmp_path):
 
 
 def test_scan_synthetic_folder_is_found_by_its_settings_and_old_safe_name_folders_still_work(tmp_path):
-    from pathup.downstream.data import scan_synthetic
+    from pathup.downstream.synthetic import scan_synthetic
 
     # a renamed folder: its generate_settings.json says which class it holds
     folder = _generated(tmp_path / "renamed", "a b")

@@ -12,8 +12,8 @@ from pathlib import Path
 from pathup.config import to_dict
 from pathup.downstream.arms import Jitter, training_set, uses_augmentation
 from pathup.downstream.config import DownstreamConfig
-from pathup.downstream.data import (Item, RealData, abmil_bags, load_real, patch_geometry, scan_synthetic,
-                                    select_synthetic, source_of, synthetic_bags, synthetic_items, vit_items)
+from pathup.downstream.data import Item, RealData, abmil_bags, load_real, patch_geometry, source_of, vit_items
+from pathup.downstream.synthetic import scan_synthetic, select_synthetic, synthetic_bags, synthetic_items
 from pathup.downstream.vit import RunOutput
 from pathup.io import atomic_write_text
 

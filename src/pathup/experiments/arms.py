@@ -1,4 +1,4 @@
-"""The training arms of Table 2 (PathUp paper section 4.5, ablation of patho-align and the feature entropy
+"""The training arms of the PathUp paper's Table 2 (the ablation of patho-align and the feature entropy
 loss): ``PathUp`` (full), ``w-o FEL`` (``fel_beta = 0``) and ``w-o PA`` (``patho_align = False``), three
 ``pathup train`` runs with the same options otherwise.
 

@@ -1,5 +1,5 @@
 """The image makers of the experiment: PathUp overviews and their upscales (pyramid or uniform weight map,
-PathUp paper section 3.3, Eq. 6), bicubic resizes and diffusers upscaler pipelines (Table 3).
+PathUp paper Eq. 6), bicubic resizes and diffusers upscaler pipelines (Table 3).
 
 Seed ``s`` generates overview ``i`` of each class with seed ``s * images_per_class + i`` and upscales it
 with the same noise seed. Every maker skips images already on disk (resume) and counts what it wrote.

@@ -1,7 +1,7 @@
 """A seam score for large generated images: how much stronger the image gradient is along the patch grid.
 
 The PathUp paper's Table 4 (weight map on/off) and Fig. 4b show tiling artifacts by eye; this score
-measures them. Patch-wise timestep tracking (SPEC.md section 5, Algorithm 1) splits the latent into
+measures them. Patch-wise timestep tracking (PathUp paper, Algorithm 1) splits the latent into
 p x p patches with stride p - o, the last row and column aligned to the border; in pixels the patch
 borders are at ``vae_factor`` times those latent positions. A seam is a discontinuity across those
 borders, so it raises the mean absolute difference between neighbouring pixel columns (rows) exactly
@@ -40,7 +40,7 @@ class SeamWarning(UserWarning):
 def patch_starts(length: int, patch: int, stride: int) -> list[int]:
     """Start offsets of the patches along one axis: 0, stride, 2 stride, ..., the last aligned to the border.
 
-    This mirrors SPEC.md section 5 step 3 (the same rule in latent or pixel units).
+    This mirrors the patch grid of the PathUp paper's Algorithm 1 (the same rule in latent or pixel units).
     """
     if patch < 1 or stride < 1:
         raise PathUpError(f"patch ({patch}) and stride ({stride}) must be >= 1")
@@ -75,14 +75,15 @@ def grid_lines(length: int, patch: int, stride: int, offset: int = 0, factor: in
 def grid_from_sidecar(meta: Mapping[str, Any]) -> tuple[int, int, int]:
     """``(patch_px, stride_px, factor)`` from a generated image's sidecar JSON (``pathup generate``).
 
-    Reads ``patch_size`` (latent patch p) and ``overlap`` (latent overlap o) under ``options`` (as
-    ``pathup.sample`` writes them) or at the top level, and ``vae_scale_factor`` f (default 8, the SD
-    layout); ``patch_px = p * f``, ``stride_px = (p - o) * f``.
+    Reads the latent patch p (``latent_patch``, or the older ``patch_size``) and latent overlap o
+    (``latent_overlap``, or ``overlap``) under ``options`` (as ``pathup.sample`` writes them) or at the
+    top level, and ``vae_scale_factor`` f (default 8, the SD layout); ``patch_px = p * f``,
+    ``stride_px = (p - o) * f``.
     """
     src: Mapping[str, Any] = meta["options"] if isinstance(meta.get("options"), Mapping) else meta
     try:
-        p = int(src.get("patch_size", src.get("latent_patch_size")))
-        o = int(src.get("overlap", src.get("latent_overlap")))
+        p = int(next((src[k] for k in ("latent_patch", "patch_size", "latent_patch_size") if k in src), None))
+        o = int(next((src[k] for k in ("latent_overlap", "overlap") if k in src), None))
         f = int(src.get("vae_scale_factor", meta.get("vae_scale_factor", 8)))
     except (TypeError, ValueError):
         raise PathUpError("sidecar JSON lacks patch_size / overlap (latent units) needed for the seam grid; "

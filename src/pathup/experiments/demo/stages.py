@@ -1,9 +1,9 @@
 """The work of the demo's stages: prepare a shipped sample, train the tiny model, generate, evaluate.
 
 Each function is one stage of ``pathup.experiments.demo.run`` and returns a JSON-able record that the
-stage's marker keeps (``pathup.stages.Stages``). Generation follows the PathUp paper: overviews (section
-3.1), patch-wise timestep tracking to large images with the Eq. 6 pyramid weight map and, for the Table 4
-ablation, uniform weights (section 3.3); evaluation the overview and patch levels of section 4.3.
+stage's marker keeps (``pathup.stages.Stages``). Generation follows the PathUp paper: overviews, then
+patch-wise timestep tracking (Algorithm 1) to large images with the Eq. 6 pyramid weight map and, for the
+Table 4 ablation, uniform weights; evaluation the overview and patch levels of section 4.3.
 """
 
 from __future__ import annotations
