@@ -44,7 +44,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=[
     "generate": ["generate_to_folder", "upscale_to_file", "GenerateResult", "image_paths", "seeds_for_process",
                  "pending_seeds", "upscale_path", "class_dirname", "read_generated", "GeneratedImage"],
     "resume": ["is_done"],
-    "scale": ["read_model_mpp", "output_mpp"],
+    "scale": ["model_mpp", "output_mpp"],
     "compose": ["ComposeConfig", "ComposeOutput"],
     "compose_folder": ["ComposeResult", "compose_to_folder"],
     "layout": ["Layout", "load_layout", "random_layout"],

@@ -45,7 +45,6 @@ from pathup.sample.config import SampleConfig, validate
 from pathup.sample.resume import (NEUTRAL_OPTIONS, check_class_folder, check_upscale_target,  # noqa: F401
                                   class_folder, clear_class_folder, is_done, model_key, settings_difference,
                                   settings_fingerprint, stored_fingerprint, upscale_fingerprint)
-from pathup.sample.scale import writer_kwargs
 
 if TYPE_CHECKING:
     from pathup.sample.pipeline import PathUpPipeline
@@ -117,11 +116,11 @@ def check_out_folder(out: str | Path, option: str = "--out") -> Path:
 
 def save_with_scale(save: Callable[..., Any], image: Any, path: Path, settings: dict[str, Any],
                     mpp: float | None) -> Any:
-    """``save(image, path, settings)`` with the image's microns per pixel recorded in the sidecar (``mpp``)
-    and passed to the writer when it takes ``mpp=`` (resolution tags)."""
+    """``save(image, path, settings, mpp=mpp)`` (``pathup.sample.writers``: resolution tags) with the image's
+    microns per pixel also recorded in the sidecar (``"mpp"``)."""
     if mpp is not None:
         settings = {**settings, "mpp": mpp}
-    return save(image, path, settings, **writer_kwargs(save, mpp))
+    return save(image, path, settings, mpp=mpp)
 
 
 def pending_seeds(out: Path, class_name: str, cfg: SampleConfig, *, process_index: int = 0,

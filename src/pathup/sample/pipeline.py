@@ -37,7 +37,7 @@ from pathup.sample.config import (SampleConfig, check_options, config_from_optio
                                   stored_options, validate)
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings
-from pathup.sample.scale import output_mpp, read_model_mpp
+from pathup.sample.scale import model_mpp, output_mpp
 from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
 from pathup.sample.vae_tiling import decode_tiled, encode_tiled
 
@@ -98,7 +98,8 @@ class PathUpPipeline(DiffusionPipeline):
         ldm: the model with PathUp's prompt table (its modules are registered).
         model_name: recorded in the settings of each image.
         progress: show progress bars.
-        mpp: ``{"patch": .., "overview": ..}`` microns per pixel of the model's levels (None: unknown).
+        mpp: ``{"patch": .., "overview": ..}`` microns per pixel of the model's levels (None: the LDM's own,
+            from its ``pathup.json``; unknown for older models).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -117,7 +118,13 @@ class PathUpPipeline(DiffusionPipeline):
         self.ldm = ldm
         self.model_name = model_name or (getattr(ldm, "size", None) or "unnamed")
         self.progress = progress
-        self.mpp = dict(mpp) if mpp else {"patch": None, "overview": None}
+        if mpp is not None and isinstance(ldm, LDM):
+            ldm.mpp = model_mpp(mpp, "mpp")
+
+    @property
+    def mpp(self) -> dict[str, float | None]:
+        """Microns per pixel of the model's levels, ``{"patch": .., "overview": ..}`` (None where unknown)."""
+        return model_mpp(getattr(self.ldm, "mpp", None), str(self.model_name))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str = "auto",
@@ -131,7 +138,7 @@ class PathUpPipeline(DiffusionPipeline):
         model = str(pretrained_model_name_or_path)
         dev = resolve_device(device)
         ldm = load_ldm(model, device=dev, dtype=torch_dtype or resolve_dtype(dtype, dev))
-        return cls(ldm=ldm, model_name=model, progress=progress, mpp=read_model_mpp(model))
+        return cls(ldm=ldm, model_name=model, progress=progress)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """Save as a Stable Diffusion folder (``model_index.json``, one subfolder per module) plus PathUp's
@@ -147,13 +154,10 @@ class PathUpPipeline(DiffusionPipeline):
         from pathup.sample.model_card import model_card
 
         ldm = LDM(**{name: getattr(self, name) for name in MODULES}, prompts=getattr(self.ldm, "prompts", None),
-                  fel_bank=getattr(self.ldm, "fel_bank", None), size=getattr(self.ldm, "size", None))
+                  fel_bank=getattr(self.ldm, "fel_bank", None), size=getattr(self.ldm, "size", None),
+                  mpp=self.mpp)
         path = save_ldm(ldm, save_directory)
-        meta_file = path / "pathup.json"
-        meta = json.loads(meta_file.read_text())
-        if "mpp" not in meta and any(v is not None for v in self.mpp.values()):
-            meta["mpp"] = dict(self.mpp)
-            atomic_write_text(meta_file, json.dumps(meta, indent=2))
+        meta = json.loads((path / "pathup.json").read_text())
         atomic_write_text(path / "README.md", model_card(self, meta))
 
     # ----------------------------------------------------------------------------- prompts

@@ -17,10 +17,11 @@ from typing import Any
 
 from pathup.data.generated import GENERATE_SETTINGS, class_dirname, read_json as _read_json
 from pathup.errors import PathUpError, OptionError
-from pathup.sample.config import SampleConfig, parse_size, stored_options
+from pathup.sample.config import STORED_NAMES, SampleConfig, parse_size, stored_options
 
 # options that never change an existing image: a rerun may differ in them and still resume
 NEUTRAL_OPTIONS = ("seed", "num", "device", "dtype", "patch_batch", "overwrite")
+CURRENT_NAMES = {stored: name for name, stored in STORED_NAMES.items()}  # for messages
 
 
 def class_folder(out: Path, class_name: str) -> Path:
@@ -100,7 +101,8 @@ def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     a, b = old.get("options") or {}, new.get("options") or {}
     for key in b:
         if key in a and a[key] != b[key]:
-            return f"--{key.replace('_', '-')} {_show(a[key])} there, {_show(b[key])} now"
+            name = CURRENT_NAMES.get(key, key)
+            return f"--{name.replace('_', '-')} {_show(a[key])} there, {_show(b[key])} now"
     return None
 
 
