@@ -159,14 +159,14 @@ def test_class_consistency_near_ceiling_and_near_chance(kather):
 def test_evaluate_reports_class_consistency(kather, tmp_path):
     from pathup.metrics.evaluate import EvaluateConfig, evaluate
 
-    res = evaluate(EvaluateConfig(real=str(kather / "ds"), fake=str(kather / "same"), out=str(tmp_path / "m.json"),
+    res = evaluate(EvaluateConfig(data=str(kather / "ds"), fake=str(kather / "same"), out=str(tmp_path / "m.json"),
                                   features="color-stats", repeats=1, overview_size=128, cache=False, progress=False))
     cc = res["class_consistency"]
     assert Path(cc["plot"]).is_file()
     md = (tmp_path / "m.md").read_text()
     assert "Class-consistency" in md and "real held-out" in md and "08_EMPTY (real)" in md
     # off on request; an explicit request that cannot be met is a one-line error
-    res = evaluate(EvaluateConfig(real=str(kather / "ds"), fake=str(kather / "same"), out=str(tmp_path / "n.json"),
+    res = evaluate(EvaluateConfig(data=str(kather / "ds"), fake=str(kather / "same"), out=str(tmp_path / "n.json"),
                                   features="color-stats", repeats=1, overview_size=128, cache=False, progress=False,
                                   class_consistency=False))
     assert "class_consistency" not in res
@@ -175,7 +175,7 @@ def test_evaluate_reports_class_consistency(kather, tmp_path):
     for p in list((kather / "same").rglob("*.png"))[:8]:
         shutil.copy(p, flat / p.name)
     with pytest.raises(PathUpError, match="no class"):
-        evaluate(EvaluateConfig(real=str(kather / "ds"), fake=str(flat), out=str(tmp_path / "o.json"),
+        evaluate(EvaluateConfig(data=str(kather / "ds"), fake=str(flat), out=str(tmp_path / "o.json"),
                                 features="color-stats", repeats=1, overview_size=128, cache=False, progress=False,
                                 class_consistency=True))
 

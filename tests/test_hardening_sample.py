@@ -328,8 +328,8 @@ def gen_layout(tmp_path):
 def _eval_cfg(tmp_path, real, fake, **kw):
     from pathup.metrics.evaluate import EvaluateConfig
 
-    base = dict(real=str(real), fake=str(fake), out=str(tmp_path / "m" / "metrics.json"), features="color-stats",
-                overview_size=32, patch_size=32, repeats=1, kid_subsets=2, cache=False, progress=False)
+    base = dict(data=str(real), fake=str(fake), out=str(tmp_path / "m" / "metrics.json"), features="color-stats",
+                overview_size=32, crop_px=32, repeats=1, kid_subsets=2, cache=False, progress=False)
     base.update(kw)
     return EvaluateConfig(**base)
 
