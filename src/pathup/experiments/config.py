@@ -8,6 +8,7 @@ continue an experiment folder made with other options. The tables follow the Pat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,16 @@ WEIGHT_MAP_CONDITIONS = {"pyramid": "weight map on", "uniform": "weight map off"
 # options that may change between reruns into the same OUT (they only add work or change nothing saved)
 ADDITIVE = ("tables", "seeds", "compare", "upscaler", "device", "batch_size", "progress")
 TRAIN_FIXED = ("dataset", "out", "resume", "model", "max_steps")
+
+
+def evaluate_option(name: str) -> Any:
+    """The ``pathup evaluate`` option ``name`` (default, help, range) as an option of the experiment, which
+    passes it on to every evaluation."""
+    from pathup.metrics.evaluate import EvaluateConfig
+
+    f = next(f for f in dataclasses.fields(EvaluateConfig) if f.name == name)
+    meta = {k: v for k, v in f.metadata.items() if k not in ("help", "aliases")}
+    return option(f.default, f.metadata["help"], **meta)
 
 
 @dataclass
@@ -68,12 +79,12 @@ class ExperimentConfig:
     upscaler_steps: int = option(50, "inference steps of the --upscaler pipelines", min=1)
     noise_level: int = option(20, "noise level of a StableDiffusionUpscalePipeline", min=0)
     features: str = option("inception", "feature extractor of the metrics (see pathup evaluate --features)")
-    features_weights: Optional[str] = option(None, "local weights for the extractor", metavar="PATH")
-    crops_per_image: int = option(1, "patch level: random crops per upscaled image", min=1)
-    num_samples: int = option(10000, "at most this many samples per set and seed (0 = all)", min=0)
-    kid_subsets: int = option(100, "KID: number of random subsets", min=1)
-    kid_subset_size: int = option(1000, "KID: subset size (shrinks to the smaller set)", min=2)
-    batch_size: int = option(32, "images per feature-extraction batch", min=1)
+    features_weights: Optional[str] = evaluate_option("features_weights")
+    crops_per_image: int = evaluate_option("crops_per_image")
+    num_samples: int = evaluate_option("num_samples")
+    kid_subsets: int = evaluate_option("kid_subsets")
+    kid_subset_size: int = evaluate_option("kid_subset_size")
+    batch_size: int = evaluate_option("batch_size")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     progress: bool = option(True, "show progress bars")
 

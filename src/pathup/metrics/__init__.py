@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import lazy_loader
 
-__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=["consistency", "evaluate", "features", "fid", "kid", "prdc", "report", "seam"], submod_attrs={
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=["consistency", "evaluate", "features", "fid", "kid", "prdc", "report", "samples", "seam"], submod_attrs={
     "fid": ["feature_statistics", "frechet_distance"],
     "kid": ["mmd2_unbiased", "polynomial_kernel"],
     "prdc": ["knn_radii", "pairwise_distances_chunked", "precision_recall"],
