@@ -57,7 +57,7 @@ def train_arm(cfg: ExperimentConfig, arm: str, opts: dict[str, Any]) -> tuple[Pa
     marker, settings = Marker(run / DONE), arm_settings(cfg, arm, opts)
     if marker.matching(settings, requires=[model / "model_index.json"]) is not None:
         return model, False
-    data = {**opts, **ARMS[arm][1], "dataset": cfg.data, "out": str(run), "model": cfg.model, "resume": True}
+    data = {**opts, **ARMS[arm][1], "data": cfg.data, "out": str(run), "model": cfg.model, "resume": True}
     if cfg.train_steps is not None:
         data["max_steps"] = cfg.train_steps
     if cfg.device == "cpu":

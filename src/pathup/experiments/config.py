@@ -28,7 +28,7 @@ UPSCALER_CLASSES = ("StableDiffusionUpscalePipeline", "LDMSuperResolutionPipelin
 WEIGHT_MAP_CONDITIONS = {"pyramid": "weight map on", "uniform": "weight map off"}
 # options that may change between reruns into the same OUT (they only add work or change nothing saved)
 ADDITIVE = ("tables", "seeds", "compare", "upscaler", "device", "batch_size", "progress")
-TRAIN_FIXED = ("dataset", "out", "resume", "model", "max_steps")
+TRAIN_FIXED = ("data", "dataset", "out", "resume", "model", "max_steps")
 
 
 def evaluate_option(name: str) -> Any:

@@ -59,7 +59,6 @@ def generate_arm(cfg: ExperimentConfig, model: str | Path, key: str, classes: li
     """Overviews of every class and seed, each upscaled by PathUp with the given weight maps."""
     from tqdm.auto import tqdm
 
-    from pathup.config import from_dict
     from pathup.sample import PathUpPipeline
     from pathup.sample.config import SampleConfig
     from pathup.sample.writers import save_png
@@ -91,11 +90,10 @@ def generate_arm(cfg: ExperimentConfig, model: str | Path, key: str, classes: li
                 counts.skipped += 1
                 continue
             img = pipe.upscale(overview, cls, size=size, seed=seed, steps=cfg.steps, guidance=cfg.guidance,
-                               scheduler=cfg.scheduler, strength=cfg.strength, patch_size=patch, overlap=overlap,
-                               weight_map=wm)
-            sc = from_dict(SampleConfig, {"steps": cfg.steps, "guidance": cfg.guidance, "scheduler": cfg.scheduler,
-                                          "seed": seed, "size": str(size), "patch_size": patch, "overlap": overlap,
-                                          "strength": cfg.strength, "weight_map": wm})
+                               scheduler=cfg.scheduler, strength=cfg.strength, latent_patch=patch,
+                               latent_overlap=overlap, weight_map=wm)
+            sc = SampleConfig(steps=cfg.steps, guidance=cfg.guidance, scheduler=cfg.scheduler, seed=seed, size=size,
+                              latent_patch=patch, latent_overlap=overlap, strength=cfg.strength, weight_map=wm)
             settings = pipe.settings(cls, sc, seed=seed, prompts=pipe.prompts_for(cls), source=str(ov_path))
             settings["vae_scale_factor"] = pipe.ldm.vae_scale_factor
             save_png(image=img, path=path, settings=settings)

@@ -51,9 +51,9 @@ SAMPLE_TILING = {
     # Kather 2016: 150 px tiles at 20x; empty glass (08_EMPTY) and fat (07_ADIPOSE) are classes, so no
     # tissue filter; the shipped MANIFEST.csv gives the split (held-out slide CRC-Prim-HE-05, and 10
     # 08_EMPTY tiles split by tile because that class comes from one slide only).
-    "kather": dict(patch_size=128, overview_size=150, min_tissue=0.0),
+    "kather": dict(patch_px=128, overview_px=150, min_tissue=0.0),
     # BreakHis: 700x460 images at 100X; the last patient of each class is held out (split by patient).
-    "breakhis": dict(patch_size=128, overview_size=460),
+    "breakhis": dict(patch_px=128, overview_px=460),
 }
 
 SAMPLE_CREDIT = {

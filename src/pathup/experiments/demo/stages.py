@@ -32,7 +32,6 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
     """
     import csv
 
-    from pathup.config import from_dict
     from pathup.data.prepare import PrepareConfig, prepare
     from pathup.sample_data import sample_manifest
 
@@ -52,10 +51,9 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
     source.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(source, "\n".join([",".join(cols)] + [
         ",".join(str(manifest.parent / r[c]) if c == "path" else r[c] for c in cols) for r in rows]) + "\n")
-    pcfg = from_dict(PrepareConfig, {"out": str(dataset), "sources": [str(source)], "layout": "csv",
-                                     "patch_overlap": 0, "overview_overlap": 0, "tile_size": tile_px,
-                                     "val_fraction": 0.0, "test_fraction": 0.0, "seed": seed, "overwrite": True,
-                                     **SAMPLE_TILING[sample]})
+    pcfg = PrepareConfig(out=str(dataset), sources=[str(source)], layout="csv", patch_overlap=0, overview_overlap=0,
+                         tile_px=tile_px, val_fraction=0.0, test_fraction=0.0, seed=seed, overwrite=True,
+                         **SAMPLE_TILING[sample])
     summary = prepare(pcfg, progress=progress)
     print(summary.table(), flush=True)
     return {"tiles": summary.n_tiles}
@@ -63,28 +61,24 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
 
 def train_model(cfg: DemoConfig, dataset: Path, run_dir: Path) -> dict[str, Any]:
     """``pathup train`` of the tiny model from scratch (resuming an interrupted run)."""
-    from pathup.config import from_dict
     from pathup.train import TrainConfig, train
 
     resume = (run_dir / "checkpoints").is_dir()
-    tcfg = from_dict(TrainConfig, {
-        "dataset": dataset, "out": run_dir, "model": "tiny", "max_steps": cfg.train_steps, "vae_steps": cfg.vae_steps,
-        "batch_size": cfg.batch_size, "fel_beta": cfg.fel_beta, "seed": cfg.seed, "checkpoint_every": 250,
-        "keep_checkpoints": 1, "sample_every": 500, "num_workers": 0, "resume": resume, "cpu": cfg.device == "cpu",
-        "guidance_scale": cfg.guidance, "progress": cfg.progress})
+    tcfg = TrainConfig(data=dataset, out=run_dir, model="tiny", max_steps=cfg.train_steps, vae_steps=cfg.vae_steps,
+                       batch_size=cfg.batch_size, fel_beta=cfg.fel_beta, seed=cfg.seed, checkpoint_every=250,
+                       keep_checkpoints=1, sample_every=500, num_workers=0, resume=resume, cpu=cfg.device == "cpu",
+                       guidance=cfg.guidance, progress=cfg.progress)
     train(tcfg)
     return {"model": str(run_dir / "model")}
 
 
 def sample_config(cfg: DemoConfig) -> Any:
     """The ``SampleConfig`` of the demo's images."""
-    from pathup.config import from_dict
     from pathup.sample.config import SampleConfig
 
-    return from_dict(SampleConfig, {"steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed,
-                                    "size": str(cfg.size), "patch_size": cfg.latent_patch,
-                                    "overlap": cfg.latent_overlap, "strength": cfg.strength, "device": cfg.device,
-                                    "dtype": "fp32"})
+    return SampleConfig(steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, size=cfg.size,
+                        latent_patch=cfg.latent_patch, latent_overlap=cfg.latent_overlap, strength=cfg.strength,
+                        device=cfg.device, dtype="fp32")
 
 
 def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
@@ -127,9 +121,9 @@ def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]
                 save_png(image=ov, path=path, settings={**settings, "level": "overview"})
             written.setdefault("guidance", {}).setdefault(f"{g:g}", []).append(str(path))
     for c in tqdm(classes, desc="large images", unit="img", disable=not cfg.progress):
-        written["large"][c] = str(upscale_one(pipe, cfg, scfg, c, gen / "large", weight_map="pyramid"))
+        written["large"][c] = str(upscale_one(pipe, scfg, c, gen / "large", weight_map="pyramid"))
     # Table 4 ablation on one class: the same overview and noise, uniform weights.
-    written["uniform"] = str(upscale_one(pipe, cfg, scfg, classes[0], gen / "uniform", weight_map="uniform"))
+    written["uniform"] = str(upscale_one(pipe, scfg, classes[0], gen / "uniform", weight_map="uniform"))
     # A mixed-tissue image from a random class map (pathup compose), with its label mask.
     if cfg.compose_classes >= 2:
         from pathup.sample.compose import ComposeConfig, compose_to_folder
@@ -141,7 +135,7 @@ def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]
     return written
 
 
-def upscale_one(pipe: Any, cfg: DemoConfig, scfg: Any, class_name: str, folder: Path, *, weight_map: str) -> Path:
+def upscale_one(pipe: Any, scfg: Any, class_name: str, folder: Path, *, weight_map: str) -> Path:
     """The large image of ``class_name`` from its first overview (``generated/overviews``), same seed."""
     from PIL import Image
 
@@ -151,7 +145,7 @@ def upscale_one(pipe: Any, cfg: DemoConfig, scfg: Any, class_name: str, folder: 
     seed = scfg.seed
     overview = Image.open(Path(folder).parent / "overviews" / class_dirname(class_name) / f"s{seed}.png").convert("RGB")
     img = pipe.upscale(overview, class_name, size=scfg.size, seed=seed, steps=scfg.steps, guidance=scfg.guidance,
-                       strength=scfg.strength, patch_size=cfg.latent_patch, overlap=cfg.latent_overlap,
+                       strength=scfg.strength, latent_patch=scfg.latent_patch, latent_overlap=scfg.latent_overlap,
                        weight_map=weight_map, output_type="np")
     settings = pipe.settings(class_name, dataclasses.replace(scfg, weight_map=weight_map), seed=seed,
                              prompts=pipe.prompts_for(class_name), source="generated")
