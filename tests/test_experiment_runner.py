@@ -65,8 +65,8 @@ def exp(tmp_path_factory, sample_breakhis):
     root = tmp_path_factory.mktemp("experiment")
     data = root / "ds"
     # 460 px overview regions, 230 px patch regions -> upscaling factor 2; 64 px tiles (the micro model's size)
-    prepare(PrepareConfig(out=str(data), sources=[str(sample_breakhis)], patch_size=230, patch_overlap=0,
-                          overview_size=460, overview_overlap=0, tile_size=64, max_per_class=3, val_fraction=0.0,
+    prepare(PrepareConfig(out=str(data), sources=[str(sample_breakhis)], patch_px=230, patch_overlap=0,
+                          overview_px=460, overview_overlap=0, tile_px=64, max_per_class=3, val_fraction=0.0,
                           test_fraction=0.0, workers=1), progress=False)
     up = tiny_sd_upscaler(root / "tiny-x4")
     cfg = ExperimentConfig(data=str(data), out=str(root / "out"), tables=[2, 3, 4], seeds=2, model="micro",
