@@ -7,7 +7,6 @@ import csv
 import io
 import os
 import sqlite3
-from pathlib import Path
 
 import pytest
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -160,6 +161,19 @@ def resolve_aliases(cls: type, data: dict[str, Any]) -> dict[str, Any]:
                               f"give one")
         out[name] = value
     return out
+
+
+def accepts_aliases(cls: type[T]) -> type[T]:
+    """Class decorator (above ``@dataclass``): the constructor takes the fields' older names too, as
+    ``from_dict`` does (``PrepareConfig(tile_size=64)`` is ``PrepareConfig(tile_px=64)``)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **resolve_aliases(cls, kwargs))
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
 
 
 def _fmt_bound(value: Any) -> str:

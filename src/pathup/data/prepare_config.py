@@ -10,12 +10,11 @@ level-0 pixels). ``tile_px`` is the size of the written tiles. The older names `
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
-from pathup.config import option, resolve_aliases, validate
+from pathup.config import accepts_aliases, option, validate
 from pathup.data.tiling import LevelSpec
 from pathup.errors import OptionError, PathUpError
 from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, check_writable_dir
@@ -25,19 +24,7 @@ MAX_TILE_PX = 4096  # tile_px bound (a 4096 px RGB tile is 48 MB in memory)
 MAX_REGION_PX = 65536  # patch_px / overview_px bound
 
 
-def _accepts_aliases(cls: type) -> type:
-    """Let the dataclass constructor take the fields' older names too (``PrepareConfig(tile_size=64)``)."""
-    init = cls.__init__
-
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **resolve_aliases(cls, kwargs))
-
-    cls.__init__ = __init__  # type: ignore[method-assign]
-    return cls
-
-
-@_accepts_aliases
+@accepts_aliases
 @dataclass
 class PrepareConfig:
     """Options of ``pathup prepare`` (the paper's defaults, PathUp paper 3.1 and 4.1)."""

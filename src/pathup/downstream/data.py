@@ -239,12 +239,3 @@ def patch_geometry(data: RealData, level: str = "patch") -> tuple[int, int]:
         steps.update(b - a for a, b in zip(xs, xs[1:]) if 0 < b - a <= size)
     overlap = size - steps.most_common(1)[0][0] if steps else 0
     return size, overlap
-
-
-def __getattr__(name: str):
-    # ``synthetic_folders`` moved to pathup.downstream.synthetic; pathup.study still imports it from here
-    if name == "synthetic_folders":
-        from pathup.downstream.synthetic import synthetic_folders
-
-        return synthetic_folders
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,13 +22,14 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from pathup.config import option
+from pathup.config import accepts_aliases, option
 from pathup.errors import PathUpError
 from pathup.metrics.samples import build_samples, default_cache_dir, extract_features, resolve_images
 
 log = logging.getLogger(__name__)
 
 
+@accepts_aliases
 @dataclass
 class EvaluateConfig:
     """Options of ``pathup evaluate`` (and of ``evaluate(cfg)``)."""

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pathup.config import option
+from pathup.config import accepts_aliases, option
 from pathup.errors import OptionError, PathUpError
 from pathup.sample.config import SampleConfig, config_from_options
 from pathup.sample.config import validate as validate_sample
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 COMPOSE_CONFIG = "compose_config.yaml"
 
 
+@accepts_aliases
 @dataclass
 class ComposeConfig(SampleConfig):
     """``pathup compose`` options: every generation option plus the layout's."""

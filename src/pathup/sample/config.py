@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple, Optional
 
-from pathup.config import option, resolve_aliases
+from pathup.config import accepts_aliases, option, resolve_aliases
 from pathup.errors import OptionError, PathUpError
 
 MAX_GUIDANCE = 100.0  # beyond this classifier-free guidance only saturates (and overflows in fp16/bf16)
@@ -38,6 +38,7 @@ class Size(NamedTuple):
         return f"{self.width}x{self.height}"
 
 
+@accepts_aliases
 @dataclass
 class SampleConfig:
     """Generation settings (PathUp section 3.2, Algorithm 1; the paper's defaults)."""

@@ -77,7 +77,7 @@ def _synthetic_class_folders(root: Path, class_names: list[str]) -> dict[str, Pa
     """The synthetic class folders by class: a ``pathup generate`` folder is named ``class_dirname(class)``
     (a safe form plus a short hash for a name such as ``ductal carcinoma``) and records its class in
     ``generate_settings.json``; other folders keep their own name as the class."""
-    from pathup.downstream.data import synthetic_folders
+    from pathup.downstream.synthetic import synthetic_folders
 
     found = _class_folders(root, "synthetic")
     dirs, unclaimed = synthetic_folders(root, class_names)

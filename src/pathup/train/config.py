@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pathup.config import option, resolve_aliases
+from pathup.config import accepts_aliases, option
 
 # experiment trackers of Accelerate (``Accelerator(log_with=...)``); "none" logs only RUN/losses.jsonl
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio", "none")
 
 
-def _keyword_aliases(cls):
-    """Let the constructor take the fields' older names too (``TrainConfig(dataset=...)``, as ``from_dict`` does)."""
-    init = cls.__init__
-
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **resolve_aliases(cls, kwargs))
-
-    cls.__init__ = __init__
-    return cls
-
-
-@_keyword_aliases
+@accepts_aliases
 @dataclass
 class TrainConfig:
     """Training of the latent diffusion model with patho-align and the feature entropy loss.

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from pathup.config import option
+from pathup.config import accepts_aliases, option
 
 STAGES = ("prepare", "train", "generate", "evaluate", "report")
 
 
+@accepts_aliases
 @dataclass
 class DemoConfig:
     """Options of ``pathup demo``; the defaults finish in about 10 minutes on 2 CPU cores."""
