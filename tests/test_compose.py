@@ -263,7 +263,7 @@ def test_bad_layouts_give_one_line_errors(tmp_path):
         (lambda: read_region_json(tmp_path / "empty.json", (10, 10), model_classes=CLASSES), "is empty"),
         (lambda: read_region_json(tmp_path / "holes.json", (10, 10), model_classes=CLASSES), "75.0% .* uncovered"),
         (lambda: read_region_json(tmp_path / "outside.json", (10, 10), model_classes=CLASSES), r"outside \[0, 1\]"),
-        (lambda: random_layout(CLASSES, 4, (64, 64)), r"--random-layout must be in \[1, 3\]"),
+        (lambda: random_layout(CLASSES, 4, (64, 64)), r"random_layout must be in \[1, 3\]"),
     ]
     for fn, pattern in cases:
         with pytest.raises(PathUpError, match=pattern) as err:

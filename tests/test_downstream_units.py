@@ -144,7 +144,7 @@ def test_random_augment_geometry_is_a_dihedral_transform_and_reproducible():
     b = random_augment(x, torch.Generator().manual_seed(5), j)
     assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
     assert not torch.allclose(a, random_augment(x, torch.Generator().manual_seed(6), j))
-    with pytest.raises(PathUpError, match="--jitter-hue"):
+    with pytest.raises(PathUpError, match="jitter_hue"):
         Jitter(hue=0.7)
 
 

@@ -120,7 +120,7 @@ def test_manifest_input_filters_split_and_level(tmp_path, real):
     assert res["summary"]["precision"]["mean"] == 1.0
     res = evaluate(_cfg(tmp_path, ds, real, level="overview", split="all", repeats=1))
     assert res["real"]["n_images"] == 12 and res["fake"]["kind"] == "folder"
-    with pytest.raises(PathUpError, match="--split 'dev'"):
+    with pytest.raises(PathUpError, match="split 'dev'"):
         evaluate(_cfg(tmp_path, ds, ds, split="dev"))
 
 

@@ -123,7 +123,7 @@ def test_auto_patch_batch_on_cpu_and_balanced_chunks(tiny):
     assert balanced_batch(49, 49) == 49 and balanced_batch(961, 49) == 49 and balanced_batch(5, 1) == 1
     assert auto_patch_batch(tiny[0].unet, 49, (64, 64), guidance=True) == 13
     assert resolve_patch_batch(None, 7) == 7 and resolve_patch_batch("3", 7) == 3
-    with pytest.raises(PathUpError, match="patch-batch"):
+    with pytest.raises(PathUpError, match="patch_batch"):
         resolve_patch_batch(0, 7)
 
 

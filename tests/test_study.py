@@ -88,7 +88,7 @@ def test_create_errors_and_never_overwrites(tmp_path, synthetic_dir, template_db
     Image.new("RGB", (8, 8)).save(tmp_path / "syn2" / "other_class" / "a.png")
     with pytest.raises(PathUpError, match="differ from synthetic classes"):
         create_study(breakhis_dir(), tmp_path / "syn2", 1, tmp_path / "z.db")
-    with pytest.raises(PathUpError, match=r"--classes: no image folder for other_class \(real\)"):
+    with pytest.raises(PathUpError, match=r"classes: no image folder for other_class \(real\)"):
         create_study(breakhis_dir(), tmp_path / "syn2", 1, tmp_path / "z.db", classes=["other_class"])
     assert not (tmp_path / "x.db").exists() and not (tmp_path / "z.db").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers

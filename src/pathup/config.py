@@ -4,8 +4,8 @@ A stage's options are one ``@dataclass``; YAML files may only override its field
 explicit options override the YAML. Every run writes its resolved config beside its outputs
 (``save_config``).
 
-Field help text lives in ``field(metadata={"help": ...})``; ``add_config_args`` turns the fields
-into ``--kebab-case`` options, so the CLI and the dataclass never drift apart.
+Fields are declared with ``option(default, help, ...)`` (help text and range in the field's metadata);
+``add_config_args`` turns the fields into ``--kebab-case`` options, so the CLI and the dataclass never drift apart.
 
 Numeric options are checked once, here: ``from_dict`` (and so ``config_from_args``, the CLI and YAML
 files) ends with ``validate(cfg)``, which Python callers may also call on a config they built
@@ -17,9 +17,9 @@ values; the CLI shows the field as its flag (``--kebab-name``). The rules:
 * range metadata on a field bounds its value (ints and floats; each item of a list; ``None`` of an
   ``Optional`` field is not checked; bools are never range-checked)::
 
-      lr: float = field(default=1e-4, metadata={"help": "...", "min": 0, "min_exclusive": True})
-      fraction: float = field(default=0.1, metadata={"help": "...", "min": 0, "max": 1, "max_exclusive": True})
-      workers: int = field(default=0, metadata={"help": "...", "min": 0})
+      lr: float = option(1e-4, "...", min=0, min_exclusive=True)
+      fraction: float = option(0.1, "...", min=0, max=1, max_exclusive=True)
+      workers: int = option(0, "...", min=0)
 
   keys: ``"min"`` (lower bound, inclusive unless ``"min_exclusive": True``), ``"max"`` (upper bound,
   inclusive unless ``"max_exclusive": True``). Messages read ``lr must be > 0, got -1.0``,

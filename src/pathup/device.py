@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -14,7 +14,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise PathUpError(f"--device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise OptionError("device", f": unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PathUpError(f"--device {name}: CUDA is not available on this machine")
+        raise OptionError("device", f"{name}: CUDA is not available on this machine")
     return device

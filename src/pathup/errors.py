@@ -22,7 +22,10 @@ class OptionError(PathUpError):
     def __init__(self, option: str, problem: str) -> None:
         self.option = option
         self.problem = problem
-        super().__init__(f"{option} {problem}")
+        super().__init__(self._join(option))
+
+    def _join(self, name: str) -> str:
+        return f"{name}{'' if self.problem.startswith(':') else ' '}{self.problem}"
 
     def for_cli(self) -> str:
-        return f"--{self.option.replace('_', '-')} {self.problem}"
+        return self._join("--" + self.option.replace("_", "-"))

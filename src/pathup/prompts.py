@@ -1,4 +1,4 @@
-"""Prompts from class and spatial level (PathUp paper 3.1, SPEC.md section 2).
+"""Prompts from class and spatial level (PathUp paper section 3.1, patho-align).
 
 Every training tile gets the prompt ``"<class description>, <level>"``, e.g.
 ``"ductal carcinoma in situ, overview"``. With patho-align off (the paper's ablation) the prompt is

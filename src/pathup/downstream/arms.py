@@ -13,7 +13,7 @@ from typing import Sequence, TypeVar
 
 import torch
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 
 ARM_LABELS = {"real": "", "rand": " + Rand.", "synthetic": " + PathUp"}
 
@@ -35,7 +35,7 @@ class Jitter:
             if not 0.0 <= v < 1.0:
                 raise PathUpError(f"--jitter-{name} must be in [0, 1), got {v}")
         if not 0.0 <= self.hue <= 0.5:
-            raise PathUpError(f"--jitter-hue must be in [0, 0.5], got {self.hue}")
+            raise OptionError("jitter_hue", f"must be in [0, 0.5], got {self.hue}")
 
 
 def _uniform(lo: float, hi: float, generator: torch.Generator) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pathup.data.manifest import SPLITS, read_dataset_info, read_manifest
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def load_real(root: str | Path, *, resplit: bool = False, val_fraction: float = 
     """
     root = Path(root)
     if not root.is_dir():
-        raise PathUpError(f"--data: dataset folder not found: {root}")
+        raise OptionError("data", f": dataset folder not found: {root}")
     info = read_dataset_info(root)
     classes = list(info.get("classes") or [])
     if len(classes) < 2:

@@ -31,7 +31,7 @@ from pathup.downstream.experiment import Experiment
 from pathup.downstream.metrics import confusion, f1_per_class, mean_std
 from pathup.downstream.report import bar_plot, confusion_files, markdown_table, row_label
 from pathup.downstream.vit import Predictions
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.io import atomic_write_text
 from pathup.stages import Marker
 
@@ -43,14 +43,14 @@ def validate(cfg: DownstreamConfig) -> None:
 
     validate_fields(cfg)
     if not cfg.classifiers:
-        raise PathUpError(f"--classifiers: give at least one of {', '.join(CLASSIFIERS)}")
+        raise OptionError("classifiers", f": give at least one of {', '.join(CLASSIFIERS)}")
     if not cfg.arms:
-        raise PathUpError(f"--arms: give at least one of {', '.join(ARMS)}")
+        raise OptionError("arms", f": give at least one of {', '.join(ARMS)}")
     for name, values in (("classifiers", cfg.classifiers), ("arms", cfg.arms)):
         if len(set(values)) != len(values):
             raise PathUpError(f"--{name}: repeated value in {values}")
     if "rand" in cfg.arms and "abmil" in cfg.classifiers and cfg.abmil_aug_views < 2:
-        raise PathUpError("--abmil-aug-views must be >= 2 for the 'rand' arm (view 0 is the unaugmented patch)")
+        raise OptionError("abmil_aug_views", "must be >= 2 for the 'rand' arm (view 0 is the unaugmented patch)")
     if "synthetic" in cfg.arms and cfg.synthetic is None:
         raise PathUpError("the 'synthetic' arm needs --synthetic DIR (a 'pathup generate' output), "
                           "or leave it out with --arms real rand")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pathup.downstream.data import Bag, Box, Item, Tile
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.io import IMAGE_SUFFIXES, image_size, safe_name
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def synthetic_folders(folder: Path, classes: Sequence[str]) -> tuple[dict[str, s
     for cls in classes:
         named = [name for name in found if marked[name] == cls]
         if len(named) > 1:
-            raise PathUpError(f"--synthetic {folder}: folders {', '.join(named)} were all generated for class {cls!r}")
+            raise OptionError("synthetic", f"{folder}: folders {', '.join(named)} were all generated for class {cls!r}")
         if named:
             dirs[cls] = named[0]
     taken = set(dirs.values())
@@ -91,7 +91,7 @@ def scan_synthetic(folder: str | Path, classes: Sequence[str], *, overviews: boo
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise PathUpError(f"--synthetic: folder not found: {folder}")
+        raise OptionError("synthetic", f": folder not found: {folder}")
     dirs, extra = synthetic_folders(folder, classes)
     missing = [c if class_dirname(c) == c else f"{c} (folder {class_dirname(c)})" for c in classes if c not in dirs]
     if extra or missing:
@@ -100,7 +100,7 @@ def scan_synthetic(folder: str | Path, classes: Sequence[str], *, overviews: boo
             parts.append(f"extra: {', '.join(extra)}")
         if missing:
             parts.append(f"missing: {', '.join(missing)}")
-        raise PathUpError(f"--synthetic {folder}: class folders do not match the dataset's classes "
+        raise OptionError("synthetic", f"{folder}: class folders do not match the dataset's classes "
                           f"({', '.join(classes)}); {'; '.join(parts)}")
     out: dict[str, list[Path]] = {}
     for cls in classes:
@@ -120,7 +120,7 @@ def scan_synthetic(folder: str | Path, classes: Sequence[str], *, overviews: boo
             log.warning("synthetic folder %s has no images", folder / dirs[cls])
         out[cls] = images
     if not any(out.values()):
-        raise PathUpError(f"--synthetic {folder}: no images in any class folder")
+        raise OptionError("synthetic", f"{folder}: no images in any class folder")
     return out
 
 
@@ -154,7 +154,7 @@ def select_synthetic(images: dict[str, list[Path]], classes: Sequence[str], n_re
                      per_class: int | None, policy: str, seed: int) -> dict[str, list[Path]]:
     """The synthetic images used for training: ``allocate_synthetic`` counts, drawn with ``seed``."""
     if per_class is not None and per_class < 0:
-        raise PathUpError(f"--synthetic-per-class must be >= 0, got {per_class}")
+        raise OptionError("synthetic_per_class", f"must be >= 0, got {per_class}")
     budget = None if per_class is None else per_class * len(classes)
     counts = allocate_synthetic(n_real, [len(images[c]) for c in classes], budget, policy)
     rng = random.Random(seed)

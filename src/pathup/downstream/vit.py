@@ -13,7 +13,7 @@ from pathup.downstream.backbones import create_timm_model, input_stats
 from pathup.downstream.data import Item, Tile
 from pathup.downstream.images import TileImages
 from pathup.downstream.train import FitResult, autocast, fit, group_mean
-from pathup.errors import PathUpError
+from pathup.errors import OptionError
 
 
 @dataclass
@@ -47,14 +47,14 @@ def build_vit(name: str, n_classes: int, *, img_size: int | None = None, patch_s
     kwargs: dict = {"num_classes": n_classes}
     if img_size is not None:
         if img_size < 8:
-            raise PathUpError(f"--vit-img-size must be >= 8, got {img_size}")
+            raise OptionError("vit_img_size", f"must be >= 8, got {img_size}")
         kwargs["img_size"] = img_size
     if patch_size is not None:
         kwargs["patch_size"] = patch_size
     try:
         return create_timm_model(name, weights, option="--vit", **kwargs)
     except TypeError as err:  # a model that takes no img_size/patch_size
-        raise PathUpError(f"--vit {name}: {err}") from None
+        raise OptionError("vit", f"{name}: {err}") from None
 
 
 class VitData:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pathup.config import option
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 
 TABLES = (1, 2, 3, 4)
 # training arms of Table 2: key -> (condition name, TrainConfig overrides)
@@ -96,11 +96,11 @@ def parse_compare(items: list[str]) -> dict[str, str]:
         name, sep, path = item.partition("=")
         name = name.strip()
         if not sep or not name or not path:
-            raise PathUpError(f"--compare {item!r}: expected NAME=PATH")
+            raise OptionError("compare", f"{item!r}: expected NAME=PATH")
         if name == ARMS["pathup"][0] or name in out or "/" in name:
-            raise PathUpError(f"--compare {item!r}: NAME must be unique, without '/', and not 'PathUp'")
+            raise OptionError("compare", f"{item!r}: NAME must be unique, without '/', and not 'PathUp'")
         if not Path(path).exists():
-            raise PathUpError(f"--compare {name}: model folder not found: {path}")
+            raise OptionError("compare", f"{name}: model folder not found: {path}")
         out[name] = path
     return out
 
@@ -110,13 +110,13 @@ def check_upscaler(path: str | Path) -> str:
     p = Path(path)
     index = p / "model_index.json"
     if not p.is_dir() or not index.is_file():
-        raise PathUpError(f"--upscaler {p}: not a diffusers pipeline folder (no model_index.json)")
+        raise OptionError("upscaler", f"{p}: not a diffusers pipeline folder (no model_index.json)")
     try:
         cls = json.loads(index.read_text()).get("_class_name")
     except json.JSONDecodeError as err:
-        raise PathUpError(f"--upscaler {index}: not valid JSON ({err})") from None
+        raise OptionError("upscaler", f"{index}: not valid JSON ({err})") from None
     if cls not in UPSCALER_CLASSES:
-        raise PathUpError(f"--upscaler {p}: pipeline {cls!r} is not an upscaler; allowed: {', '.join(UPSCALER_CLASSES)}")
+        raise OptionError("upscaler", f"{p}: pipeline {cls!r} is not an upscaler; allowed: {', '.join(UPSCALER_CLASSES)}")
     return cls
 
 
@@ -127,7 +127,7 @@ def upscaler_names(paths: list[str]) -> dict[str, str]:
         check_upscaler(p)
         name = Path(p).resolve().name
         if name in out or name in ("PathUp", "bicubic"):
-            raise PathUpError(f"--upscaler {p}: the folder name {name!r} is already a Table 3 condition; rename it")
+            raise OptionError("upscaler", f"{p}: the folder name {name!r} is already a Table 3 condition; rename it")
         out[name] = p
     return out
 
@@ -146,20 +146,20 @@ def dataset_info(cfg: ExperimentConfig) -> dict[str, Any]:
 
     root = Path(cfg.data)
     if not (root / "manifest.csv").is_file() or not (root / "dataset.json").is_file():
-        raise PathUpError(f"--data {root}: not a prepared dataset (needs manifest.csv and dataset.json from "
+        raise OptionError("data", f"{root}: not a prepared dataset (needs manifest.csv and dataset.json from "
                           "'pathup prepare')")
     info = json.loads((root / "dataset.json").read_text())
     if cfg.split not in (*SPLITS, "all"):
-        raise PathUpError(f"--split {cfg.split!r}: allowed: {', '.join(SPLITS)}, all")
+        raise OptionError("split", f"{cfg.split!r}: allowed: {', '.join(SPLITS)}, all")
     rows = read_manifest(root)
     levels_needed = {"patch"} | ({"overview"} if {1, 2} & set(cfg.tables) else set())
     for lv in sorted(levels_needed):
         n = sum(1 for r in rows if r["level"] == lv and cfg.split in ("all", r["split"]))
         if n < 4:
-            raise PathUpError(f"--data {root}: {n} {lv} tile(s) in split {cfg.split}; the metrics need at least 4")
+            raise OptionError("data", f"{root}: {n} {lv} tile(s) in split {cfg.split}; the metrics need at least 4")
     unknown = [c for c in cfg.classes if c not in info["classes"]]
     if unknown:
-        raise PathUpError(f"--classes {', '.join(unknown)}: not in the dataset; allowed: {', '.join(info['classes'])}")
+        raise OptionError("classes", f"{', '.join(unknown)}: not in the dataset; allowed: {', '.join(info['classes'])}")
     return info
 
 
@@ -181,7 +181,7 @@ def upscale_size(cfg: ExperimentConfig, info: dict[str, Any]) -> int:
     tile = tile_px(info)
     size = int(round(tile * factor))
     if size < tile:
-        raise PathUpError(f"--upscale-factor {factor}: the upscaled size {size} px is below the tile size "
+        raise OptionError("upscale_factor", f"{factor}: the upscaled size {size} px is below the tile size "
                           f"{tile} px (use a factor >= 1)")
     return size
 
@@ -193,7 +193,7 @@ def validate(cfg: ExperimentConfig) -> None:
     validate_fields(cfg)  # finite floats and the fields' ranges
     bad = [t for t in cfg.tables if t not in TABLES]
     if bad or not cfg.tables:
-        raise PathUpError(f"--tables {' '.join(map(str, cfg.tables)) or '(none)'}: allowed: 1 2 3 4")
+        raise OptionError("tables", f"{' '.join(map(str, cfg.tables)) or '(none)'}: allowed: 1 2 3 4")
     from pathup.model.ldm import make_scheduler
 
     make_scheduler(cfg.scheduler)  # raises with the allowed names

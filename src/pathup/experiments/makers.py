@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError
 from pathup.experiments.config import ExperimentConfig, check_upscaler, slug
 from pathup.io import open_image
 
@@ -42,7 +42,7 @@ def latent_grid(cfg: ExperimentConfig, pipe: Any) -> tuple[int, int]:
     p = cfg.latent_patch or int(pipe.ldm.unet.config.sample_size)
     o = p // 2 if cfg.latent_overlap is None else cfg.latent_overlap
     if not 0 <= o < p:
-        raise PathUpError(f"--latent-overlap {o} must be in [0, --latent-patch {p})")
+        raise OptionError("latent_overlap", f"{o} must be in [0, --latent-patch {p})")
     return p, o
 
 
@@ -129,7 +129,7 @@ def load_upscaler(path: str, device: str) -> Any:
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # noqa: BLE001 - diffusers/transformers loading errors
-        raise PathUpError(f"--upscaler {path}: cannot load ({type(err).__name__}: "
+        raise OptionError("upscaler", f"{path}: cannot load ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
     dev = resolve_device(device)
     pipe = pipe.to(dev)

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.metrics.report import METRIC_COLUMNS, format_mean_std, markdown_table, mean_std, summarize_runs
 
 TABLE_TITLES = {
@@ -149,7 +149,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Any]
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     if not results_dir.is_dir():
-        raise PathUpError(f"--results {results_dir}: not a folder")
+        raise OptionError("results", f"{results_dir}: not a folder")
     parts, info = [], {}
     for table_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
         results = load_results(table_dir)
@@ -162,7 +162,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Any]
         parts.append(f"\n![{title}]({plot.name})\n")
         info[table_dir.name] = {"rows": order, "plot": str(plot)}
     if not info:
-        raise PathUpError(f"--results {results_dir}: no <table>/<condition>/*.json evaluate results found")
+        raise OptionError("results", f"{results_dir}: no <table>/<condition>/*.json evaluate results found")
     md = "# PathUp experiments\n\n" + "\n".join(parts)
     atomic_write_text(out_dir / "tables.md", md)
     return {"markdown": md, "tables": info}

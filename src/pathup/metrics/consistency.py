@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 
 
 @dataclass
@@ -189,11 +189,11 @@ def labelled_real(spec: str | Path, level: str | None) -> tuple[list[Path], list
     path = Path(spec)
     csv = path if path.is_file() else path / "manifest.csv"
     if not csv.is_file():
-        raise PathUpError(f"--real {path}: class-consistency needs a prepared dataset (manifest.csv with class "
+        raise OptionError("real", f"{path}: class-consistency needs a prepared dataset (manifest.csv with class "
                           "and split columns)")
     rows = [r for r in read_manifest(csv) if level is None or r["level"] == level]
     if not rows:
-        raise PathUpError(f"--real {csv}: no tiles at level {level}")
+        raise OptionError("real", f"{csv}: no tiles at level {level}")
     root = csv.parent
     return [root / r["path"] for r in rows], [r["class"] for r in rows], [r["split"] for r in rows]
 
@@ -210,7 +210,7 @@ def labelled_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path
 
     root = Path(spec)
     if not root.is_dir():
-        raise PathUpError(f"--fake {root}: class-consistency needs a folder with one sub-folder per class")
+        raise OptionError("fake", f"{root}: class-consistency needs a folder with one sub-folder per class")
     items = read_generated(root)
     want = {"overview": "overview", "patch": "upscaled"}.get(level or "")
     if want and any(it.level == want for it in items):
@@ -222,12 +222,12 @@ def labelled_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path
         if cls is None and len(rel) > 1:
             cls = rel[0]
         if cls is None:
-            raise PathUpError(f"--fake {root}: {it.path.name} has no class (no sidecar .json and not in a class "
+            raise OptionError("fake", f"{root}: {it.path.name} has no class (no sidecar .json and not in a class "
                               "folder)")
         out_p.append(it.path)
         out_c.append(str(cls))
     if not out_p:
-        raise PathUpError(f"--fake {root}: no images found")
+        raise OptionError("fake", f"{root}: no images found")
     return out_p, out_c
 
 
@@ -278,12 +278,12 @@ def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level:
     paths, classes, splits = labelled_real(real, level)
     held = heldout_split or next((s for s in ("test", "val") if s in splits), None)
     if held is None or held not in splits:
-        raise PathUpError(f"--real {real}: class-consistency needs held-out real tiles (a 'test' or 'val' split by "
+        raise OptionError("real", f"{real}: class-consistency needs held-out real tiles (a 'test' or 'val' split by "
                           "patient or slide) for its ceiling; prepare with --test-fraction > 0")
     tr = [i for i, s in enumerate(splits) if s == train_split]
     he = [i for i, s in enumerate(splits) if s == held]
     if not tr:
-        raise PathUpError(f"--real {real}: no '{train_split}' tiles to train the classifier on")
+        raise OptionError("real", f"{real}: no '{train_split}' tiles to train the classifier on")
     ext = make_extractor(features, features_weights, device=device)
     real_img = load_rgb(paths, size)
     real_f = extract(real_img, ext)

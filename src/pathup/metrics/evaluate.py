@@ -23,7 +23,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from pathup.config import accepts_aliases, option
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.metrics.samples import build_samples, default_cache_dir, extract_features, resolve_images
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     validate(cfg)  # every option in its range (the fields' metadata), before any work
     if cfg.num_samples and cfg.num_samples <= cfg.k:
-        raise PathUpError(f"--num-samples {cfg.num_samples} must exceed --k {cfg.k} (or be 0 for all)")
+        raise OptionError("num_samples", f"{cfg.num_samples} must exceed --k {cfg.k} (or be 0 for all)")
     out = Path(cfg.out)
     if out.suffix.lower() != ".json":
-        raise PathUpError(f"--out {out}: expected a .json file name")
+        raise OptionError("out", f"{out}: expected a .json file name")
     real_set = resolve_images(cfg.data, cfg.level, cfg.split, "data")
     fake_set = resolve_images(cfg.fake, cfg.level, cfg.split, "fake")
     for s in (real_set, fake_set):
@@ -251,12 +251,12 @@ def _class_consistency(cfg: EvaluateConfig, device: str, out: Path) -> dict[str,
         _, fake_classes = consistency.labelled_fake(cfg.fake, cfg.level)
         held = cfg.split if cfg.split in ("test", "val") else None
         if len(set(classes)) < 2 or "train" not in splits or not ({held} if held else {"test", "val"}) & set(splits):
-            raise PathUpError(f"--data {cfg.data}: class-consistency needs a prepared dataset with 'train' tiles of "
+            raise OptionError("data", f"{cfg.data}: class-consistency needs a prepared dataset with 'train' tiles of "
                               "at least 2 classes and a held-out 'test' or 'val' split")
         trained = {c for c, s in zip(classes, splits) if s == "train"}
         unknown = sorted(set(fake_classes) - trained)
         if unknown:
-            raise PathUpError(f"--fake {cfg.fake}: class(es) {unknown} have no real 'train' tiles in --data "
+            raise OptionError("fake", f"{cfg.fake}: class(es) {unknown} have no real 'train' tiles in --data "
                               f"{cfg.data} (it has {sorted(trained)}) for class-consistency")
     except PathUpError as err:
         if cfg.class_consistency:

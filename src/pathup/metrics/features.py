@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 
 EXTRACTOR_NAMES = ("inception", "random-cnn", "color-stats", "timm:NAME", "PATH.pt (TorchScript)")
 FID_INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -76,7 +76,7 @@ class InceptionExtractor(FeatureExtractor):
         except ImportError:
             raise PathUpError("the 'inception' extractor needs torch-fidelity: pip install 'pathup[metrics]'") from None
         if weights is not None and not Path(weights).is_file():
-            raise PathUpError(f"--features-weights: file not found: {weights}")
+            raise OptionError("features_weights", f": file not found: {weights}")
         try:
             self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                                    feature_extractor_weights_path=str(weights) if weights else None)
@@ -87,7 +87,7 @@ class InceptionExtractor(FeatureExtractor):
                 raise PathUpError(f"could not download the FID Inception weights ({type(err).__name__}: {err}); "
                                   f"fetch {FID_INCEPTION_URL} elsewhere and pass --features-weights PATH, or use "
                                   "--features random-cnn for an offline (non-comparable) run") from None
-            raise PathUpError(f"--features-weights {weights}: not FID Inception weights ({err})") from None
+            raise OptionError("features_weights", f"{weights}: not FID Inception weights ({err})") from None
         self.dim = 2048
         self.cache_id = "inception-v3-compat:" + (_file_id(weights) if weights else "torch-fidelity-url")
 
@@ -104,11 +104,11 @@ class TimmExtractor(FeatureExtractor):
         import timm
 
         if name not in timm.list_models(pretrained=False) and name not in timm.list_models(pretrained=True):
-            raise PathUpError(f"--features timm:{name}: unknown timm model (see timm.list_models())")
+            raise OptionError("features", f"timm:{name}: unknown timm model (see timm.list_models())")
         try:
             if weights is not None:
                 if not Path(weights).is_file():
-                    raise PathUpError(f"--features-weights: file not found: {weights}")
+                    raise OptionError("features_weights", f": file not found: {weights}")
                 self.net = timm.create_model(name, pretrained=True, num_classes=0,
                                              pretrained_cfg_overlay={"file": str(weights)})
             else:
@@ -117,7 +117,7 @@ class TimmExtractor(FeatureExtractor):
             raise
         except Exception as err:  # noqa: BLE001 - hub/offline/state-dict failures
             src = f"weights file {weights}" if weights else "the Hugging Face hub (offline or not cached?)"
-            raise PathUpError(f"--features timm:{name}: could not load pretrained weights from {src}: "
+            raise OptionError("features", f"timm:{name}: could not load pretrained weights from {src}: "
                               f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
                               "pass --features-weights PATH") from None
         self.net.eval().requires_grad_(False)
@@ -146,18 +146,18 @@ class TorchScriptExtractor(FeatureExtractor):
         super().__init__()
         path = Path(path)
         if not path.is_file():
-            raise PathUpError(f"--features: TorchScript file not found: {path}")
+            raise OptionError("features", f": TorchScript file not found: {path}")
         try:
             self.net = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:  # noqa: BLE001
-            raise PathUpError(f"--features {path}: not a TorchScript file ({str(err).splitlines()[0]})") from None
+            raise OptionError("features", f"{path}: not a TorchScript file ({str(err).splitlines()[0]})") from None
         self.net.eval()
         self.input_size = int(input_size)
         self.register_buffer("_probe", torch.zeros(()), persistent=False)
         with torch.no_grad():
             out = self.net(torch.zeros(1, 3, self.input_size, self.input_size))
         if not isinstance(out, torch.Tensor) or out.numel() == 0:
-            raise PathUpError(f"--features {path}: the module must return a (B, D) tensor")
+            raise OptionError("features", f"{path}: the module must return a (B, D) tensor")
         self.dim = int(out.flatten(1).shape[1])
         self.cache_id = f"torchscript:{_file_id(path)}:{self.input_size}"
 
@@ -251,12 +251,12 @@ def make_extractor(spec: str = "inception", weights: str | Path | None = None, i
         ext = TimmExtractor(spec[5:], weights)
     elif spec in ("random-cnn", "color-stats"):
         if weights is not None:
-            raise PathUpError(f"--features {spec} has fixed weights; --features-weights is not used with it")
+            raise OptionError("features", f"{spec} has fixed weights; --features-weights is not used with it")
         ext = RandomCNNExtractor() if spec == "random-cnn" else ColorStatsExtractor()
     elif spec.endswith((".pt", ".pth", ".ts", ".jit", ".torchscript")) or Path(spec).is_file():
         ext = TorchScriptExtractor(spec, input_size)
     else:
-        raise PathUpError(f"--features {spec!r}: unknown extractor; allowed: {', '.join(EXTRACTOR_NAMES)}")
+        raise OptionError("features", f"{spec!r}: unknown extractor; allowed: {', '.join(EXTRACTOR_NAMES)}")
     return ext.to(device).eval()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.metrics._common import as_features, check_same_dim
 
 
@@ -69,7 +69,7 @@ def kid(real: "np.ndarray | torch.Tensor", fake: "np.ndarray | torch.Tensor", su
     f = as_features(fake, "fake", torch.float32)
     check_same_dim(r, f)
     if subsets < 1:
-        raise PathUpError(f"--kid-subsets must be at least 1, got {subsets}")
+        raise OptionError("kid_subsets", f"must be at least 1, got {subsets}")
     if subset_size < 2:
         raise PathUpError(f"subset_size must be at least 2, got {subset_size} "
                           "(KID compares pairs within a subset)")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.io import image_size
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def resolve_images(spec: str | Path, level: str, split: str, role: str) -> Image
     if path.is_file() and path.suffix.lower() == ".csv" or (path / "manifest.csv").is_file():
         root = path if path.is_dir() else path.parent
         if split not in (*SPLITS, "all"):
-            raise PathUpError(f"--split {split!r}: allowed: {', '.join(SPLITS)}, all")
+            raise OptionError("split", f"{split!r}: allowed: {', '.join(SPLITS)}, all")
         rows = [r for r in read_manifest(path) if (split == "all" or r["split"] == split) and r["level"] == level]
         if not rows:
             raise PathUpError(f"--{role} {path}: no tiles with split={split} and level={level} in the manifest")
@@ -115,7 +115,7 @@ def build_samples(paths: Sequence[Path], level: str, *, overview_size: int, crop
                 y = int(rng.integers(0, h - crop_px + 1))
                 samples.append(Sample(p, (x, y, crop_px, crop_px), crop_px))
     else:
-        raise PathUpError(f"--level {level!r}: allowed: overview, patch")
+        raise OptionError("level", f"{level!r}: allowed: overview, patch")
     if num_samples and len(samples) > num_samples:
         keep = np.sort(rng.choice(len(samples), num_samples, replace=False))
         samples = [samples[i] for i in keep]

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +19,9 @@ def resolve_patch_batch(patch_batch: int | str | None, n_patches: int) -> int:
     try:
         n = int(patch_batch)
     except (TypeError, ValueError):
-        raise PathUpError(f"--patch-batch must be 'auto' or a positive integer, got {patch_batch!r}") from None
+        raise OptionError("patch_batch", f"must be 'auto' or a positive integer, got {patch_batch!r}") from None
     if n < 1:
-        raise PathUpError(f"--patch-batch must be 'auto' or a positive integer, got {patch_batch!r}")
+        raise OptionError("patch_batch", f"must be 'auto' or a positive integer, got {patch_batch!r}")
     return min(n, n_patches)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,9 @@ def axis_starts(length: int, patch: int, overlap: int) -> list[int]:
     if length < 1:
         raise PathUpError(f"canvas size must be positive, got {length}")
     if patch < 1:
-        raise PathUpError(f"--patch-size must be positive, got {patch}")
+        raise OptionError("patch_size", f"must be positive, got {patch}")
     if overlap < 0 or overlap >= patch:
-        raise PathUpError(f"--overlap must be in [0, patch size {patch}), got {overlap}")
+        raise OptionError("overlap", f"must be in [0, patch size {patch}), got {overlap}")
     size = min(patch, length)
     stride = patch - overlap
     starts = list(range(0, length - size + 1, stride))

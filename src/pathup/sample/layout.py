@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 
 SHAPES = ("blob", "voronoi")
 JSON_GRID = 4096  # rasterisation grid of JSON layouts, long side
@@ -158,14 +158,14 @@ def random_layout(model_classes: Sequence[str], k: int, size: tuple[int, int], *
         PathUpError: ``k`` out of [1, number of classes], an unknown shape, a region size below 1.
     """
     if not model_classes:
-        raise PathUpError("--random-layout needs a model with a class table (pathup.json)")
+        raise OptionError("random_layout", "needs a model with a class table (pathup.json)")
     n = len(model_classes)
     if not 1 <= k <= n:
-        raise PathUpError(f"--random-layout must be in [1, {n}] (the model's classes), got {k}")
+        raise OptionError("random_layout", f"must be in [1, {n}] (the model's classes), got {k}")
     if shape not in SHAPES:
-        raise PathUpError(f"--layout-shape {shape!r} is unknown; allowed: {', '.join(SHAPES)}")
+        raise OptionError("layout_shape", f"{shape!r} is unknown; allowed: {', '.join(SHAPES)}")
     if region_size < 1:
-        raise PathUpError(f"--region-size must be at least 1 pixel, got {region_size}")
+        raise OptionError("region_size", f"must be at least 1 pixel, got {region_size}")
     rng = np.random.default_rng(int(seed))
     chosen = [model_classes[i] for i in sorted(rng.choice(n, size=k, replace=False))]
     width, height = size
@@ -197,7 +197,7 @@ def load_layout(layout: str | Path, size: tuple[int, int], *, legend: str | Path
     path = Path(layout)
     if path.suffix.lower() == ".json":
         if legend is not None:
-            raise PathUpError(f"--legend is for label images; layout {path} is a JSON of regions "
+            raise OptionError("legend", f"is for label images; layout {path} is a JSON of regions "
                               "(give colours in its 'colours')")
         return read_region_json(path, size, model_classes=model_classes)
     return read_label_image(path, legend, model_classes=model_classes)

@@ -126,7 +126,7 @@ def check_class_folder(out: Path, class_name: str, cfg: SampleConfig, model: str
         return False
     if cfg.overwrite:
         return True
-    raise PathUpError(f"--out {folder} was made with other settings ({diff}); a rerun resumes only with the "
+    raise OptionError("out", f"{folder} was made with other settings ({diff}); a rerun resumes only with the "
                       "same settings: use another --out, or --overwrite to replace its images")
 
 
@@ -175,7 +175,7 @@ def check_upscale_target(target: Path, image_path: str | Path, class_name: str, 
         return True
     if cfg.overwrite:
         return False
-    raise PathUpError(f"--out {target} exists with other settings ({diff}); use another --out, or --overwrite "
+    raise OptionError("out", f"{target} exists with other settings ({diff}); use another --out, or --overwrite "
                       "to replace it")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.sample.grid import axis_starts
 from pathup.sample.weights import ramp_weights
 
@@ -41,7 +41,7 @@ def from_uint8(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def _check(tile: int, overlap: int) -> None:
     if tile < 1:
-        raise PathUpError(f"--vae-tile must be positive, got {tile}")
+        raise OptionError("vae_tile", f"must be positive, got {tile}")
     if overlap < 0 or overlap >= tile:
         raise PathUpError(f"VAE tile overlap must be in [0, {tile}), got {overlap}")
 

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError
 from pathup.study.db import MAX_SCORE, MIN_SCORE, Rater, StudyClosedError, StudyDB, UnknownImageError
 
 log = logging.getLogger(__name__)
@@ -254,5 +254,5 @@ def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 8000) -> Non
         log.warning("serving on %s without TLS: tokens travel in clear text; put the app behind an HTTPS "
                     "reverse proxy", host)
     if not 0 <= port <= 65535:
-        raise PathUpError(f"--port must be 0..65535, got {port}")
+        raise OptionError("port", f"must be 0..65535, got {port}")
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -25,11 +25,12 @@ import random
 import secrets
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pathup.errors import PathUpError
+from pathup.config import option
+from pathup.errors import OptionError, PathUpError
 from pathup.io import IMAGE_SUFFIXES, check_writable_dir, load_rgb
 from pathup.study.db import ImageRow, StudyDB, files_dir_for, now_iso
 
@@ -43,18 +44,16 @@ SIZE_BUCKET = 64 * 1024  # every study file is padded to the same multiple of th
 class StudyCreateConfig:
     """Options of ``pathup study create``."""
 
-    real: Path = field(metadata={"help": "folder of real images, one sub-folder per class", "metavar": "DIR"})
-    synthetic: Path = field(metadata={"help": "folder of synthetic images, one sub-folder per class "
-                                              "(the layout 'pathup generate' writes)", "metavar": "DIR"})
-    out: Path = field(metadata={"help": "study database to create; images go to <name>_files/ beside it",
-                                "metavar": "DB"})
-    per_class: int = field(default=10, metadata={"help": "real and synthetic images per class (paper: 10)"})
-    seed: int = field(default=0, metadata={"help": "seed of the random choice of images"})
-    size: int = field(default=2048, metadata={"help": "common side length in pixels of every study image"})
-    format: Literal["jpeg", "png"] = field(default="jpeg", metadata={"help": "common file format"})
-    quality: int = field(default=95, metadata={"help": "JPEG quality (4:4:4 chroma) when --format jpeg"})
-    classes: list[str] | None = field(default=None, metadata={
-        "help": "classes to include (default: every class folder found in --real)"})
+    real: Path = option(help="folder of real images, one sub-folder per class", metavar="DIR")
+    synthetic: Path = option(help="folder of synthetic images, one sub-folder per class (the layout 'pathup "
+                                  "generate' writes)", metavar="DIR")
+    out: Path = option(help="study database to create; images go to <name>_files/ beside it", metavar="DB")
+    per_class: int = option(10, "real and synthetic images per class (paper: 10)")
+    seed: int = option(0, "seed of the random choice of images")
+    size: int = option(2048, "common side length in pixels of every study image")
+    format: Literal["jpeg", "png"] = option("jpeg", "common file format")
+    quality: int = option(95, "JPEG quality (4:4:4 chroma) when --format jpeg")
+    classes: list[str] | None = option(None, "classes to include (default: every class folder found in --real)")
 
 
 def class_images(folder: Path) -> list[Path]:
@@ -108,7 +107,7 @@ def encode_image(img: "Image.Image", fmt: str, quality: int) -> bytes:  # noqa: 
     elif fmt == "png":
         img.save(buf, format="PNG", compress_level=6, optimize=False)
     else:
-        raise PathUpError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise OptionError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return buf.getvalue()
 
 
@@ -135,13 +134,13 @@ def create_study(real_dir: str | Path, synthetic_dir: str | Path, per_class: int
 
     real_dir, synthetic_dir, out_db = Path(real_dir), Path(synthetic_dir), Path(out_db)
     if per_class < 1:
-        raise PathUpError(f"--per-class must be at least 1, got {per_class}")
+        raise OptionError("per_class", f"must be at least 1, got {per_class}")
     if not 64 <= size <= 8192:
-        raise PathUpError(f"--size must be between 64 and 8192 pixels, got {size}")
+        raise OptionError("size", f"must be between 64 and 8192 pixels, got {size}")
     if fmt not in FORMATS:
-        raise PathUpError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise OptionError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not 1 <= quality <= 100:
-        raise PathUpError(f"--quality must be between 1 and 100, got {quality}")
+        raise OptionError("quality", f"must be between 1 and 100, got {quality}")
     files_dir = files_dir_for(out_db)
     check_writable_dir(out_db.parent, "--out")  # before minutes of re-encoding
     for existing in (out_db, files_dir):
@@ -155,7 +154,7 @@ def create_study(real_dir: str | Path, synthetic_dir: str | Path, per_class: int
         missing = ([f"{c} (real)" for c in classes if c not in real]
                    + [f"{c} (synthetic)" for c in classes if c not in synth])
         if missing:
-            raise PathUpError(f"--classes: no image folder for {', '.join(missing)}; real classes: "
+            raise OptionError("classes", f": no image folder for {', '.join(missing)}; real classes: "
                               f"{', '.join(real)}; synthetic classes: {', '.join(synth)}")
         chosen_classes = list(dict.fromkeys(classes))
     else:

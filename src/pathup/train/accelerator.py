@@ -34,7 +34,7 @@ def make_accelerator(cfg: TrainConfig, run: Path):
     from accelerate.utils import set_seed
 
     if cfg.mixed_precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
-        raise PathUpError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+        raise OptionError("mixed_precision", "fp16 needs a GPU; use bf16 or no on the CPU")
     log_with = None if cfg.log_with == "none" else cfg.log_with
     if log_with is not None:
         from accelerate.tracking import get_available_trackers

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.train.autoencoder import train_autoencoder
 from pathup.train.config import TrainConfig
 from pathup.train.data import TrainTiles
@@ -29,7 +29,7 @@ def sized(name: str, resolution: int | None):
         return size
     mult = 8 * 2 ** (len(size.unet["block_out_channels"]) - 1)
     if resolution <= 0 or resolution % mult:
-        raise PathUpError(f"--resolution {resolution} must be a positive multiple of {mult} for model {name!r}")
+        raise OptionError("resolution", f"{resolution} must be a positive multiple of {mult} for model {name!r}")
     return dataclasses.replace(size, resolution=resolution, vae=dict(size.vae, sample_size=resolution),
                                unet=dict(size.unet, sample_size=resolution // 8))
 
@@ -72,7 +72,7 @@ def load_model(acc, cfg: TrainConfig, run: Path):
             ldm = load_ldm(base)
             configure_scheduler(ldm, cfg)
             if ldm.resolution != res:
-                raise PathUpError(f"--resolution {res} differs from the run's model ({ldm.resolution} px)")
+                raise OptionError("resolution", f"{res} differs from the run's model ({ldm.resolution} px)")
             ldm.prompts = tiles.table
         else:
             ldm = build_ldm(size, tiles.table, seed=cfg.seed)

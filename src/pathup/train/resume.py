@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.train import checkpoint as ckpt_io
 from pathup.train.config import TrainConfig
 
@@ -38,7 +38,7 @@ def checkpoint_to_resume(run: Path, resume: bool) -> Path | None:
 def check_model(state: dict[str, Any], cfg: TrainConfig) -> None:
     """The checkpoint was made from the same ``model`` (checked before loading it)."""
     if state["config"].get("model") != cfg.model:
-        raise PathUpError(f"--model {cfg.model} differs from the checkpoint's {state['config'].get('model')}; "
+        raise OptionError("model", f"{cfg.model} differs from the checkpoint's {state['config'].get('model')}; "
                           "resume with the same model or use a new --out")
 
 

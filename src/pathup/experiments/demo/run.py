@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError
 from pathup.experiments.demo.config import STAGES, DemoConfig
 
 
@@ -27,7 +27,7 @@ def _run_demo(cfg: DemoConfig) -> Path:
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
-        raise PathUpError(f"--out {out} exists and is not a folder")
+        raise OptionError("out", f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo_config.yaml")
     stages = Stages(out / ".stages", STAGES)

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError
 from pathup.experiments.demo.config import SAMPLE_TILING, DemoConfig
 from pathup.io import atomic_write_text
 
@@ -40,7 +40,7 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
     known = sorted({r["class"] for r in rows})
     bad = [c for c in (classes or []) if c not in known]
     if bad:
-        raise PathUpError(f"--classes: unknown {', '.join(bad)}; the {sample} sample has: {', '.join(known)}")
+        raise OptionError("classes", f": unknown {', '.join(bad)}; the {sample} sample has: {', '.join(known)}")
     rows = [r for r in rows if not classes or r["class"] in classes]
     if "split" not in rows[0]:  # hold out the last patient of each class
         last = {r["class"]: r["patient"] for r in rows}
