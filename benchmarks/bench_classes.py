@@ -27,7 +27,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -52,7 +51,7 @@ def generate(model: Path, out: Path, guidance: float, per_class: int, steps: int
     from diffusers import StableDiffusionPipeline
 
     from pathup.prompts import PromptTable
-    from pathup.sample.generate import class_dirname
+    from pathup.data.generated import class_dirname
     from pathup.sample.writers import save_png
 
     pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None)
@@ -95,7 +94,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from pathup.demo import prepare_sample
+    from pathup.experiments.demo.stages import prepare_sample
     from pathup.metrics.consistency import measure
     from pathup.train import TrainConfig, train
 
@@ -118,7 +117,7 @@ def main() -> None:
     model = args.model
     cfg = None
     if model is None:
-        cfg = TrainConfig(dataset=dataset, out=out / "run", model="tiny", num_workers=0, seed=args.seed)
+        cfg = TrainConfig(data=dataset, out=out / "run", model="tiny", num_workers=0, seed=args.seed)
         for text in args.train_arg:
             cfg = apply_override(text, cfg)
         t0 = time.perf_counter()

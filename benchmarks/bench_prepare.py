@@ -39,8 +39,8 @@ def main() -> int:
     n_images = len(list_images(data))
     tmp = None if args.out else tempfile.mkdtemp(prefix="bench_prepare.")
     out = Path(args.out or tmp) / "dataset"
-    cfg = PrepareConfig(out=str(out), sources=[str(data)], patch_size=256, patch_overlap=32, overview_size=460,
-                        overview_overlap=0, tile_size=256, workers=args.workers, overwrite=True)
+    cfg = PrepareConfig(out=str(out), sources=[str(data)], patch_px=256, patch_overlap=32, overview_px=460,
+                        overview_overlap=0, tile_px=256, workers=args.workers, overwrite=True)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         t0, c0 = time.perf_counter(), time.process_time()

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pathup.config import option
+from pathup.config import accepts_aliases, option
 
 CLASSIFIERS = ("vit", "abmil")
 ARMS = ("real", "rand", "synthetic")
 
 
+@accepts_aliases
 @dataclass
 class DownstreamConfig:
     """Lesion-subtype classification with and without synthetic images (paper Table 6).
@@ -46,8 +47,9 @@ class DownstreamConfig:
         "rare", "how the budget is shared: 'rare' fills the rarest classes first (water-filling on "
                 "real + synthetic counts), 'uniform' gives every class the same number")
     synthetic_overviews: bool = option(False, "also train the ViT on the overviews in DIR/<class>/overview/")
-    synthetic_patch_size: Optional[int] = option(None, "patch size (pixels) used to cut synthetic large images "
-                                                     "into ABMIL bags; default: the dataset's patch tiles")
+    synthetic_patch_px: Optional[int] = option(None, "patch size in pixels used to cut synthetic large images "
+                                                   "into ABMIL bags; default: the dataset's patch tiles",
+                                               aliases=("synthetic_patch_size",))
     synthetic_patch_overlap: Optional[int] = option(None, "overlap (pixels) of those patches; default: the "
                                                         "dataset's patch tiles")
 

@@ -98,9 +98,9 @@ class Experiment:
         real ``level`` tiles' geometry."""
         cfg = self.cfg
         auto_size = auto_overlap = 0
-        if cfg.synthetic_patch_size is None or cfg.synthetic_patch_overlap is None:
+        if cfg.synthetic_patch_px is None or cfg.synthetic_patch_overlap is None:
             auto_size, auto_overlap = patch_geometry(self.real, level)
-        size = cfg.synthetic_patch_size or auto_size
+        size = cfg.synthetic_patch_px or auto_size
         overlap = auto_overlap if cfg.synthetic_patch_overlap is None else cfg.synthetic_patch_overlap
         return size, overlap
 
