@@ -164,7 +164,7 @@ def dataset_info(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def tile_px(info: dict[str, Any]) -> int:
-    """The dataset's tile size in pixels (``dataset.json``: ``tile_px``, or ``tile_size`` before issue 13)."""
+    """The dataset's tile size in pixels (``dataset.json``: ``tile_px``, or ``tile_size`` in older datasets)."""
     return int(info["tile_px"] if "tile_px" in info else info["tile_size"])
 
 

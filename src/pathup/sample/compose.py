@@ -1,4 +1,4 @@
-"""Mixed-tissue large images from a class map, with their label masks (issue 14; PathUp section 3.2).
+"""Mixed-tissue large images from a class map, with their label masks (beyond the paper; the upscaling is PathUp section 3.3, Algorithm 1).
 
 Composition reuses PathUp's two stages with regional conditioning in the style of MultiDiffusion
 (Bar-Tal et al. 2023, "MultiDiffusion: Fusing Diffusion Paths for Controlled Image Generation"):

@@ -49,7 +49,7 @@ from pathup.sample.resume import (NEUTRAL_OPTIONS, check_class_folder, check_ups
 if TYPE_CHECKING:
     from pathup.sample.pipeline import PathUpPipeline
 
-MAX_OUTPUT_PIXELS = 32768 * 32768  # 1 gigapixel: a larger size is refused before any work (issue 12 item 11)
+MAX_OUTPUT_PIXELS = 32768 * 32768  # 1 gigapixel: a larger size is refused before any work
 
 
 def check_output_size(cfg: SampleConfig) -> None:

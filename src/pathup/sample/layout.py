@@ -1,4 +1,4 @@
-"""Class maps ("layouts") for ``pathup compose`` (issue 14; PathUp with regional conditioning).
+"""Class maps ("layouts") for ``pathup compose`` (beyond the paper: regional conditioning, MultiDiffusion-style).
 
 A layout says which class each position of the large image shows. It is held as a small label grid
 (``Layout.labels``, indices into ``Layout.classes``) at its own scale and resized to the output size by

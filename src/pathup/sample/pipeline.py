@@ -336,7 +336,7 @@ class PathUpPipeline(DiffusionPipeline):
 
     def compose(self, layout: Any = None, *, legend: Any = None, num_images: int = 1, output_type: str = "pil",
                 **options: Any) -> Any:
-        """Mixed-tissue images from a class map, with label masks (``pathup compose``; issue 14).
+        """Mixed-tissue images from a class map, with label masks (``pathup compose``).
 
         Regional conditioning in the overview and in patch-wise timestep tracking (MultiDiffusion's
         region rule, Bar-Tal et al. 2023, inside PathUp Algorithm 1): see ``pathup.sample.compose``.
