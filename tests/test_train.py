@@ -114,6 +114,10 @@ def runs(data):
     _, err = proc.communicate()
     assert target.exists(), err.decode()[-2000:]
     names = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    # TensorBoard orders event files by name: creation second, host, pid. A resume within the same second as
+    # the kill could sort before the killed run's file, and TensorBoard would read the older steps last
+    # (as a restart) and drop the resumed ones. A real resume comes later than that; so does this one.
+    time.sleep(max(0.0, 1.05 - (time.time() % 1.0)))
     resumed = train(TrainConfig(out=killed, resume=True, **common))
     full = train(TrainConfig(out=root / "full", **common))
     return {"killed_names": names, "resumed": resumed, "full": full, "run": root / "full"}
