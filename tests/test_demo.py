@@ -41,6 +41,30 @@ def test_demo_writes_a_report_whose_links_exist(demo_dir):
     assert sorted(p.name for p in (demo_dir / "generated" / "composed").glob("*_mask.png"))
 
 
+def test_demo_carries_the_physical_scale_from_the_sample_to_the_large_image(demo_dir):
+    """Kather tiles are 0.495 um/px: a 150 px overview region written at 128 px is 0.495 * 150 / 128 um/px;
+    the model records it, and the 256 px large image upscaled from a 128 px overview has half of it."""
+    import json
+
+    from PIL import Image
+
+    overview_mpp = 0.495 * 150 / 128
+    info = json.loads((demo_dir / "dataset" / "dataset.json").read_text())
+    assert info["mpp"]["overview"] == pytest.approx(overview_mpp, rel=1e-6)
+    assert info["mpp"]["patch"] == pytest.approx(0.495, rel=1e-6)  # 128 px regions written at 128 px
+    model = json.loads((demo_dir / "run" / "model" / "pathup.json").read_text())
+    assert model["mpp"]["overview"] == pytest.approx(overview_mpp, rel=1e-6)
+    large = sorted((demo_dir / "generated" / "large").rglob("*.png"))[0]
+    side = json.loads(large.with_suffix(".json").read_text())
+    assert side["mpp"] == pytest.approx(overview_mpp * 128 / 256, rel=1e-6)
+    with Image.open(large) as im:
+        assert im.info["dpi"][0] == pytest.approx(25400 / side["mpp"], rel=1e-4)
+    overview = sorted((demo_dir / "generated" / "overviews").rglob("*.png"))[0]
+    assert json.loads(overview.with_suffix(".json").read_text())["mpp"] == pytest.approx(overview_mpp, rel=1e-6)
+    page = (demo_dir / "report.html").read_text()
+    assert f"Physical scale: {side['mpp']:.3g} &micro;m/px" in page or f"Physical scale: {side['mpp']:.3g} µm/px" in page
+
+
 def test_demo_breakhis_sample_and_no_progress(tmp_path, capfd):
     quick = [a for a in QUICK if a not in ("04_LYMPHO", "07_ADIPOSE", "08_EMPTY")]
     quick[quick.index("--classes") + 1:quick.index("--classes") + 1] = ["ductal_carcinoma", "mucinous_carcinoma"]

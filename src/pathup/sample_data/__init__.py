@@ -8,6 +8,11 @@ ROOT = Path(__file__).resolve().parent
 
 SAMPLES = ("kather", "breakhis")
 
+# Microns per pixel of each sample's images (None: not known). Kather 2016: 150 px = 74 um tiles at 20x,
+# 0.495 um/px (Kather et al. 2016, and this folder's README); BreakHis publishes magnifications, not a
+# pixel size, so its scale stays unknown rather than guessed.
+SAMPLE_MPP: dict[str, float | None] = {"kather": 0.495, "breakhis": None}
+
 
 def breakhis_dir() -> Path:
     """Folder with one sub-folder per class and ``MANIFEST.csv`` (path, class, patient, slide)."""

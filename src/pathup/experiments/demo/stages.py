@@ -33,7 +33,7 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
     import csv
 
     from pathup.data.prepare import PrepareConfig, prepare
-    from pathup.sample_data import sample_manifest
+    from pathup.sample_data import SAMPLE_MPP, sample_manifest
 
     manifest = sample_manifest(sample)
     rows = list(csv.DictReader(manifest.open()))
@@ -53,7 +53,7 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
         ",".join(str(manifest.parent / r[c]) if c == "path" else r[c] for c in cols) for r in rows]) + "\n")
     pcfg = PrepareConfig(out=str(dataset), sources=[str(source)], layout="csv", patch_overlap=0, overview_overlap=0,
                          tile_px=tile_px, val_fraction=0.0, test_fraction=0.0, seed=seed, overwrite=True,
-                         **SAMPLE_TILING[sample])
+                         mpp=SAMPLE_MPP[sample], **SAMPLE_TILING[sample])
     summary = prepare(pcfg, progress=progress)
     print(summary.table(), flush=True)
     return {"tiles": summary.n_tiles}
@@ -95,13 +95,19 @@ def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]
     classes = pipe.ldm.prompts.classes
     scfg = sample_config(cfg)
     written: dict[str, Any] = {"overviews": {}, "large": {}, "uniform": None}
+    ov_mpp = pipe.mpp.get("overview")  # an overview is at the model's overview scale (None: unknown)
+
+    def overview_settings(settings: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in settings.items() if k != "mpp"}
+        return {**settings, "level": "overview", **({"mpp": ov_mpp} if ov_mpp is not None else {})}
+
     jobs = [(c, i) for c in classes for i in range(cfg.overviews_per_class)]
     for c, i in tqdm(jobs, desc="overviews", unit="img", disable=not cfg.progress):
         seed = cfg.seed + i
         ov = pipe.overview(c, seed=seed, steps=cfg.steps, guidance=cfg.guidance)
         path = gen / "overviews" / class_dirname(c) / f"s{seed}.png"
-        save_png(image=ov, path=path, settings={**pipe.settings(c, scfg, seed=seed, prompts=pipe.prompts_for(c)),
-                                                "level": "overview"})
+        save_png(image=ov, path=path, mpp=ov_mpp,
+                 settings=overview_settings(pipe.settings(c, scfg, seed=seed, prompts=pipe.prompts_for(c))))
         written["overviews"].setdefault(c, []).append(str(path))
     # The same seeds of one class at several guidance scales (does the prompt matter?).
     show = classes[0]
@@ -118,7 +124,7 @@ def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]
                 ov = pipe.overview(show, seed=seed, steps=cfg.steps, guidance=g)
                 settings = pipe.settings(show, dataclasses.replace(scfg, guidance=g), seed=seed,
                                          prompts=pipe.prompts_for(show))
-                save_png(image=ov, path=path, settings={**settings, "level": "overview"})
+                save_png(image=ov, path=path, settings=overview_settings(settings), mpp=ov_mpp)
             written.setdefault("guidance", {}).setdefault(f"{g:g}", []).append(str(path))
     for c in tqdm(classes, desc="large images", unit="img", disable=not cfg.progress):
         written["large"][c] = str(upscale_one(pipe, scfg, c, gen / "large", weight_map="pyramid"))
@@ -150,7 +156,7 @@ def upscale_one(pipe: Any, scfg: Any, class_name: str, folder: Path, *, weight_m
     settings = pipe.settings(class_name, dataclasses.replace(scfg, weight_map=weight_map), seed=seed,
                              prompts=pipe.prompts_for(class_name), source="generated")
     path = folder / class_dirname(class_name) / f"s{seed}.png"
-    save_image(image=img, path=path, settings={**settings, "level": "upscaled"})
+    save_image(image=img, path=path, settings={**settings, "level": "upscaled"}, mpp=settings.get("mpp"))
     return path
 
 
