@@ -83,10 +83,10 @@ def check_settings(path: str | Path, settings: dict[str, Any], *, overwrite: boo
     """
     path = Path(path)
     old = _read_json(path) if path.is_file() else None
-    same = old == json.loads(json.dumps(settings, default=str))
+    new = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+    same = old == new
     if old is not None and not same and not overwrite:
-        old_opts, new_opts = old.get("options", old), settings.get("options", settings)
-        changed = changed_options(old_opts, json.loads(json.dumps(new_opts, default=str)))
+        changed = changed_options(old.get("options", old), new.get("options", new))
         what = f"options {', '.join(changed)}" if changed else "sources"
         raise PathUpError(f"{folder} holds results made with other {what}; use another output folder or "
                           f"{option}")
