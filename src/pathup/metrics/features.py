@@ -24,7 +24,6 @@ Choose one by name with ``make_extractor(spec, weights=...)``:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -258,7 +257,3 @@ def make_extractor(spec: str = "inception", weights: str | Path | None = None, i
     else:
         raise OptionError("features", f"{spec!r}: unknown extractor; allowed: {', '.join(EXTRACTOR_NAMES)}")
     return ext.to(device).eval()
-
-
-def extractor_digest(ext: FeatureExtractor) -> str:
-    return hashlib.sha256(ext.cache_id.encode()).hexdigest()[:16]
