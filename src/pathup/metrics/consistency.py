@@ -232,20 +232,13 @@ def labelled_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path
 
 
 def load_rgb(paths: Sequence[Path], size: int) -> np.ndarray:
-    """Images as (N, size, size, 3) uint8: resized on the short side to ``size`` and centre-cropped."""
-    from PIL import Image
-
-    from pathup.io import open_image
+    """Images as (N, size, size, 3) uint8: resized on the short side to ``size`` and centre-cropped (the
+    same pixels as ``evaluate``'s overview samples, ``pathup.metrics.samples.load_sample``)."""
+    from pathup.metrics.samples import Sample, load_sample
 
     out = np.empty((len(paths), size, size, 3), np.uint8)
     for i, p in enumerate(paths):
-        im = open_image(p)
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
-        w, h = im.size
-        x, y = (w - size) // 2, (h - size) // 2
-        out[i] = np.asarray(im.crop((x, y, x + size, y + size)))
+        out[i] = load_sample(Sample(Path(p), None, size))
     return out
 
 
