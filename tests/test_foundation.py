@@ -73,6 +73,16 @@ def test_load_rgb_errors(tmp_path):
         load_rgb(bad)
 
 
+def test_an_image_over_the_pixel_limit_is_one_message_naming_it_once(tmp_path):
+    """PathUpError is a ValueError: the limit's own message must not be wrapped in "cannot read image"."""
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(big)
+    with pytest.raises(PathUpError) as err:
+        load_rgb(big, max_pixels=1000)
+    assert "cannot read image" not in str(err.value) and str(err.value).count("big.png") == 1
+    assert "90,000 pixels" in str(err.value)
+
+
 def test_atomic_path_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "a.txt"
     target.write_text("old")

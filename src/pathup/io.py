@@ -247,6 +247,8 @@ def open_image(path: str | Path, max_pixels: int | None = None, *, option: str |
             return to_rgb8(img)
     except Image.DecompressionBombError as err:
         raise _bomb_error(path, err, limit, option) from None
+    except PathUpError:  # check_pixels' own message (a PathUpError is a ValueError: not wrapped again)
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise PathUpError(f"cannot read image {path}: {err}") from None
 

@@ -94,6 +94,8 @@ def read_label_image(path: str | Path, legend: str | Path | dict | None = None, 
                     values, channels = rgb[..., 0], 1
                 else:
                     values, channels = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], 3
+    except PathUpError:  # the legend's own message (a PathUpError is a ValueError: not wrapped again)
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise PathUpError(f"cannot read layout {path}: {err}") from None
     if values.size == 0:
