@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from pathup.sample.config import validate
-    from pathup.sample.generate import (check_class_folder, check_out_folder, class_folder, clear_class_folder,
-                                        generate_to_folder, pending_seeds)
+    from pathup.sample.generate import (check_out_folder, class_folder, generate_to_folder, pending_seeds,
+                                        settle_class_folder)
 
     model = model_of(args)
     cfg = read_options(SampleConfig, args, validate)
@@ -55,12 +55,8 @@ def run(args: argparse.Namespace) -> int:
     state = PartialState(cpu=cfg.device == "cpu")
     share = dict(process_index=state.process_index, num_processes=state.num_processes)
     # A folder made with another model or other settings: an error, or with --overwrite cleared once.
-    stale = check_class_folder(out, args.class_name, cfg, model)
-    if cfg.overwrite:
-        state.wait_for_everyone()  # every process has looked before process 0 clears
-        if stale and state.is_main_process:
-            clear_class_folder(out, args.class_name)
-        state.wait_for_everyone()
+    settle_class_folder(out, args.class_name, cfg, model, process_index=state.process_index,
+                        barrier=state.wait_for_everyone)
     todo, done = pending_seeds(out, args.class_name, cfg, **share, model=model)  # no model loaded yet
     if not todo:
         print(f"pathup generate: all {len(done)} image(s) already in {out}; nothing to do")

@@ -44,7 +44,8 @@ from pathup.errors import OptionError, PathUpError
 from pathup.sample.config import SampleConfig, validate
 from pathup.sample.resume import (NEUTRAL_OPTIONS, check_class_folder, check_upscale_target,  # noqa: F401
                                   class_folder, clear_class_folder, is_done, model_key, settings_difference,
-                                  settings_fingerprint, stored_fingerprint, upscale_fingerprint)
+                                  settings_fingerprint, settle_class_folder, stored_fingerprint,
+                                  upscale_fingerprint)
 
 if TYPE_CHECKING:
     from pathup.sample.pipeline import PathUpPipeline
@@ -164,7 +165,8 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
         num_processes: the number of processes sharing the seeds.
         progress: show the progress bar over images.
         barrier: waits for every process (``PartialState().wait_for_everyone``); with ``cfg.overwrite``
-            process 0 clears a folder made with other settings and the others wait for it here.
+            process 0 clears a folder made with other settings and the others wait for it here
+            (``settle_class_folder``; the CLI settles the folder before it loads the model).
 
     Returns:
         The large images written by this call and those found already done.
@@ -183,11 +185,7 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
     validate(cfg)
     check_output_size(cfg)
     _check_out(out)
-    if check_class_folder(out, class_name, cfg, pipe.model_name):  # other settings + overwrite
-        if process_index == 0:
-            clear_class_folder(out, class_name)
-        if barrier is not None:
-            barrier()
+    settle_class_folder(out, class_name, cfg, pipe.model_name, process_index=process_index, barrier=barrier)
     todo, done = pending_seeds(out, class_name, cfg, process_index=process_index, num_processes=num_processes,
                                model=pipe.model_name)
     fmt = output_format(cfg)

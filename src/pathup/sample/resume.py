@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pathup.data.generated import GENERATE_SETTINGS, class_dirname, read_json as _read_json
 from pathup.errors import PathUpError, OptionError
@@ -135,6 +135,22 @@ def clear_class_folder(out: Path, class_name: str) -> None:
     folder = class_folder(out, class_name)
     if folder.is_dir():
         shutil.rmtree(folder)
+
+
+def settle_class_folder(out: Path, class_name: str, cfg: SampleConfig, model: str | Path | None = None, *,
+                        process_index: int = 0, barrier: Callable[[], None] | None = None) -> None:
+    """Refuse ``OUT/<class>`` made with other settings, or with ``cfg.overwrite`` clear it once.
+
+    Every process looks first; then process 0 clears the folder while the others wait. Under several
+    processes every one of them must call this with a ``barrier`` (``PartialState().wait_for_everyone``).
+    """
+    stale = check_class_folder(out, class_name, cfg, model)
+    if cfg.overwrite and barrier is not None:
+        barrier()  # every process has looked before process 0 clears
+    if stale and process_index == 0:
+        clear_class_folder(out, class_name)
+    if cfg.overwrite and barrier is not None:
+        barrier()
 
 
 def upscale_fingerprint(image_path: str | Path, class_name: str, cfg: SampleConfig,
