@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -86,11 +87,20 @@ def write_dataset_info(root: str | Path, info: dict[str, Any]) -> Path:
     return path
 
 
-def dataset_mpp(info: Mapping[str, Any]) -> dict[str, float | None]:
-    """``{"patch": mpp, "overview": mpp}`` of a dataset.json (None where unknown, or in older files)."""
+def dataset_mpp(info: Mapping[str, Any], where: str = "dataset.json",
+                levels: Iterable[str] | None = None) -> dict[str, float | None]:
+    """``{"patch": mpp, "overview": mpp}`` of a dataset.json for ``levels`` (default: the dataset's; None
+    where unknown, or in older files); PathUpError naming ``where`` for a value that is not a positive
+    number or null."""
     raw = info.get("mpp") if isinstance(info.get("mpp"), Mapping) else {}
-    levels = list(info.get("levels") or ("patch", "overview"))
-    return {lv: (float(raw[lv]) if isinstance(raw.get(lv), (int, float)) else None) for lv in levels}
+    out: dict[str, float | None] = {}
+    for level in list(levels or info.get("levels") or ("patch", "overview")):
+        value = raw.get(level)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise PathUpError(f"{where}: mpp of level {level!r} must be a positive number or null, got {value!r}")
+        out[level] = float(value) if value is not None else None
+    return out
 
 
 def level_mpp(rows: Iterable[Mapping[str, Any]], levels: Iterable[str], nominal: Mapping[str, float] | None = None,

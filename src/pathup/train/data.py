@@ -14,8 +14,6 @@ seeded by (seed, step, micro-batch, process).
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import torch
@@ -184,22 +182,13 @@ def random_crop(images: torch.Tensor, size: int, g: torch.Generator) -> torch.Te
 
 
 def dataset_mpp(root: str | Path) -> dict[str, float | None]:
-    """The physical scale of a prepared dataset's tiles: ``{"patch": um/px, "overview": um/px}``.
+    """The physical scale of a prepared dataset's tiles for every level: ``{"patch": um/px, "overview":
+    um/px}`` (``pathup.data.manifest.dataset_mpp``; None where ``dataset.json`` records none)."""
+    from pathup.data.manifest import dataset_mpp as levels_mpp, read_dataset_info
 
-    Read from ``dataset.json``'s top-level ``"mpp"`` mapping; a level (or a whole dataset prepared before
-    it was recorded) without one is None.
-    """
     path = Path(root) / "dataset.json"
     try:
-        mpp = json.loads(path.read_text()).get("mpp")
+        info = read_dataset_info(root)
     except (OSError, ValueError) as err:
         raise PathUpError(f"cannot read {path}: {err}") from None
-    mpp = mpp if isinstance(mpp, dict) else {}
-    out: dict[str, float | None] = {}
-    for level in LEVELS:
-        value = mpp.get(level)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value <= 0):
-            raise PathUpError(f"{path}: mpp of level {level!r} must be a positive number or null, got {value!r}")
-        out[level] = float(value) if value is not None else None
-    return out
+    return levels_mpp(info, str(path), LEVELS)
