@@ -288,6 +288,17 @@ def list_images(folder: str | Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def read_json(path: str | Path) -> dict | None:
+    """A JSON object from ``path``; None when it is missing, unreadable, cut short or not an object."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def safe_name(name: str, *, empty: str = "class") -> str:
     """``name`` usable as a folder or file name: runs of characters outside ``[A-Za-z0-9_.-]`` become
     ``_``, leading/trailing ``.``/``_`` go, and ``empty`` stands for a name with nothing left.

@@ -25,20 +25,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pathup.errors import PathUpError
-from pathup.io import atomic_write_text
+from pathup.io import atomic_write_text, read_json
 
 
 def fingerprint(settings: Any) -> str:
     """16 hex digits of the SHA-256 of ``settings`` as sorted JSON (paths and other objects as str)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # missing, cut short or not JSON: as if the work had not finished
-    return data if isinstance(data, dict) else None
 
 
 class Marker:
@@ -48,7 +40,7 @@ class Marker:
         self.path = Path(path)
 
     def read(self) -> dict[str, Any] | None:
-        return _read_json(self.path) if self.path.is_file() else None
+        return read_json(self.path)  # missing, cut short or not JSON: not finished
 
     def matching(self, settings: Any, *, requires: Iterable[str | Path] = ()) -> dict[str, Any] | None:
         """The stored record when it was written for these ``settings`` and every path in ``requires``
@@ -82,7 +74,7 @@ def check_settings(path: str | Path, settings: dict[str, Any], *, overwrite: boo
     (``settings["options"]`` when present, else the top-level keys).
     """
     path = Path(path)
-    old = _read_json(path) if path.is_file() else None
+    old = read_json(path)
     new = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
     same = old == new
     if old is not None and not same and not overwrite:

@@ -14,12 +14,10 @@ from the sidecars (``read_generated``), never from the folder name.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pathup.io import unique_name
+from pathup.io import read_json, unique_name  # noqa: F401 - read_json: readers of this layout use it
 
 GENERATE_CONFIG = "generate_config.yaml"
 GENERATE_SETTINGS = "generate_settings.json"
@@ -27,15 +25,6 @@ UPSCALE_CONFIG = "upscale_config.yaml"
 LEVELS = ("upscaled", "overview")  # the "level" of a generated image's sidecar
 
 class_dirname = unique_name  # a class's folder (and file-name) form: injective over class names
-
-
-def read_json(path: str | Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``; None when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -65,13 +54,13 @@ def read_generated(root: str | Path) -> list[GeneratedImage]:
 
     def class_of(folder: Path) -> str | None:
         if folder not in folder_class:
-            data = read_json(folder / GENERATE_SETTINGS) if (folder / GENERATE_SETTINGS).is_file() else None
+            data = read_json(folder / GENERATE_SETTINGS)
             folder_class[folder] = data.get("class") if data else None
         return folder_class[folder]
 
     out = []
     for p in list_images(root):
-        meta = read_json(p.with_suffix(".json")) if p.with_suffix(".json").is_file() else None
+        meta = read_json(p.with_suffix(".json"))
         level = meta.get("level") if meta else None
         level = level if level in LEVELS else None
         cls = meta.get("class") if meta else None

@@ -30,16 +30,9 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _folder_class(folder: Path) -> str | None:
     """The class a ``pathup generate`` class folder was made for (its ``generate_settings.json``), or None."""
-    from pathup.data.generated import GENERATE_SETTINGS
+    from pathup.data.generated import GENERATE_SETTINGS, read_json
 
-    settings = folder / GENERATE_SETTINGS
-    if not settings.is_file():
-        return None
-    try:
-        data = json.loads(settings.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    cls = data.get("class") if isinstance(data, dict) else None
+    cls = (read_json(folder / GENERATE_SETTINGS) or {}).get("class")
     return cls if isinstance(cls, str) else None
 
 
