@@ -173,17 +173,9 @@ def grid_boxes(width: int, height: int, size: int, overlap: int) -> list[Box]:
     """
     if size <= 0 or not 0 <= overlap < size:
         raise PathUpError(f"patch size must be > 0 and overlap in [0, size), got size={size}, overlap={overlap}")
-    stride = size - overlap
+    from pathup.data.tiling import tile_grid
 
-    def starts(n: int) -> list[int]:
-        if n <= size:
-            return [0]
-        s = list(range(0, n - size + 1, stride))
-        if s[-1] != n - size:
-            s.append(n - size)
-        return s
-
-    return [(x, y, min(size, width), min(size, height)) for y in starts(height) for x in starts(width)]
+    return tile_grid(width, height, size, overlap)  # the grid prepare cuts real images with
 
 
 def synthetic_bags(chosen: dict[str, list[Path]], classes: Sequence[str], size: int, overlap: int) -> list[Bag]:

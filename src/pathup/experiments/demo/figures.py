@@ -53,23 +53,17 @@ def image_grid(rows: list[tuple[str, list[Path]]], dest: Path, thumb: int = 128)
     return dest
 
 
-def latent_grid_of(settings: dict[str, Any]) -> tuple[int, int]:
-    """(latent patch p, latent overlap o) from a generated image's settings (older names accepted)."""
-    opts = settings["options"]
-    patch = opts["latent_patch"] if "latent_patch" in opts else opts["patch_size"]
-    overlap = opts["latent_overlap"] if "latent_overlap" in opts else opts["overlap"]
-    return int(patch), int(overlap)
-
-
 def grid_overlay(image: Path, dest: Path, settings: dict[str, Any], factor: int) -> Path:
     """A transparent PNG with the latent patch grid's outlines (pixels) for the report's overlay."""
     from PIL import Image, ImageDraw
 
+    from pathup.metrics.seam import grid_from_sidecar
     from pathup.sample.grid import patch_grid
 
     with Image.open(image) as im:
         w, h = im.size
-    patch, overlap = latent_grid_of(settings)
+    patch_px, stride_px, f = grid_from_sidecar(settings)  # the latent grid, older option names accepted
+    patch, overlap = patch_px // f, (patch_px - stride_px) // f
     boxes = patch_grid(-(-h // factor), -(-w // factor), patch, overlap)
     over = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     draw = ImageDraw.Draw(over)
