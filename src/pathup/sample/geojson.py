@@ -89,14 +89,9 @@ def _ring_area(ring: Sequence[tuple[float, float]]) -> float:
 
 
 def _inside(pt: tuple[float, float], ring: Sequence[tuple[float, float]]) -> bool:
-    x, y = pt
-    hit = False
-    n = len(ring)
-    for i in range(n):
-        (x0, y0), (x1, y1) = ring[i], ring[(i + 1) % n]
-        if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
-            hit = not hit
-    return hit
+    from pathup.sample.layout_files import _contains  # the even-odd test the region files use
+
+    return bool(_contains(np.asarray(ring, float), np.asarray([pt], float))[0])
 
 
 def region_polygons(region: np.ndarray, xedges: np.ndarray, yedges: np.ndarray) -> list[list[list[list[int]]]]:
