@@ -40,7 +40,7 @@ example:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pathup.data.prepare import PrepareConfig  # light: no torch
+    from pathup.data.prepare_config import PrepareConfig  # light: not the tiling pipeline
 
     p = subparsers.add_parser(
         "prepare", help="tile RoIs or whole-slide images into a training dataset",
