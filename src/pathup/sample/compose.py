@@ -128,7 +128,5 @@ class ComposeOutput:
 
 
 # The one-image and folder halves live in their own modules; their names stay importable from here.
-from pathup.sample.regional import (ComposeImage, class_embeddings, compose_image, compose_overview,  # noqa: E402,F401
-                                    latent_labels, make_layout, soft_masks)
-from pathup.sample.compose_folder import (ComposeResult, compose_to_folder, layout_name, output_paths,  # noqa: E402,F401
-                                          write_outputs)
+from pathup.sample.regional import compose_image, make_layout, soft_masks  # noqa: E402,F401
+from pathup.sample.compose_folder import compose_to_folder  # noqa: E402,F401

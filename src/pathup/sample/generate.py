@@ -38,14 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from pathup.data.generated import (GENERATE_CONFIG, GENERATE_SETTINGS, LEVELS, UPSCALE_CONFIG,  # noqa: F401
-                                   GeneratedImage, class_dirname, read_generated)
+from pathup.data.generated import (GENERATE_CONFIG, GENERATE_SETTINGS, UPSCALE_CONFIG,  # noqa: F401 - read
+                                   GeneratedImage, class_dirname, read_generated)  # from here too
 from pathup.errors import OptionError, PathUpError
 from pathup.sample.config import SampleConfig, validate
-from pathup.sample.resume import (NEUTRAL_OPTIONS, check_class_folder, check_upscale_target,  # noqa: F401
-                                  class_folder, clear_class_folder, is_done, model_key, settings_difference,
-                                  settings_fingerprint, settle_class_folder, stored_fingerprint,
-                                  upscale_fingerprint)
+from pathup.sample.resume import (check_class_folder, check_upscale_target, class_folder, is_done,  # noqa: F401
+                                  settings_fingerprint, settle_class_folder, stored_fingerprint)
 
 if TYPE_CHECKING:
     from pathup.sample.pipeline import PathUpPipeline

@@ -39,8 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pathup.errors import OptionError, PathUpError
-from pathup.sample.batching import (AUTO_MAX_PATCHES, auto_patch_batch, balanced_batch,  # noqa: F401  (re-exported)
-                                    resolve_patch_batch)
+from pathup.sample.batching import auto_patch_batch, balanced_batch, resolve_patch_batch  # noqa: F401 (re-exported)
 from pathup.sample.denoisers import Denoiser, RegionDenoiser, StepMode, guided_denoiser  # noqa: F401
 from pathup.sample.grid import PatchBox, patch_grid
 from pathup.sample.step_noise import CanvasNoise, _step_kwargs, canvas_step_noise  # noqa: F401
