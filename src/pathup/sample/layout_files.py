@@ -81,16 +81,17 @@ def read_label_image(path: str | Path, legend: str | Path | dict | None = None, 
         with Image.open(path) as img:
             img.load()
             mode = img.mode
+            legend_map = None if legend is None else legend if isinstance(legend, dict) else read_legend(legend)
             if mode in ("1", "L", "I", "I;16", "I;16B", "I;16L"):
                 values = np.asarray(img).astype(np.int64)  # (h, w) ids
                 channels = 1
-            elif mode == "P" and (legend is not None and _legend_kind(legend, path) == "id"):
+            elif mode == "P" and (legend_map is not None and _legend_kind(legend_map) == "id"):
                 values = np.asarray(img).astype(np.int64)  # palette indices as ids
                 channels = 1
             else:
                 rgb = np.asarray(img.convert("RGB")).astype(np.int64)  # (h, w, 3)
                 if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]) and (
-                        legend is None or _legend_kind(legend, path) == "id"):
+                        legend_map is None or _legend_kind(legend_map) == "id"):
                     values, channels = rgb[..., 0], 1
                 else:
                     values, channels = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], 3
@@ -117,9 +118,8 @@ def read_label_image(path: str | Path, legend: str | Path | dict | None = None, 
         colours: dict[str, Colour] = {}
         labels = values.astype(np.int32)
         return _finish(labels, classes, colours, str(path), model_classes)
-    legend_map = legend if isinstance(legend, dict) else read_legend(legend)
     legend_name = "legend" if isinstance(legend, dict) else f"legend {legend}"
-    kind = _legend_kind(legend_map, path)
+    kind = _legend_kind(legend_map)
     if kind == "colour" and channels == 1 and not _all_grey(legend_map):
         raise PathUpError(f"{legend_name} gives colours but {where} has one channel of ids; "
                           "give ids in the legend (class: 3)")
@@ -155,9 +155,7 @@ def _all_grey(legend: dict) -> bool:
     return all(isinstance(v, tuple) and v[0] == v[1] == v[2] for v in legend.values())
 
 
-def _legend_kind(legend: Any, path: Path) -> str:
-    if not isinstance(legend, dict):
-        legend = read_legend(legend)
+def _legend_kind(legend: dict) -> str:
     return "id" if all(isinstance(v, int) for v in legend.values()) else "colour"
 
 
