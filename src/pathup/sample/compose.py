@@ -68,11 +68,9 @@ class ComposeConfig(SampleConfig):
 
 
 def validate(cfg: ComposeConfig) -> ComposeConfig:
-    """Every generation option (``pathup.sample.config.validate``) and the layout options."""
-    from pathup.config import validate as validate_fields
-
+    """Every generation option (``pathup.sample.config.validate``, which also checks the layout options'
+    ranges: it validates every field of the config it is given) and the layout shape."""
     validate_sample(cfg)
-    validate_fields(cfg)
     if cfg.layout_shape not in ("voronoi", "blob"):
         raise OptionError("layout_shape", f"must be voronoi or blob, got {cfg.layout_shape!r}")
     return cfg

@@ -147,7 +147,6 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
         ``total``, the same for ``generate`` at this size, ``ratio`` and ``upscale_ratio`` to it, and
         ``patches_by_classes``: how many latent patches see 1, 2, ... classes).
     """
-    import copy
 
     from pathup.sample.grid import patch_grid
     from pathup.sample.tracking import RegionDenoiser, img2img_timesteps
@@ -171,7 +170,7 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
     # What plain generation at this size costs: 1 + 1 evaluations per patch and step with guidance.
     per = 2 if cfg.guidance > 1.0 else 1
     boxes = patch_grid(hl, wl, cfg.latent_patch, cfg.latent_overlap)
-    n_steps = len(img2img_timesteps(copy.deepcopy(pipe.fresh_scheduler(cfg.scheduler)), cfg.steps, cfg.strength))
+    n_steps = len(img2img_timesteps(pipe.fresh_scheduler(cfg.scheduler), cfg.steps, cfg.strength))
     sched = pipe.fresh_scheduler(cfg.scheduler)
     sched.set_timesteps(cfg.steps)
     gen_overview = per * len(sched.timesteps)
