@@ -19,8 +19,8 @@ from pathup.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-# options that fix what a run trains: a resumed run must keep them
-FIXED = ("model", "fel_proj_dim", "ema", "train_text_encoder", "prediction_type", "zero_terminal_snr")
+# options that fix what a run trains: a resumed run must keep them (``model``: ``check_model``, before loading)
+FIXED = ("fel_proj_dim", "ema", "train_text_encoder", "prediction_type", "zero_terminal_snr")
 
 
 def checkpoint_to_resume(run: Path, resume: bool) -> Path | None:
@@ -53,7 +53,7 @@ def check_state(state: dict[str, Any], table, cfg: TrainConfig, run: Path) -> No
                           "(--no-patho-align or --levels changed); use a new --out")
     for key in FIXED:
         if state["config"].get(key) != getattr(cfg, key):
-            raise PathUpError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the checkpoint's "
+            raise OptionError(key, f"{getattr(cfg, key)} differs from the checkpoint's "
                               f"{state['config'].get(key)}; resume with the same value or use a new --out")
     if (state["config"].get("fel_beta", 0) > 0) != (cfg.fel_beta > 0):
         raise PathUpError("the feature entropy loss is on in one of the checkpoint and this run and off in the "
