@@ -52,13 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_library_progress_bars() -> None:
-    """Hide diffusers'/transformers' own 'Loading weights' bars; PathUp shows its own progress."""
-    from pathup.progress import set_library_bars
-
-    set_library_bars(False)
-
-
 def _os_error_line(err: OSError) -> str:
     """``[Errno 28] No space left on device: 'x'`` -> ``No space left on device: x`` (one line, naming the path)."""
     what = err.strerror or str(err) or type(err).__name__
@@ -106,7 +99,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
         for name in ("tifffile", "tiffslide"):  # their warnings about a damaged file repeat our one-line error
             logging.getLogger(name).setLevel(logging.ERROR)
-        _quiet_library_progress_bars()
+        from pathup.progress import set_library_bars
+
+        set_library_bars(False)  # diffusers'/transformers' own 'Loading weights' bars; PathUp shows its own
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
