@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from pathup.config import save_config, to_dict
-from pathup.data.cut import CutParams, missing_scale, scan_source, write_source
+from pathup.data.cut import CutParams, missing_scale, scan_source, tile_mpp, write_source
 from pathup.data.manifest import SPLITS, level_mpp, write_dataset_info, write_manifest
 from pathup.data.prepare_config import PrepareConfig, check_config, level_specs, load_descriptions
 from pathup.data.prepare_state import fingerprint_settings, open_state, remove_stale_temp_files
@@ -255,7 +255,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareSummary:
             log.warning("class(es) %s have no tiles in the train split (all went to val/test); "
                         "'pathup train' refuses them", ", ".join(repr(c) for c in no_train))
         write_manifest(out, rows, extra_columns=("tissue", "mpp"))
-        mpp, note = level_mpp(rows, levels, nominal={s.name: s.size * cfg.target_mpp / s.tile_size for s in specs}
+        mpp, note = level_mpp(rows, levels, nominal={s.name: tile_mpp(s, cfg.target_mpp) for s in specs}
                               if cfg.target_mpp is not None else None)
         table = PromptTable(classes=classes, levels=levels, descriptions=descriptions)
         info = {"classes": classes, "levels": levels, "descriptions": descriptions, "tile_size": cfg.tile_px,
