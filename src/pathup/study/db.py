@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import secrets
 import sqlite3
 import threading
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Iterator
 
 from pathup.errors import PathUpError
+
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: refused in names, blanked in reports
 
 SCHEMA_VERSION = 1
 MIN_SCORE, MAX_SCORE = 1, 10
@@ -255,8 +258,8 @@ class StudyDB:
         name = name.strip()
         if not name or len(name) > 200:
             raise PathUpError("rater name must be 1 to 200 characters")
-        if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
-            shown = "".join(ch if ord(ch) >= 32 and not 127 <= ord(ch) < 160 else f"\\x{ord(ch):02x}" for ch in name)
+        if CONTROL_CHARS.search(name):
+            shown = CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
             raise PathUpError(f"rater name '{shown}' has control characters "
                               "(escape sequences, tabs, newlines); use plain text")
         token = secrets.token_urlsafe(32)

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from pathup.io import atomic_write_text
-from pathup.study.db import Rating, StudyDB
+from pathup.study.db import CONTROL_CHARS, Rating, StudyDB
 
 
 @dataclass(frozen=True)
@@ -167,14 +167,13 @@ def build_report(db: StudyDB) -> StudyReport:
 
 # ANSI escape sequences (CSI ... final byte, OSC ... BEL/ST, two-byte ESC x) and any other control character.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def plain_text(value: object) -> str:
     """``value`` safe to print on a terminal: ANSI escapes removed, other control characters (newlines,
     tabs included) shown as a space."""
-    return _CONTROL.sub(" ", _ANSI.sub("", str(value)))
+    return CONTROL_CHARS.sub(" ", _ANSI.sub("", str(value)))
 
 
 def markdown_cell(value: object) -> str:
