@@ -72,13 +72,15 @@ def read_settings(image_path: str | Path) -> dict[str, Any]:
     if path.suffix.lower() == ".png" and path.is_file():
         from PIL import Image
 
-        from pathup.io import _pil_limit, image_size, max_image_pixels
+        from pathup.io import _bomb_error, _pil_limit, max_image_pixels
 
-        image_size(path)  # header only: an unreadable file or a bomb PIL would refuse is a PathUpError
-        try:
-            with _pil_limit(max_image_pixels()), Image.open(path) as img:
+        limit = max_image_pixels()
+        try:  # the header only: an unreadable file or a bomb PIL refuses is a PathUpError (as in image_size)
+            with _pil_limit(limit), Image.open(path) as img:
                 text = img.info.get(SETTINGS_KEY)  # chunks before the pixel data; ``img.text`` would decode
-        except (OSError, SyntaxError, ValueError) as err:
+        except Image.DecompressionBombError as err:
+            raise _bomb_error(path, err, limit, None) from None
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
             raise PathUpError(f"cannot read image {path}: {err}") from None
         if isinstance(text, str) and text:
             return _loads(text, path)
