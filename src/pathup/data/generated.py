@@ -48,9 +48,12 @@ def read_generated(root: str | Path) -> list[GeneratedImage]:
 
     root = Path(root)
     folder_class: dict[Path, str | None] = {}
+    folder_marked: dict[Path, bool] = {}
 
-    def marked(folder: Path) -> bool:
-        return (folder / GENERATE_CONFIG).is_file() or (folder / GENERATE_SETTINGS).is_file()
+    def marked(folder: Path) -> bool:  # looked up once per folder, not per image
+        if folder not in folder_marked:
+            folder_marked[folder] = (folder / GENERATE_CONFIG).is_file() or (folder / GENERATE_SETTINGS).is_file()
+        return folder_marked[folder]
 
     def class_of(folder: Path) -> str | None:
         if folder not in folder_class:
