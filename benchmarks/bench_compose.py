@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 
-def stripe_layout(classes, ids, width, height):
+def stripe_layout(classes, ids):
     from pathup.sample.layout import PALETTE, Layout
 
     k = len(classes)
@@ -75,7 +75,6 @@ def main() -> None:
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
-    import torch
     from PIL import Image
 
     from pathup.metrics.seam import seam_score
@@ -94,7 +93,7 @@ def main() -> None:
     crop = args.crop or pipe.ldm.resolution
     feather_px = feather_width(cfg) * f
     margin = args.margin + feather_px // 2
-    layout = stripe_layout(classes, ids, width, height)
+    layout = stripe_layout(classes, ids)
     labels = resize_labels(layout.labels, width, height)
     borders = sorted({int(x) for x in np.nonzero(labels[0, 1:] != labels[0, :-1])[0] + 1})
     stripe = borders[0] if borders else width
@@ -102,7 +101,8 @@ def main() -> None:
     t_comp = t_gen = 0.0
     unet = []
     seams = {"border": {"compose": [], "single": []}, "grid": {"compose": [], "single": []}}
-    patch_px, stride_px = cfg.patch_size * f, (cfg.patch_size - cfg.overlap) * f
+    patch_px, stride_px = cfg.latent_patch * f, (cfg.latent_patch - cfg.latent_overlap) * f
+    crops = {cls: interior_crops(labels, i, crop, margin) for i, cls in enumerate(classes)}  # per class, once
     for seed in range(args.seeds):
         t0 = time.perf_counter()
         comp = compose_image(pipe, layout, cfg, seed)
@@ -111,8 +111,8 @@ def main() -> None:
         image = np.asarray(comp.image)
         seams["border"]["compose"].append(seam_score(image, stripe, stripe))
         seams["grid"]["compose"].append(seam_score(image, patch_px, stride_px, factor=f))
-        for i, cls in enumerate(classes):
-            for (x, y) in interior_crops(labels, i, crop, margin):
+        for cls in classes:
+            for (x, y) in crops[cls]:
                 d = work / "regions" / cls
                 d.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image[y:y + crop, x:x + crop]).save(d / f"s{seed}_{x}_{y}.png")
@@ -122,7 +122,7 @@ def main() -> None:
             t_gen += time.perf_counter() - t0
             seams["border"]["single"].append(seam_score(single, stripe, stripe))
             seams["grid"]["single"].append(seam_score(single, patch_px, stride_px, factor=f))
-            for (x, y) in interior_crops(labels, i, crop, margin):
+            for (x, y) in crops[cls]:
                 d = work / "single" / cls
                 d.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(single[y:y + crop, x:x + crop]).save(d / f"s{seed}_{x}_{y}.png")
@@ -139,23 +139,20 @@ def main() -> None:
         "seam": {kind: {src: float(np.nanmean(v)) for src, v in d.items()} for kind, d in seams.items()},
     }
     if args.data:
-        try:
-            # Class-consistency metric of the class-learning work (pathup.metrics.consistency.measure).
-            from pathup.metrics.consistency import measure
-        except ImportError:  # pragma: no cover - TODO(bench_compose): metric not landed yet
-            result["class_consistency"] = "TODO: pathup.metrics.consistency.measure is not available"
-        else:
-            res = measure(args.data, [work / "regions", work / "single"], level="patch", features=args.features,
-                          device="cpu" if args.device == "auto" and not torch.cuda.is_available() else
-                          ("cuda" if args.device == "auto" else args.device))
-            sets = res["sets"]
-            reg, sgl = sets[str(work / "regions")], sets[str(work / "single")]
-            result["class_consistency"] = {
-                "regions": reg["generated"]["accuracy"], "single_class": sgl["generated"]["accuracy"],
-                "ceiling_real_heldout": reg["real_heldout"]["accuracy"], "chance": reg["chance"],
-                "points_below_single_class": 100.0 * (sgl["generated"]["accuracy"] - reg["generated"]["accuracy"]),
-                "per_class_regions": reg["generated"]["per_class"], "per_class_single": sgl["generated"]["per_class"],
-                "crops": {"regions": reg["images"], "single": sgl["images"]}}
+        # Class-consistency of the class-learning work (pathup.metrics.consistency.measure).
+        from pathup.device import resolve_device
+        from pathup.metrics.consistency import measure
+
+        res = measure(args.data, [work / "regions", work / "single"], level="patch", features=args.features,
+                      device=str(resolve_device(args.device)))
+        sets = res["sets"]
+        reg, sgl = sets[str(work / "regions")], sets[str(work / "single")]
+        result["class_consistency"] = {
+            "regions": reg["generated"]["accuracy"], "single_class": sgl["generated"]["accuracy"],
+            "ceiling_real_heldout": reg["real_heldout"]["accuracy"], "chance": reg["chance"],
+            "points_below_single_class": 100.0 * (sgl["generated"]["accuracy"] - reg["generated"]["accuracy"]),
+            "per_class_regions": reg["generated"]["per_class"], "per_class_single": sgl["generated"]["per_class"],
+            "crops": {"regions": reg["images"], "single": sgl["images"]}}
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
