@@ -186,8 +186,9 @@ def upscale_size(cfg: ExperimentConfig, info: dict[str, Any]) -> int:
     return size
 
 
-def validate(cfg: ExperimentConfig) -> None:
-    """Check every option that can be checked before any work starts (PathUpError, one line)."""
+def validate(cfg: ExperimentConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Check every option that can be checked before any work starts (PathUpError, one line); returns the
+    parsed ``compare`` and ``upscaler`` options (``parse_compare``, ``upscaler_names``)."""
     from pathup.config import validate as validate_fields
 
     validate_fields(cfg)  # finite floats and the fields' ranges
@@ -197,8 +198,7 @@ def validate(cfg: ExperimentConfig) -> None:
     from pathup.model.ldm import make_scheduler
 
     make_scheduler(cfg.scheduler)  # raises with the allowed names
-    parse_compare(cfg.compare)
-    upscaler_names(cfg.upscaler)
+    return parse_compare(cfg.compare), upscaler_names(cfg.upscaler)
 
 
 def _identity(cfg: ExperimentConfig) -> dict[str, Any]:

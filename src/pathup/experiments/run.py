@@ -40,8 +40,8 @@ from typing import Any
 
 from pathup.errors import PathUpError
 from pathup.experiments.arms import train_arm, train_options
-from pathup.experiments.config import (ExperimentConfig, check_out, dataset_info, parse_compare, slug, tile_px,
-                                       upscale_size, upscaler_names, validate)
+from pathup.experiments.config import (ExperimentConfig, check_out, dataset_info, slug, tile_px, upscale_size,
+                                       validate)
 from pathup.experiments.makers import Counts, bicubic_images, generate_arm, patch_prompts, upscaler_images
 from pathup.experiments.plan import evaluate_job, plan_evaluations, table_orders
 
@@ -58,10 +58,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     from pathup.io import atomic_write_text
 
     cfg = dataclasses.replace(cfg, tables=sorted(set(cfg.tables)))
-    validate(cfg)
+    compare, upscalers = validate(cfg)
     info = dataset_info(cfg)
-    compare = parse_compare(cfg.compare)
-    upscalers = upscaler_names(cfg.upscaler)
     opts = train_options(cfg)
     classes = list(cfg.classes) or list(info["classes"])
     if len(classes) * cfg.images_per_class < 4:
