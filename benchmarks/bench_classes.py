@@ -1,22 +1,28 @@
-"""Does a model trained by ``pathup train`` follow its class prompt? Class-consistency, measured.
+"""Does a model trained by ``pathup train`` make tissue of its class? Autoencoder, class-following, measured.
 
 Prepares a shipped sample (Kather 2016 colorectal by default, or BreakHis) with a held-out split by
-slide / patient, trains the ``tiny`` model with ``pathup train``'s defaults (``--train-arg`` overrides
-one option, for experiments), generates overviews per class at several guidance scales, and reports:
+slide / patient, or takes a prepared dataset (``--dataset``, e.g. the 1,200 Kather development tiles),
+trains the ``tiny`` model with ``pathup train``'s defaults (``--train-arg`` overrides one option), generates
+overviews per class at several guidance scales, and reports against real held-out tiles:
 
-* class-consistency: a classifier trained on the real training tiles predicts the class of every
-  generated overview; accuracy overall and per class, beside the same classifier's accuracy on the
-  held-out real tiles (the ceiling) and chance;
-* per-class mean colour of generated vs real overviews (Pearson r over classes x RGB);
-* the targets of the class-learning issue: generated >= 80 % of the ceiling, >= 6 of 8 classes above
-  3x chance (Kather), colour r >= 0.8, guidance 3 above guidance 1.
+* the autoencoder's ceiling (``RUN/autoencoder.json``): PSNR, CIEDE2000, border / centre error, and the
+  class-consistency of its reconstructions beside the real tiles;
+* the validation curve of the run (``RUN/validation.jsonl``: class-consistency and Frechet distance vs step),
+  as ``OUT/curve.png``;
+* class-consistency of the generated overviews with texture-aware features (the run's domain encoder,
+  ``RUN/encoder``, trained on the real training tiles) and colour-only ones (``color-stats``) side by side,
+  each beside its real ceiling, per class;
+* the targets of the tissue issue: autoencoder PSNR >= 28 dB, CIEDE2000 <= 3, border <= 1.2 x centre,
+  reconstructions >= 0.9 x the real tiles' class-consistency (texture-aware); generated >= 0.8 x the real
+  ceiling (texture-aware) with every class above 3 x chance.
 
-Usage (about 10-15 minutes on 2 CPU cores):
+Usage (2 CPU cores: 20-60 minutes, depending on the data set and where ``--max-steps auto`` stops):
     python benchmarks/bench_classes.py --out runs/bench_classes
+    python benchmarks/bench_classes.py --dataset data/kather1200 --out runs/bench_k1200
     python benchmarks/bench_classes.py --sample breakhis --out runs/bench_classes_breakhis
     python benchmarks/bench_classes.py --out runs/x --train-arg lr=1e-3 --train-arg max_steps=1500
     python benchmarks/bench_classes.py --model runs/bench_classes/run/model --out runs/again   # no training
-Writes OUT/classes.json and OUT/classes.md.
+Writes OUT/classes.json, OUT/classes.md and OUT/curve.png.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_classes"))
     ap.add_argument("--sample", default="kather", choices=["kather", "breakhis"])
+    ap.add_argument("--dataset", type=Path, default=None, help="a prepared dataset (manifest.csv with a held-out "
+                                                               "split) instead of the shipped sample")
     ap.add_argument("--model", type=Path, default=None, help="a trained model folder (skips prepare + train "
                                                              "unless --dataset is missing)")
     ap.add_argument("--base", type=Path, default=None,
@@ -87,7 +95,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=10, help="generated overviews per class and guidance")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.5])
     ap.add_argument("--steps", type=int, default=20, help="sampling steps")
-    ap.add_argument("--features", default="color-stats", help="features of the class classifier")
+    ap.add_argument("--features", nargs="+", default=["auto", "color-stats"],
+                    help="features of the class classifier (auto: the run's domain encoder RUN/encoder)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -108,7 +117,7 @@ def main() -> None:
                                                            unet={**registry.MODEL_SIZES["tiny"].unet, **over})
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    dataset = out / "dataset"
+    dataset = args.dataset or out / "dataset"
     times = {}
     t0 = time.perf_counter()
     if not (dataset / "manifest.csv").is_file():
@@ -133,33 +142,83 @@ def main() -> None:
     t0 = time.perf_counter()
     folders = [generate(model, out / "generated", g, args.per_class, args.steps, args.seed) for g in args.guidance]
     times["generate_s"] = time.perf_counter() - t0
-    res = measure(dataset, folders, level="overview", features=args.features, seed=args.seed)
+    run = model.parent
+    features = [str(run / "encoder") if f == "auto" else f for f in args.features]
+    res = measure(dataset, folders, level="overview", features=features, seed=args.seed)
     res["times"] = times
     res["train_config"] = {k: str(v) for k, v in dataclasses.asdict(cfg.resolved()).items()} if cfg else None
     res["model"] = str(model)
     res["guidance"] = args.guidance
-
-    lines = [f"# Class-consistency: {args.sample} sample, model {model}", "",
-             f"features {args.features}; classifier trained on {res['real_tiles']['train']} real "
-             f"'{res['train_split']}' overview tiles, ceiling on {res['real_tiles']['heldout']} held-out "
-             f"'{res['heldout_split']}' tiles; {args.per_class} generated overviews per class, {args.steps} DDIM steps",
-             "", "| set | accuracy | ceiling | ratio | classes > 3x chance | colour r | "
-             + " | ".join(res["sets"][str(folders[0])]["classes"]) + " |",
-             "|---" * (6 + len(res["sets"][str(folders[0])]["classes"])) + "|"]
-    first = None
-    for g, f in zip(args.guidance, folders):
-        r = res["sets"][str(f)]
-        first = first or r
-        lines.append(f"| guidance {g:g} | {r['generated']['accuracy']:.3f} | {r['real_heldout']['accuracy']:.3f} | "
-                     f"{r['ratio']:.2f} | {len(r['above_3x_chance'])}/{len(r['classes'])} | {r['colour_r']:.3f} | "
-                     + " | ".join(f"{r['generated']['per_class'][c]:.2f}" for c in r["classes"]) + " |")
-    lines.append(f"| real held-out (ceiling) | {first['real_heldout']['accuracy']:.3f} | | | | | "
-                 + " | ".join(f"{first['real_heldout']['per_class'][c]:.2f}" for c in first["classes"]) + " |")
-    lines += ["", f"chance {first['chance']:.3f}; times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())]
-    text = "\n".join(lines) + "\n"
+    res["autoencoder"] = json.loads((run / "autoencoder.json").read_text()) if (run / "autoencoder.json").is_file() \
+        else None
+    res["curve"] = curve(run / "validation.jsonl", out / "curve.png")
+    text = report(args, res, folders, model)
     (out / "classes.md").write_text(text)
     (out / "classes.json").write_text(json.dumps(res, indent=2, default=float))
     print(text)
+
+
+def curve(history: Path, png: Path) -> list[dict] | None:
+    """The run's validation records (step, class-consistency and FD per feature set), plotted to ``png``."""
+    if not history.is_file():
+        return None
+    recs = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    rows = [{"step": r["step"], **{f"{k}_{m}": v[m] for k, v in r["features"].items() for m in ("accuracy", "fd")},
+             **{f"{k}_ceiling": v["ceiling"] for k, v in r["features"].items()}} for r in recs]
+    if rows:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        for k in recs[0]["features"]:
+            name = Path(k).name if "/" in k else k
+            steps = [r["step"] for r in rows]
+            line, = a1.plot(steps, [r[f"{k}_accuracy"] for r in rows], "o-", label=f"generated ({name})")
+            a1.axhline(rows[0][f"{k}_ceiling"], color=line.get_color(), ls="--", label=f"real ceiling ({name})")
+            a2.plot(steps, [r[f"{k}_fd"] for r in rows], "o-", label=name)
+        a1.set_xlabel("step"), a1.set_ylabel("class-consistency"), a1.legend(fontsize=7), a1.grid(alpha=0.3)
+        a2.set_xlabel("step"), a2.set_ylabel("Frechet distance to held-out tiles"), a2.set_yscale("log")
+        a2.legend(fontsize=7), a2.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+    return rows
+
+
+def report(args, res: dict, folders: list[Path], model: Path) -> str:
+    """The Markdown report: autoencoder, generated vs ceiling per feature set, targets."""
+    lines = [f"# Tissue and class-following: {args.dataset or args.sample + ' sample'}, model {model}", ""]
+    ae = res.get("autoencoder")
+    if ae:
+        lines += ["## Autoencoder on held-out tiles", "",
+                  f"{ae['images']} '{ae['split']}' tiles: PSNR {ae['psnr']:.2f} dB (target >= 28), CIEDE2000 "
+                  f"{ae['ciede2000']:.2f} (<= 3), border/centre error {ae['border_ratio']:.2f} (<= 1.2), "
+                  f"SSIM {ae['ssim']:.3f}", ""]
+        for spec, r in ae.get("consistency", {}).items():
+            lines.append(f"- class-consistency ({Path(spec).name if '/' in spec else spec}): reconstructions "
+                         f"{r['reconstructed']:.3f} vs real {r['real']:.3f}, ratio {r['ratio']:.2f} (target >= 0.9)")
+        lines.append("")
+    for feat, per in res["by_features"].items():
+        name = Path(feat).name if "/" in feat else feat
+        first = per["sets"][str(folders[0])]
+        classes = first["classes"]
+        lines += [f"## Class-consistency of generated overviews, {name} features", "",
+                  f"classifier trained on {per['real_tiles']['train']} real '{per['train_split']}' overview tiles, "
+                  f"ceiling on {per['real_tiles']['heldout']} held-out '{per['heldout_split']}' tiles; "
+                  f"{args.per_class} generated overviews per class, {args.steps} DDIM steps", "",
+                  "| set | accuracy | ceiling | ratio | classes > 3x chance | colour r | " + " | ".join(classes) + " |",
+                  "|---" * (6 + len(classes)) + "|"]
+        for g, f in zip(args.guidance, folders):
+            r = per["sets"][str(f)]
+            lines.append(f"| guidance {g:g} | {r['generated']['accuracy']:.3f} | {r['real_heldout']['accuracy']:.3f} | "
+                         f"{r['ratio']:.2f} | {len(r['above_3x_chance'])}/{len(r['classes'])} | {r['colour_r']:.3f} | "
+                         + " | ".join(f"{r['generated']['per_class'][c]:.2f}" for c in classes) + " |")
+        lines += [f"| real held-out (ceiling) | {first['real_heldout']['accuracy']:.3f} | | | | | "
+                  + " | ".join(f"{first['real_heldout']['per_class'][c]:.2f}" for c in classes) + " |", ""]
+    lines += [f"chance {1 / len(classes):.3f}; times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["times"].items())]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return args[0], True
+        if len(args) < len(typing.get_args(tp)):  # Optional[int | Literal["auto"]]: the union without None
+            return typing.Union[tuple(args)], True
     return tp, False
 
 
@@ -65,6 +67,14 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             return None
         raise PathUpError(f"option '{name}' may not be empty")
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # e.g. int | Literal["auto"]: the first member that fits
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        for member in members:
+            try:
+                return _coerce(name, member, value)
+            except PathUpError:
+                continue
+        raise PathUpError(f"option '{name}' got {value!r}; allowed: {' or '.join(_member_text(m) for m in members)}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -98,6 +108,13 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     if tp is Path:
         return Path(value)
     return value
+
+
+def _member_text(tp: Any) -> str:
+    """How an error names one member of a union type: ``an int``, ``'auto'``."""
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a text", bool: "true or false"}.get(tp, str(tp))
 
 
 def _hints(cls: type) -> dict[str, Any]:

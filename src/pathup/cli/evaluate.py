@@ -4,6 +4,7 @@ images."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "IP, IR, FID, KID, a seam score and class-consistency between real and synthetic images"
 DESCRIPTION = ("Compare a synthetic image set with a real one (PathUp paper section 4.3). Writes OUT (JSON), a "
@@ -24,6 +25,13 @@ def run(args: argparse.Namespace) -> int:
     from pathup.metrics.evaluate import EvaluateConfig, evaluate, metrics_markdown
 
     cfg = config_from_args(EvaluateConfig, args)
-    print(metrics_markdown(evaluate(cfg)), end="")
+    result = evaluate(cfg)
+    if cfg.reconstruction:
+        from pathup.metrics.judge import reconstruction_markdown
+
+        print(reconstruction_markdown(result), end="")
+        print(f"wrote {cfg.out} and the real | reconstruction strip {Path(cfg.out).with_suffix('.png')}")
+        return 0
+    print(metrics_markdown(result), end="")
     print(f"wrote {cfg.out}")
     return 0

@@ -36,7 +36,7 @@ class EvaluateConfig:
 
     data: str = option(help="real images: a prepared dataset (folder with manifest.csv, or the CSV itself) or a "
                             "folder (searched recursively)", metavar="DATASET", aliases=("real",))
-    fake: str = option(help="synthetic images: a folder or a prepared dataset/manifest", metavar="FAKE")
+    fake: str | None = option(None, "synthetic images: a folder or a prepared dataset/manifest", metavar="FAKE")
     out: str = option("metrics.json", "output JSON; a Markdown table (.md) and the resolved config (.config.yaml) "
                                       "go beside it")
     level: Literal["overview", "patch"] = option("overview", "overview: resize whole images to --overview-size; "
@@ -78,6 +78,13 @@ class EvaluateConfig:
               "per-class colour (default: on when DATASET is a prepared dataset with a held-out split and FAKE "
               "has class folders)")
     progress: bool = option(True, "show progress bars")
+    reconstruction: bool = option(False, "measure --model's autoencoder instead of synthetic images: encode and decode "
+                                         "DATASET's --split tiles (every level) at their own size: PSNR, SSIM, CIEDE2000, border error, class-consistency "
+                                         "of the reconstructions beside the real tiles; writes OUT, its .md and a "
+                                         "real | reconstruction strip OUT.png")
+    model: str | None = option(None, "with --reconstruction: a model folder (diffusers, e.g. RUN/model), a VAE folder "
+                                     "or a hub id whose autoencoder is measured", metavar="MODEL")
+    max_tiles: int = option(256, "with --reconstruction: at most this many tiles", min=1)
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -167,6 +174,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from pathup.metrics.report import mean_std, summarize_runs
 
     validate(cfg)  # every option in its range (the fields' metadata), before any work
+    if cfg.reconstruction:
+        return _reconstruction(cfg)
+    if cfg.fake is None:
+        raise OptionError("fake", "is required: the synthetic images (or --reconstruction with --model)")
     if cfg.num_samples and cfg.num_samples <= cfg.k:
         raise OptionError("num_samples", f"{cfg.num_samples} must exceed --k {cfg.k} (or be 0 for all)")
     out = Path(cfg.out)
@@ -238,6 +249,32 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         result["class_consistency"] = cc
     _write_result(cfg, out, result)
     return result
+
+
+def _reconstruction(cfg: EvaluateConfig) -> dict[str, Any]:
+    """``--reconstruction``: ``pathup.metrics.judge.evaluate_reconstruction`` of ``--model`` on ``--data``."""
+    from pathup.config import save_config, to_dict
+    from pathup.device import resolve_device
+    from pathup.io import atomic_write_text
+    from pathup.metrics.judge import COLOUR_FEATURES, evaluate_reconstruction, reconstruction_markdown, save_png
+
+    if cfg.model is None:
+        raise OptionError("model", "is required with --reconstruction: the model (or VAE) whose autoencoder is measured")
+    out = Path(cfg.out)
+    if out.suffix.lower() != ".json":
+        raise OptionError("out", f"{out}: expected a .json file name")
+    features = [] if cfg.class_consistency is False else list(dict.fromkeys([cfg.features, COLOUR_FEATURES]))
+    report, picture = evaluate_reconstruction(cfg.model, cfg.data, split=cfg.split, level=None,
+                                              features=features, features_weights=cfg.features_weights,
+                                              max_tiles=cfg.max_tiles, device=str(resolve_device(cfg.device)),
+                                              seed=cfg.seed)
+    report["config"] = to_dict(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=2, allow_nan=True, default=float) + "\n")
+    atomic_write_text(out.with_suffix(".md"), reconstruction_markdown(report))
+    save_png(picture, out.with_suffix(".png"))
+    save_config(cfg, out.with_suffix(".config.yaml"))
+    return report
 
 
 def _class_consistency(cfg: EvaluateConfig, device: str, out: Path) -> dict[str, Any] | None:

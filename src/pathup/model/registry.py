@@ -66,9 +66,8 @@ MODEL_SIZES: dict[str, ModelSize] = {
         ),
         text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   max_position_embeddings=77, projection_dim=64),
-        # what fits the demo's CPU budget (about 6 minutes of training on 2 cores) and learns the classes
-        # of the shipped Kather sample (benchmarks/bench_classes.py)
-        train=dict(max_steps=1000, vae_steps=600),
+        # the UNet trains until validation stops improving (--max-steps auto); benchmarks/bench_classes.py
+        train=dict(vae_steps=600),
     ),
     "small": ModelSize(
         name="small", resolution=256,

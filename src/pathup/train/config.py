@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pathup.config import accepts_aliases, option
 
@@ -38,8 +38,14 @@ class TrainConfig:
     patho_align: bool = option(True, "prompts from class and level (--no-patho-align: class-only prompts, one bank "
                                      "vector per class, tiles of every selected level; the paper's ablation)")
     # optimisation
-    max_steps: Optional[int] = option(None, "optimizer steps (default: 1000 for tiny, 2000 for other sizes built from "
-                                            "scratch, 50000 fine-tuning)", min=1)
+    max_steps: Optional[Union[int, Literal["auto"]]] = option(
+        None, "optimizer steps, or auto: validate every --val-every steps and stop once the validation measure has "
+              "not improved for --patience validations, at most --max-epochs epochs (default: auto from scratch, "
+              "50000 fine-tuning)", min=1, metavar="N|auto")
+    max_epochs: float = option(40.0, "with --max-steps auto: the cap, in epochs of the training tiles (at least "
+                                     "--min-steps, at most 100000 steps)", min=0, min_exclusive=True)
+    min_steps: int = option(1000, "with --max-steps auto: train at least this many steps before stopping", min=0)
+    patience: int = option(4, "with --max-steps auto: stop after this many validations without improvement", min=1)
     batch_size: Optional[int] = option(None, "tiles per device per micro-batch (default: 8 from scratch, 4 fine-tuning)", min=1)
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step", min=1)
     lr: Optional[float] = option(None, "AdamW learning rate (default: 2e-4 from scratch, 5e-6 fine-tuning)", min=0, min_exclusive=True)
@@ -82,6 +88,19 @@ class TrainConfig:
     vae_lr: float = option(5e-4, "autoencoder learning rate", min=0, min_exclusive=True)
     vae_kl_weight: float = option(1e-6, "KL weight of the autoencoder loss", min=0)
     vae_crop: int = option(64, "train the autoencoder on random crops of this size (0 = whole tiles)", metavar="PX", min=0)
+    vae_eval_tiles: int = option(256, "held-out tiles the autoencoder is measured on after its stage (PSNR, SSIM, "
+                                      "CIEDE2000, border error, class-consistency; RUN/autoencoder.json)", min=0)
+    # validation during training (pathup.train.validation)
+    val_split: str = option("auto", "held-out split to validate on (auto: val when the dataset has one, else test; "
+                                    "none: no validation)")
+    val_every: Optional[int] = option(None, "validate every N steps: sample --val-per-class images per class, "
+                                            "class-consistency and Frechet distance against the held-out split, "
+                                            "best EMA weights kept (0 = off; default: 250 from scratch, 0 fine-tuning "
+                                            "unless --max-steps auto)", min=0)
+    val_per_class: int = option(6, "images per class sampled at each validation", min=1)
+    val_features: str = option("auto", "features of the validation measure (auto: a domain encoder trained on the "
+                                        "run's training tiles, RUN/encoder; or any 'pathup evaluate --features' "
+                                        "extractor); color-stats is reported beside them")
     allow_empty_classes: bool = option(False, "train even when a class of the dataset has no tiles in --split (the model "
                                               "then advertises a class it never saw)")
     progress: bool = option(True, "show progress bars")
@@ -113,9 +132,20 @@ class TrainConfig:
         # From scratch: a trained text encoder, v-prediction and a zero-terminal-SNR schedule are what let a
         # small model follow its class prompt within minutes (benchmarks/bench_classes.py; see the README).
         fill = {"train_text_encoder": s, "prediction_type": "v_prediction" if s else None,
-                "zero_terminal_snr": True if s else None, "max_steps": 2000 if s else 50000,
+                "zero_terminal_snr": True if s else None, "max_steps": "auto" if s else 50000,
                 "vae_steps": 600 if s else 0, "batch_size": 8 if s else 4, "lr": 2e-4 if s else 5e-6,
                 "lr_warmup_steps": 100 if s else 0, "ema_decay": 0.999 if s else 0.9999}
         if s:
             fill.update(MODEL_SIZES[self.model].train)
+        auto = (self.max_steps or fill["max_steps"]) == "auto"
+        fill["val_every"] = 250 if s else (1000 if auto else 0)
         return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+
+    def step_cap(self, n_tiles: int, world: int = 1) -> int:
+        """The number of steps to run: ``max_steps``, or for ``auto`` the cap of ``max_epochs`` epochs of
+        ``n_tiles`` tiles (at least ``min_steps``, at most 100,000): the run stops earlier when validation
+        says so, and runs the whole cap when it cannot validate (no held-out split, ``val_every`` 0)."""
+        if self.max_steps != "auto":
+            return int(self.max_steps)
+        per_step = self.batch_size * self.grad_accum * world
+        return int(min(100_000, max(self.min_steps, round(self.max_epochs * n_tiles / per_step))))

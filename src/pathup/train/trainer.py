@@ -45,6 +45,7 @@ from pathup.train.base import load_model
 from pathup.train.config import TrainConfig
 from pathup.train.data import StepBatches, dataset_mpp, loader, random_flips, step_generator
 from pathup.train.ema import TrainEMA, averaged_weights
+from pathup.train.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Trainer:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=acc.device.type == "cuda")
         name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
         self.lr_sched = get_scheduler(name, opt, num_warmup_steps=cfg.lr_warmup_steps,
-                                      num_training_steps=cfg.max_steps)
+                                      num_training_steps=self.max_steps)
         trained = [unet] + ([self.head] if self.head is not None else []) + \
             ([ldm.text_encoder] if cfg.train_text_encoder else [])
         prepared = acc.prepare(*trained, opt)
@@ -232,10 +233,15 @@ class Trainer:
         self.ldm, tiles, base = load_model(acc, cfg, run)
         self.table = tiles.table
         self.mpp = dataset_mpp(cfg.data)
+        self.max_steps = cfg.step_cap(len(tiles), acc.num_processes)
         if state is not None:
             resume.check_state(state, self.table, cfg, run)
         if acc.is_main_process:
             save_config(cfg, run / "config.yaml")
+        self.validation = Validation(self, tiles) if acc.is_main_process else None
+        if cfg.max_steps == "auto" and not cfg.val_every:
+            log.warning("--max-steps auto without validation (--val-every 0): training the whole cap of %d steps",
+                        self.max_steps)
         ldm = self.ldm
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision, torch.float32)
         self.latent_size = tiles.tiles.size // ldm.vae_scale_factor if tiles.tiles.size else ldm.unet.config.sample_size
@@ -255,33 +261,43 @@ class Trainer:
                 raise PathUpError(f"cannot load checkpoint {ckpt}: {str(err).splitlines()[0]}") from None
             start = int(state["step"])
             log.info("resumed from %s (step %d)", ckpt, start)
-        if start >= cfg.max_steps:
-            log.info("the checkpoint is at step %d >= --max-steps %d: nothing to train", start, cfg.max_steps)
+        if start >= self.max_steps:
+            log.info("the checkpoint is at step %d >= --max-steps %d: nothing to train", start, self.max_steps)
 
         losses = LossLog(acc, cfg, run)
         losses.start(start)
-        sampler = StepBatches(len(tiles), cfg.batch_size, cfg.grad_accum, cfg.seed, start, cfg.max_steps,
+        if self.validation is not None:
+            self.validation.start(start)
+        sampler = StepBatches(len(tiles), cfg.batch_size, cfg.grad_accum, cfg.seed, start, self.max_steps,
                               acc.process_index, acc.num_processes)
         batches = iter(loader(tiles, sampler, cfg.num_workers))
         last_saved = start if ckpt is not None else -1
-        with tqdm(total=cfg.max_steps, initial=start, desc="train", dynamic_ncols=True,
+        final_step = max(start, self.max_steps)
+        with tqdm(total=self.max_steps, initial=start, desc="train", dynamic_ncols=True,
                   disable=not (acc.is_main_process and cfg.progress)) as bar:
-            for step in range(start, cfg.max_steps):
+            for step in range(start, self.max_steps):
                 last = self._train_step(step, batches)
                 bar.update(1)
                 bar.set_postfix(L_r=f"{last['l_r']:.4f}", L_e=f"{last['l_e']:.3f}", lr=f"{last['lr']:.2e}")
                 done = step + 1
-                if done % cfg.log_every == 0 or done == cfg.max_steps:
+                if done % cfg.log_every == 0 or done == self.max_steps:
                     losses.log(done, last)
                 if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process:
                     self._sample_grid(done)
-                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                stop = False
+                if cfg.val_every and (done % cfg.val_every == 0 or done == self.max_steps):
+                    stop = self._validate(done)
+                if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or stop:
                     self._save_checkpoint(done, base)
                     last_saved = done
-        final_step = max(start, cfg.max_steps)
+                if stop:
+                    final_step = done
+                    bar.write(f"stopped at step {done}: no better validation measure in the last {cfg.patience} "
+                              f"validations (best at step {self.validation.history.best['step'] if self.validation else '?'})")
+                    break
         if last_saved != final_step:
             self._save_checkpoint(final_step, base)
-        if acc.is_main_process and cfg.sample_every and final_step % cfg.sample_every:
+        if acc.is_main_process and cfg.sample_every and final_step % cfg.sample_every and final_step > start:
             self._sample_grid(final_step)
         out = run / "model"
         if acc.is_main_process:
@@ -324,6 +340,41 @@ class Trainer:
             legend.write_text(json.dumps({"rows": table.classes, "columns": table.levels or ["class only"],
                                           "prompts": prompts}, indent=2))
 
+    def _validate(self, step: int) -> bool:
+        """Validate on the main process (``Validation.run``); True (on every process) when --max-steps auto stops."""
+        stop = False
+        if self.validation is not None:
+            target = self._ema_target()
+            was_training = target.training
+            target.eval()
+            try:
+                with averaged_weights(self.ema, target), torch.no_grad():
+                    stop = self.validation.run(step, self._sample_images, target)
+            finally:
+                target.train(was_training)
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            stop = bool(broadcast(torch.tensor([int(stop)], device=self.acc.device)).item())
+        return stop and self.cfg.max_steps == "auto"
+
+    def _sample_images(self, prompts: list[str], per_prompt: int, seed: int) -> torch.Tensor:
+        """``per_prompt`` images of each prompt from the current weights (DDIM, ``--guidance``): (N, 3, R, R)."""
+        from pathup.train.sampling import ddim_sample
+
+        unet = self.acc.unwrap_model(self.unet)
+        emb_table = self._prompt_embeddings()  # (P + 1, L, D)
+        cond = emb_table[[self.prompt_index[p] for p in prompts for _ in range(per_prompt)]]  # (N, L, D)
+        out = []
+        for i in range(0, len(cond), 16):
+            with self.acc.autocast():
+                lat = ddim_sample(unet, self.ldm.scheduler, cond[i:i + 16], emb_table[self.empty_index][None],
+                                  (unet.config.in_channels, self.latent_size, self.latent_size),
+                                  steps=self.cfg.sample_steps, guidance_scale=self.cfg.guidance,
+                                  generator=torch.Generator().manual_seed(seed + i))
+                out.append(self.ldm.decode_latents(lat.to(self.weight_dtype)).float().cpu())  # (b, 3, R, R)
+        return torch.cat(out)
+
     def _save_checkpoint(self, step: int, base: str) -> None:
         state = {"step": step, "base": base, "prompts": self.table.to_dict(), "config": to_dict(self.cfg),
                  "fel_dim": self.bank.dim if self.bank is not None else None, "format": "pathup-train/1"}
@@ -335,6 +386,8 @@ class Trainer:
         unet = self.acc.unwrap_model(self.unet)
         unet = getattr(unet, "_orig_mod", unet)
         with averaged_weights(self.ema, self._ema_target()):
+            if self.validation is not None:
+                self.validation.load_best(self._ema_target())
             if self.weight_dtype != torch.float32:  # the frozen parts were cast down: save the originals
                 frozen = load_ldm(base)
                 vae, text_encoder = frozen.vae, frozen.text_encoder

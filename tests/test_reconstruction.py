@@ -1,0 +1,187 @@
+"""What an autoencoder keeps of real tiles: the reconstruction metrics against hand-computed values and
+scikit-image, batch invariance, ``pathup evaluate --reconstruction``, and the autoencoder report and
+validation that ``pathup train`` writes (best EMA weights saved as the model, ``--max-steps auto``)."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pathup.errors import PathUpError
+from pathup.metrics.reconstruction import border_ratio, per_image, reconstruct, strip, summarise
+
+
+def _tiles(n=3, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(40, 215, (n, size, size, 3)).astype(np.uint8)
+
+
+def test_psnr_ssim_ciede_against_hand_computed_values():
+    real = _tiles()
+    off = (real.astype(int) + 10).astype(np.uint8)  # every value 10 higher: MSE 100
+    vals = per_image(real, off)
+    assert np.allclose(vals["psnr"], 20 * math.log10(255 / 10), atol=1e-9)
+    same = per_image(real, real)
+    assert np.all(np.isinf(same["psnr"])) and np.allclose(same["ssim"], 1) and np.allclose(same["ciede2000"], 0)
+    # a uniform grey shift: CIEDE2000 equals scikit-image's on the Lab values of the two greys
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    a = np.full((1, 20, 20, 3), 120, np.uint8)
+    b = np.full((1, 20, 20, 3), 130, np.uint8)
+    ref = deltaE_ciede2000(rgb2lab(a[0, :1, :1]), rgb2lab(b[0, :1, :1]))[0, 0]
+    assert per_image(a, b)["ciede2000"][0] == pytest.approx(ref, rel=1e-9)
+    # greys differ only in lightness: CIEDE2000 is then the S_L-weighted lightness difference (Sharma et al. 2005)
+    la, lb = rgb2lab(a[0, :1, :1])[0, 0, 0], rgb2lab(b[0, :1, :1])[0, 0, 0]
+    lbar = (la + lb) / 2
+    s_l = 1 + 0.015 * (lbar - 50) ** 2 / math.sqrt(20 + (lbar - 50) ** 2)
+    assert ref == pytest.approx(abs(lb - la) / s_l, abs=1e-3)
+
+
+def test_border_ratio_by_hand():
+    real = np.full((2, 20, 20, 3), 100, np.uint8)
+    recon = real.copy()
+    recon[0] += 4  # uniform error: ratio 1
+    recon[1] += 1
+    recon[1, :3] += 1  # error 2 in the top 3 rows (inside a 3 px border), 1 elsewhere
+    r = border_ratio(real, recon, border=3)
+    assert r[0] == pytest.approx(1.0)
+    n_border = 20 * 20 - 14 * 14
+    top = 3 * 20
+    assert r[1] == pytest.approx((2 * top + (n_border - top)) / n_border)
+    with pytest.raises(PathUpError, match="border must be"):
+        border_ratio(real, recon, border=10)
+    with pytest.raises(PathUpError, match="one shape"):
+        per_image(real, recon[:1])
+
+
+def test_summarise_per_class_and_strip():
+    real = _tiles(4)
+    recon = np.clip(real.astype(int) + np.array([0, 5, 10, 20])[:, None, None, None], 0, 255).astype(np.uint8)
+    res = summarise(real, recon, ["a", "a", "b", "b"], border=4)
+    assert res["images"] == 4 and set(res["per_class"]) == {"a", "b"}
+    assert math.isfinite(res["psnr"])  # the exact copy (infinite PSNR) is left out of the mean
+    assert res["per_class"]["b"]["psnr"] < res["per_class"]["a"]["psnr"]
+    assert strip(real, recon, 2).shape == (64, 64, 3)
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                         norm_num_groups=4, sample_size=32).eval()
+
+
+def test_reconstruction_does_not_depend_on_the_batch_size():
+    vae = _tiny_vae()
+    imgs = _tiles(5)
+    one = reconstruct(vae, imgs, batch_size=1)
+    many = reconstruct(vae, imgs, batch_size=5)
+    assert one.shape == imgs.shape and one.dtype == np.uint8
+    diff = np.abs(one.astype(int) - many.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01  # float summation order only (rounding to uint8)
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory, sample_breakhis):
+    """The test-suite's BreakHis dataset (micro size, 64 px) with one patient per class held out as 'test'."""
+    from test_train import make_dataset
+
+    root = make_dataset(tmp_path_factory.mktemp("rec") / "ds", sample_breakhis, ["fibroadenoma", "ductal_carcinoma"])
+    rows = list(csv.DictReader(open(root / "manifest.csv")))
+    last = {r["class"]: r["patient"] for r in rows}
+    for r in rows:
+        r["split"] = "test" if r["patient"] == last[r["class"]] else "train"
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_evaluate_reconstruction_cli(tmp_path, heldout, capsys):
+    from pathup.cli import main
+
+    vae_dir = tmp_path / "vae"
+    _tiny_vae().save_pretrained(vae_dir)
+    out = tmp_path / "rec.json"
+    assert main(["evaluate", "--reconstruction", "--model", str(vae_dir), "--data", str(heldout), "--features",
+                 "random-cnn", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    assert res["images"] > 0 and res["tile_px"] == 64 and res["downsampling"] == 2
+    assert set(res["consistency"]) == {"random-cnn", "color-stats"}
+    assert out.with_suffix(".png").is_file() and "PSNR" in out.with_suffix(".md").read_text()
+    # one-line errors: no model, a folder that is not a model, a split the dataset does not have
+    assert main(["evaluate", "--reconstruction", "--data", str(heldout), "--out", str(out)]) == 2
+    assert "--model is required" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", "--reconstruction", "--model", str(tmp_path / "empty"), "--data", str(heldout), "--out",
+                 str(out)]) == 2
+    assert "neither a diffusers model folder" in capsys.readouterr().err
+    assert main(["evaluate", "--reconstruction", "--model", str(vae_dir), "--data", str(heldout), "--split", "val",
+                 "--out", str(out), "--features", "random-cnn"]) == 2
+    assert "no such split" in capsys.readouterr().err
+
+
+def test_training_reports_the_autoencoder_and_saves_the_best_validated_weights(tmp_path, heldout):
+    from safetensors.torch import load_file
+
+    from pathup.train import TrainConfig, train
+    from test_train import FAST
+
+    run = tmp_path / "run"
+    model = train(TrainConfig(data=heldout, out=run, max_steps=6, val_every=2, val_per_class=2,
+                              val_features="random-cnn", vae_eval_tiles=8, **FAST))
+    ae = json.loads((run / "autoencoder.json").read_text())
+    assert ae["images"] == 8 and ae["split"] == "test" and "random-cnn" in ae["consistency"]
+    assert (run / "samples" / "autoencoder.png").is_file()
+    recs = [json.loads(x) for x in (run / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [2, 4, 6]
+    assert set(recs[0]["features"]) == {"random-cnn", "color-stats"}
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert best["step"] == max(recs, key=lambda r: (r["score"], -r["step"]))["step"]
+    kept = load_file(str(run / "best" / "weights.safetensors"))
+    saved = load_file(str(model / "unet" / "diffusion_pytorch_model.safetensors"))
+    kept = {k.removeprefix("unet."): v for k, v in kept.items() if k.startswith("unet.")}
+    assert kept and all(torch.equal(saved[k].float(), v) for k, v in kept.items())
+    # the saved model folder's autoencoder measures the same through evaluate --reconstruction (its vae/ subfolder)
+    from pathup.metrics.judge import evaluate_reconstruction
+
+    again, _ = evaluate_reconstruction(model, heldout, features=[], max_tiles=8)
+    assert again["psnr"] == pytest.approx(ae["psnr"], abs=1e-6) and again["latent_channels"] == 4
+
+
+def test_max_steps_auto_stops_when_validation_stops_improving(tmp_path, heldout, monkeypatch):
+    from pathup.train import TrainConfig, train, validation
+    from test_train import FAST
+
+    scores = iter([0.5, 0.4, 0.3, 0.9, 0.9])  # best at the first validation, then two worse: stop at step 6
+    monkeypatch.setattr(validation, "score_of", lambda result, spec: next(scores))
+    run = tmp_path / "auto"
+    cfg = TrainConfig(data=heldout, out=run, max_steps="auto", min_steps=0, patience=2, max_epochs=50, val_every=2,
+                      val_per_class=1, val_features="random-cnn", vae_eval_tiles=0, **FAST)
+    assert cfg.resolved().step_cap(120) == 3000
+    train(cfg)
+    recs = [json.loads(x) for x in (run / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [2, 4, 6]
+    assert json.loads((run / "best" / "best.json").read_text())["step"] == 2
+    assert (run / "checkpoints" / "checkpoint-00000006").is_dir()
+
+
+def test_max_steps_option_takes_a_number_or_auto(capsys):
+    from pathup.config import from_dict
+    from pathup.train import TrainConfig
+
+    assert from_dict(TrainConfig, {"max_steps": "auto"}).max_steps == "auto"
+    assert from_dict(TrainConfig, {"max_steps": "1500"}).max_steps == 1500
+    with pytest.raises(PathUpError, match="allowed: an integer or 'auto'"):
+        from_dict(TrainConfig, {"max_steps": "soon"})
+    with pytest.raises(PathUpError, match="max_steps must be at least 1"):
+        from_dict(TrainConfig, {"max_steps": 0})
+    assert TrainConfig(data="d", out="o").resolved().max_steps == "auto"
+    assert TrainConfig(data="d", out="o", model="some/folder").resolved().max_steps == 50000
