@@ -148,9 +148,11 @@ def test_sample_package_exports_the_compose_api_lazily():
     import sys
 
     import pathup.sample as sample
-    from pathup.sample.compose import ComposeConfig, compose_to_folder
+    from pathup.sample.compose_folder import compose_to_folder
+    from pathup.sample.config import ComposeConfig
     from pathup.sample.generate import class_dirname, read_generated
-    from pathup.sample.layout import Layout, load_layout, random_layout
+    from pathup.sample.layout import Layout, random_layout
+    from pathup.sample.layout_files import load_layout
 
     assert sample.ComposeConfig is ComposeConfig and sample.compose_to_folder is compose_to_folder
     assert sample.Layout is Layout and sample.load_layout is load_layout and sample.random_layout is random_layout

@@ -118,3 +118,47 @@ def test_every_module_and_lazy_name_imports_in_a_fresh_interpreter():
     assert sum(1 for k in results if k.startswith("from ")) > 50  # the lazy faces were read
     failed = {k: out for k, (code, out) in results.items() if code}
     assert not failed, "\n".join(f"{k}:\n{out}" for k, out in failed.items())
+
+
+def _module_imports(path: Path, modules: set[str]) -> set[str]:
+    """The ``pathup`` modules a file imports, also inside functions (not under ``if TYPE_CHECKING``)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in
+                   ast.unparse(node.test) for stmt in node.body for n in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pathup"):
+            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                      for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pathup")}
+    return found & modules
+
+
+def test_no_import_cycle_between_modules():
+    """No module reaches itself through imports, counting those inside functions (a lazy import that
+    closes a cycle works only while every caller keeps the order that hides it)."""
+    files = {name: ROOT.parent.joinpath(*name.split(".")) for name in package_modules()}
+    files = {name: p / "__init__.py" if p.is_dir() else p.with_suffix(".py") for name, p in files.items()}
+    graph = {name: {d for d in _module_imports(p, set(files)) if d != name and not name.startswith(d + ".")}
+             for name, p in files.items()}
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join(path[path.index(dep):] + [node, dep]) if dep in path else f"{node} -> {dep}")
+            elif dep not in state:
+                visit(dep, path + [node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+    assert cycles == []

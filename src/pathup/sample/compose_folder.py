@@ -13,13 +13,15 @@ import numpy as np
 
 from pathup.errors import PathUpError
 from pathup.io import safe_name
-from pathup.sample.compose import COMPOSE_CONFIG, ComposeConfig, validate
-from pathup.sample.config import parse_size, stored_options
-from pathup.sample.regional import ComposeImage, _resize, compose_image, make_layout
+from pathup.sample.config import ComposeConfig, parse_size, stored_options, validate
+from pathup.sample.layout import resize_labels
+from pathup.sample.regional import ComposeImage, compose_image, make_layout
 
 if TYPE_CHECKING:
     from pathup.sample.layout import Layout
     from pathup.sample.pipeline import PathUpPipeline
+
+COMPOSE_CONFIG = "compose_config.yaml"
 
 
 @dataclass
@@ -182,7 +184,8 @@ def write_outputs(comp: ComposeImage, paths: dict[str, Path], settings: dict[str
     from PIL import Image
 
     from pathup.io import atomic_path, atomic_write_text
-    from pathup.sample.layout import colour_mask, geojson_regions, overlay
+    from pathup.sample.geojson import geojson_regions
+    from pathup.sample.layout import colour_mask, overlay
     from pathup.sample.generate import save_with_scale
     from pathup.sample.writers import save_png
 
@@ -194,7 +197,7 @@ def write_outputs(comp: ComposeImage, paths: dict[str, Path], settings: dict[str
         else:
             Image.fromarray(mask.astype(np.uint16), "I;16").save(tmp, format="PNG")
     pw, ph = _preview_size(width, height, preview_size)
-    small = _resize(comp.labels, pw, ph)
+    small = resize_labels(comp.labels, pw, ph)
     with atomic_path(paths["mask_colour"]) as tmp:
         Image.fromarray(colour_mask(small, comp.layout), "RGB").save(tmp, format="PNG")
     image = np.asarray(comp.image)

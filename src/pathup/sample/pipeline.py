@@ -36,7 +36,7 @@ from pathup.prompts import build_prompt
 from pathup.sample.config import (SampleConfig, check_options, config_from_options, parse_patch_batch, parse_size,
                                   stored_options, validate)
 from pathup.sample.grid import patch_grid
-from pathup.sample.overview import generate_overview, text_embeddings
+from pathup.sample.overview import generate_overview, text_embeddings, to_pil
 from pathup.sample.scale import model_mpp, output_mpp
 from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
 from pathup.sample.vae_tiling import decode_tiled, encode_tiled
@@ -54,22 +54,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise PathUpError(f"unknown dtype {name!r}; allowed: auto, {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def _to_pil(image: Any) -> "Image.Image":  # noqa: F821
-    from PIL import Image
-
-    from pathup.io import to_rgb8
-
-    if isinstance(image, Image.Image):
-        return to_rgb8(image)
-    if isinstance(image, torch.Tensor):  # (1, 3, H, W) or (3, H, W) in [0, 1]
-        t = image[0] if image.ndim == 4 else image
-        image = (t.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise PathUpError(f"expected an RGB image (PIL, uint8 (H, W, 3) or a [0, 1] tensor), got {arr.dtype} {arr.shape}")
-    return Image.fromarray(arr, "RGB")
 
 
 def _older_names(given: dict[str, Any], latent_patch: int, latent_overlap: int) -> tuple[int, int]:
@@ -204,7 +188,7 @@ class PathUpPipeline(DiffusionPipeline):
         img = generate_overview(self.ldm, text, scheduler=self.fresh_scheduler(scheduler), steps=steps,
                                 guidance=guidance, seed=seed, negative_prompt=negative_prompt,
                                 progress=self.progress)
-        return _to_pil(img)
+        return to_pil(img)
 
     def upscale(self, image: Any, class_name: str | None = None, *, prompt: str | None = None,
                 size: Any = 2048, seed: int = 0, steps: int = 50, guidance: float = 7.5,
@@ -242,7 +226,7 @@ class PathUpPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "latent"):
             raise PathUpError(f"unknown output_type {output_type!r}; allowed: pil, np, latent")
         f = ldm.vae_scale_factor
-        ref = _to_pil(image).resize((width, height), Image.BICUBIC)
+        ref = to_pil(image).resize((width, height), Image.BICUBIC)
         hp, wp = math.ceil(height / f) * f, math.ceil(width / f) * f
         pixels = np.pad(np.asarray(ref), ((0, hp - height), (0, wp - width), (0, 0)), mode="symmetric")
         tile, tile_overlap = self.vae_tiles(vae_tile, vae_overlap)
@@ -329,7 +313,7 @@ class PathUpPipeline(DiffusionPipeline):
                 ref = self.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
                                     scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
             out.images.append(self.upscale_with(ref, prompts["patch"], cfg, seed, output_type=output_type))
-            out.overviews.append(_to_pil(ref))
+            out.overviews.append(to_pil(ref))
             out.settings.append(self.settings(class_name, cfg, seed=seed, prompts=prompts,
                                               source="generated" if image is None else "given"))
         return out

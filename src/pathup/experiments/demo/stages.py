@@ -132,7 +132,8 @@ def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]
     written["uniform"] = str(upscale_one(pipe, scfg, classes[0], gen / "uniform", weight_map="uniform"))
     # A mixed-tissue image from a random class map (pathup compose), with its label mask.
     if cfg.compose_classes >= 2:
-        from pathup.sample.compose import ComposeConfig, compose_to_folder
+        from pathup.sample.compose_folder import compose_to_folder
+        from pathup.sample.config import ComposeConfig
 
         ccfg = ComposeConfig(**{**dataclasses.asdict(scfg), "random_layout": min(cfg.compose_classes, len(classes)),
                                 "region_size": max(64, cfg.size // 2), "layout_shape": "blob"})
