@@ -197,6 +197,10 @@ def test_mask_equals_resized_layout_and_files(pipe, tmp_path):
     again = compose_to_folder(pipe, out, cfg, layout=tmp_path / "map.png", legend=tmp_path / "legend.yaml",
                               progress=False)
     assert again.written == [] and again.skipped == [out / "map_s3.png"]
+    # patch_batch never changes the image, so it does not stop a resume (generate's rule too).
+    again = compose_to_folder(pipe, out, ComposeConfig(**dict(OPTIONS, size="96x64", patch_batch="1")),
+                              layout=tmp_path / "map.png", legend=tmp_path / "legend.yaml", progress=False)
+    assert again.written == [] and again.skipped == [out / "map_s3.png"]
     with pytest.raises(PathUpError, match="another model, layout or settings"):
         compose_to_folder(pipe, out, ComposeConfig(**dict(OPTIONS, size="96x64", steps=4)),
                           layout=tmp_path / "map.png", legend=tmp_path / "legend.yaml", progress=False)

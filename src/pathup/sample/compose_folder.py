@@ -13,9 +13,10 @@ import numpy as np
 
 from pathup.errors import PathUpError
 from pathup.io import safe_name
-from pathup.sample.config import ComposeConfig, parse_size, stored_options, validate
+from pathup.sample.config import ComposeConfig, stored_options, validate
 from pathup.sample.layout import resize_labels
 from pathup.sample.regional import ComposeImage, compose_image, make_layout
+from pathup.sample.resume import image_options
 
 if TYPE_CHECKING:
     from pathup.sample.layout import Layout
@@ -54,13 +55,9 @@ def output_paths(out: Path, name: str, seed: int, fmt: str) -> dict[str, Path]:
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    opts = {k: v for k, v in settings.get("options", {}).items() if k not in ("device", "dtype", "num", "overwrite")}
-    if "size" in opts:  # "96" and "96x96" are one size
-        try:
-            opts["size"] = parse_size(opts["size"]).wxh()
-        except PathUpError:
-            pass
-    return {"model": settings.get("model"), "layout": settings.get("layout"), "options": opts}
+    """Model, layout and the image-changing options (``pathup.sample.resume.image_options``, generate's rule)."""
+    return {"model": settings.get("model"), "layout": settings.get("layout"),
+            "options": image_options(settings.get("options", {}))}
 
 
 def _same(have: dict[str, Any], want: dict[str, Any]) -> bool:
@@ -80,7 +77,8 @@ def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, 
     Seeds ``cfg.seed .. cfg.seed + cfg.num - 1`` are shared across processes as in ``pathup generate``
     (process i takes every num_processes-th seed); with ``--random-layout`` each seed also draws its own
     layout. An image whose file and sidecar exist is skipped when it was made with the same model, layout
-    and options; made otherwise it is an error unless ``cfg.overwrite``.
+    and image-changing options (``patch_batch``, ``device``, ``dtype`` may differ, as in ``pathup generate``:
+    ``pathup.sample.resume.image_options``); made otherwise it is an error unless ``cfg.overwrite``.
 
     Args:
         pipe: the pipeline (model already on its device).
