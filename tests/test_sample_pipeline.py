@@ -77,6 +77,32 @@ def test_older_keyword_names_give_the_same_image(pipe, overview):
         pipe.upscale(overview, "benign", patch_px=6, **old_kw)
 
 
+def test_diffusers_argument_names_give_the_same_images(pipe):
+    """Code written for diffusers works: num_inference_steps, guidance_scale, height, width, generator and
+    output_type "pt" mean what steps, guidance, size, seed and "np" mean."""
+    grid = dict(latent_patch=6, latent_overlap=3)
+    ours = pipe("benign", size=(48, 40), seed=5, steps=2, guidance=2.0, output_type="np", **grid)
+    theirs = pipe("benign", width=48, height=40, generator=torch.Generator().manual_seed(5), num_inference_steps=2,
+                  guidance_scale=2.0, output_type="np", **grid)
+    assert ours.images[0].shape == (40, 48, 3) and np.array_equal(ours.images[0], theirs.images[0])
+    assert ours.settings == theirs.settings
+    pt = pipe("benign", width=48, height=40, seed=5, steps=2, guidance_scale=2.0, output_type="pt", **grid).images[0]
+    assert pt.shape == (3, 40, 48) and pt.dtype == torch.float32 and 0 <= pt.min() and pt.max() <= 1
+    assert np.array_equal((pt * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), ours.images[0])
+    # both spellings, equal: accepted; different: one line naming both
+    assert np.array_equal(pipe("benign", size=(48, 40), width=48, seed=5, steps=2, num_inference_steps=2,
+                               guidance=2.0, output_type="np", **grid).images[0], ours.images[0])
+    for given, message in [(dict(steps=2, num_inference_steps=3), "steps=2 and num_inference_steps=3 differ"),
+                           (dict(guidance=2.0, guidance_scale=3.0), "guidance=2.0 and guidance_scale=3.0 differ"),
+                           (dict(seed=1, generator=torch.Generator().manual_seed(2)),
+                            r"seed=1 and generator \(seed 2\) differ"),
+                           (dict(size=(48, 40), height=48), "size=.* and height=48, width=None differ")]:
+        with pytest.raises(PathUpError, match=message):
+            pipe("benign", **given)
+    with pytest.raises(PathUpError, match="allowed: pil, np, pt, latent"):
+        pipe("benign", output_type="tensor")
+
+
 def test_to_returns_the_pipeline_and_moves_its_modules(ldm):
     pipe = PathUpPipeline(build_ldm("tiny", PromptTable(["a"]), seed=0), progress=False)
     assert pipe.to("cpu", torch.float16) is pipe

@@ -33,8 +33,8 @@ from pathup.device import resolve_device
 from pathup.errors import PathUpError
 from pathup.model.ldm import LDM, make_scheduler
 from pathup.prompts import build_prompt
-from pathup.sample.config import (SampleConfig, check_options, config_from_options, parse_patch_batch, parse_size,
-                                  stored_options, validate)
+from pathup.sample.config import (SampleConfig, Size, check_options, config_from_options, parse_patch_batch,
+                                  parse_size, stored_options, validate)
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings, to_pil
 from pathup.sample.scale import model_mpp, output_mpp
@@ -64,11 +64,46 @@ def _older_names(given: dict[str, Any], latent_patch: int, latent_overlap: int) 
     return int(given.get("patch_size", latent_patch)), int(given.get("overlap", latent_overlap))
 
 
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def diffusers_options(options: dict[str, Any], *, num_inference_steps: int | None = None,
+                      guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                      generator: torch.Generator | None = None) -> dict[str, Any]:
+    """``options`` with diffusers' argument names turned into PathUp's (``steps``, ``guidance``, ``size``,
+    ``seed``); None means not given.
+
+    Raises:
+        PathUpError: one line when an option is given in both spellings with different values.
+    """
+    options = dict(options)
+
+    def one(name: str, value: Any, theirs: str) -> None:
+        if name in options and options[name] != value:
+            raise PathUpError(f"{name}={options[name]!r} and {theirs} differ; give one of them")
+        options[name] = value
+
+    if num_inference_steps is not None:
+        one("steps", num_inference_steps, f"num_inference_steps={num_inference_steps!r}")
+    if guidance_scale is not None:
+        one("guidance", guidance_scale, f"guidance_scale={guidance_scale!r}")
+    if generator is not None:
+        one("seed", int(generator.initial_seed()), f"generator (seed {generator.initial_seed()})")
+    if height is not None or width is not None:
+        base = parse_size(options.get("size", SampleConfig.__dataclass_fields__["size"].default))
+        size = Size(base.width if width is None else int(width), base.height if height is None else int(height))
+        if "size" in options and base != size:
+            raise PathUpError(f"size={options['size']!r} and height={height!r}, width={width!r} differ; "
+                              "give one of them")
+        options["size"] = size
+    return options
+
+
 @dataclass
 class PathUpOutput:
     """Result of ``PathUpPipeline.__call__``: one entry per image."""
 
-    images: list[Any]  # PIL images (or uint8 arrays with output_type="np")
+    images: list[Any]  # PIL images (uint8 (H, W, 3) arrays with output_type="np", (3, H, W) tensors with "pt")
     overviews: list[Any]  # the reference overviews (PIL)
     settings: list[dict[str, Any]] = field(default_factory=list)
 
@@ -285,7 +320,9 @@ class PathUpPipeline(DiffusionPipeline):
 
     def __call__(self, class_name: str | None = None, *, prompt: str | None = None,
                  overview_prompt: str | None = None, image: Any = None, num_images: int = 1,
-                 output_type: str = "pil", **options: Any) -> PathUpOutput:
+                 output_type: str = "pil", num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                 generator: torch.Generator | None = None, **options: Any) -> PathUpOutput:
         """Generate ``num_images`` large images of a class (seeds ``seed`` .. ``seed + num_images - 1``).
 
         Args:
@@ -294,12 +331,25 @@ class PathUpPipeline(DiffusionPipeline):
             overview_prompt: overview prompt override.
             image: a reference overview to upscale instead of generating one.
             num_images: number of images.
-            output_type: ``pil`` or ``np``.
+            output_type: ``pil``, ``np`` (uint8 (H, W, 3)), ``pt`` (float32 (3, H, W) in [0, 1], diffusers'
+                layout: ``torch.stack(out.images)`` is its batch) or ``latent``.
+            num_inference_steps, guidance_scale: diffusers' names of ``steps`` and ``guidance``.
+            height, width: diffusers' names of the two sides of ``size`` (a side not given keeps ``size``'s).
+            generator: a ``torch.Generator`` standing for ``seed``: its ``initial_seed()`` is used (as
+                ``torch.Generator().manual_seed(s)`` gives ``s``), so the images are those of that seed.
             **options: any ``SampleConfig`` field (size, seed, steps, guidance, scheduler, strength,
                 latent_patch, latent_overlap, weight_map, patch_batch, step_mode, vae_tile, vae_overlap,
                 negative_prompt, mpp); ``size`` may also be an int or a (width, height) tuple; the older
                 names ``patch_size`` and ``overlap`` are accepted.
+
+        Raises:
+            PathUpError: an invalid option, an unknown ``output_type``, or an option given in both spellings
+                with different values (``steps=30`` and ``num_inference_steps=20``).
         """
+        if output_type not in OUTPUT_TYPES:
+            raise PathUpError(f"unknown output_type {output_type!r}; allowed: {', '.join(OUTPUT_TYPES)}")
+        options = diffusers_options(options, num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale, height=height, width=width, generator=generator)
         cfg = config_from_options(SampleConfig, options, {"num", "format", "device", "dtype", "overwrite"})
         validate(cfg)
         prompts = {"overview": self._resolve_prompt(class_name, overview_prompt, "overview") if image is None else None,
@@ -312,7 +362,11 @@ class PathUpPipeline(DiffusionPipeline):
             if ref is None:
                 ref = self.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
                                     scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
-            out.images.append(self.upscale_with(ref, prompts["patch"], cfg, seed, output_type=output_type))
+            result = self.upscale_with(ref, prompts["patch"], cfg, seed,
+                                       output_type="np" if output_type == "pt" else output_type)
+            if output_type == "pt":
+                result = torch.from_numpy(result).permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1]
+            out.images.append(result)
             out.overviews.append(to_pil(ref))
             out.settings.append(self.settings(class_name, cfg, seed=seed, prompts=prompts,
                                               source="generated" if image is None else "given"))
