@@ -270,6 +270,29 @@ def test_generate_and_upscale_write_the_models_scale(ldm, tmp_path):
     assert Image.open(up).info["dpi"][0] == pytest.approx(25400 / 0.3, rel=1e-3)
 
 
+def test_make_images_writes_the_scale_and_resumes_file_by_file(ldm, tmp_path):
+    """The loop the experiments and the demo share: every file carries its scale (the experiments' images
+    had none); with ``resume`` done files are skipped and a done overview is read back, same pixels."""
+    from pathup.sample.generate import ImageJob, make_images
+
+    pipe = PathUpPipeline.from_pretrained(str(_model_with_mpp(tmp_path, ldm, {"patch": 0.5, "overview": 2.0})),
+                                          progress=False)
+    cfg = SampleConfig(size="64x48", steps=2, latent_patch=8, latent_overlap=4, guidance=2.0)
+    job = ImageJob("benign", 3, tmp_path / "ov.png", {"pyramid": tmp_path / "p.png", "uniform": tmp_path / "u.png"})
+    made = make_images(pipe, cfg, [job], progress=False, extra={"vae_scale_factor": 8})
+    assert made.written == [tmp_path / "ov.png", tmp_path / "p.png", tmp_path / "u.png"] and made.skipped == []
+    for name, mpp, weight_map in [("ov", 2.0, "pyramid"), ("p", 4.0, "pyramid"), ("u", 4.0, "uniform")]:
+        meta = json.loads((tmp_path / f"{name}.json").read_text())
+        assert meta["mpp"] == pytest.approx(mpp) and meta["seed"] == 3 and meta["vae_scale_factor"] == 8
+        assert meta["options"]["weight_map"] == weight_map
+        assert Image.open(tmp_path / f"{name}.png").info["dpi"][0] == pytest.approx(25400 / mpp, rel=1e-3)
+    before = np.asarray(Image.open(tmp_path / "u.png"))
+    (tmp_path / "u.png").unlink()
+    again = make_images(pipe, cfg, [job], resume=True, progress=False)
+    assert again.written == [tmp_path / "u.png"] and again.skipped == [tmp_path / "ov.png", tmp_path / "p.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "u.png")), before)
+
+
 def test_compose_writes_the_scale_and_an_older_model_none(ldm, tmp_path):
     model = str(_model_with_mpp(tmp_path, ldm, {"patch": None, "overview": 1.0}))
     assert main(["compose", "--model", model, "--random-layout", "2", "--out", str(tmp_path / "c"),

@@ -14,7 +14,8 @@
   ``model_card`` writes its README.md on ``save_pretrained``.
 * ``scale``: microns per pixel of generated images from the model's ``pathup.json``.
 * ``generate``: ``generate_to_folder`` / ``upscale_to_file``, the folder layout that ``pathup generate`` /
-  ``pathup upscale`` wrap; ``resume``: what must match for a rerun of a folder to resume.
+  ``pathup upscale`` wrap, and ``make_images``, the one loop (overview, upscale, files with their scale)
+  that it and the experiments share; ``resume``: what must match for a rerun of a folder to resume.
 * ``compose``: the ``compose`` API, mixed-tissue images from a class map;
   ``regional`` (one composed image) and ``compose_folder`` (``compose_to_folder``, that ``pathup compose``
   wraps) are its parts.
@@ -42,8 +43,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=[
     "overview": ["generate_overview"],
     "vae_tiling": ["encode_tiled", "decode_tiled"],
     "writers": ["save_png", "save_tiff", "read_settings"],
-    "generate": ["generate_to_folder", "upscale_to_file", "GenerateResult", "image_paths", "seeds_for_process",
-                 "pending_seeds", "upscale_path", "class_dirname", "read_generated", "GeneratedImage"],
+    "generate": ["generate_to_folder", "upscale_to_file", "make_images", "ImageJob", "GenerateResult", "image_paths",
+                 "seeds_for_process", "pending_seeds", "upscale_path", "class_dirname", "read_generated", "GeneratedImage"],
     "resume": ["is_done"],
     "scale": ["model_mpp", "output_mpp"],
     "compose": ["ComposeOutput"],

@@ -130,10 +130,8 @@ def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, 
         paths = output_paths(out, name, seed, fmt)
         settings = _settings(pipe, cfg, seed, lay, layout, legend, comp.unet)
         settings["files"] = {k: p.name if k != "overview" else f"overview/{p.name}" for k, p in paths.items()}
-        mpp = pipe.image_mpp(cfg)
-        write_outputs(comp, paths, settings, cfg.preview_size,
-                      overview_mpp=None if mpp is None else mpp * cfg.size.width / int(pipe.ldm.resolution))
-        save_with_scale(save_image, comp.image, paths["image"], {**settings, "level": "composed"}, mpp)
+        write_outputs(comp, paths, settings, cfg.preview_size, overview_mpp=pipe.overview_mpp(cfg))
+        save_with_scale(save_image, comp.image, paths["image"], {**settings, "level": "composed"}, pipe.image_mpp(cfg))
         result.written.append(paths["image"])
         result.unet.append(comp.unet)
     return result

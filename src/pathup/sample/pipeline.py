@@ -305,6 +305,13 @@ class PathUpPipeline(DiffusionPipeline):
         MPP x the overview width / the image width (``pathup.sample.scale``); None when unknown."""
         return output_mpp(self.mpp, int(self.ldm.resolution), cfg.size.width, cfg.mpp)
 
+    def overview_mpp(self, cfg: SampleConfig) -> float | None:
+        """Microns per pixel of the overview an image at ``cfg.size`` is upscaled from: ``image_mpp`` x the
+        image width / the overview width (the model's overview MPP unless ``cfg.mpp`` is given); None when
+        unknown."""
+        mpp = self.image_mpp(cfg)
+        return None if mpp is None else mpp * cfg.size.width / int(self.ldm.resolution)
+
     def settings(self, class_name: str | None, cfg: SampleConfig, *, seed: int,
                  prompts: dict[str, str], source: str | None = None) -> dict[str, Any]:
         """Everything needed to reproduce one image (stored beside it; older option names, as before)."""
