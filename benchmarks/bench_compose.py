@@ -78,7 +78,8 @@ def main() -> None:
     from PIL import Image
 
     from pathup.metrics.seam import seam_score
-    from pathup.sample.compose import ComposeConfig, compose_image, feather_width
+    from pathup.sample.config import ComposeConfig, feather_width
+    from pathup.sample.regional import compose_image
     from pathup.sample.config import parse_size
     from pathup.sample.layout import resize_labels
     from pathup.sample.pipeline import PathUpPipeline

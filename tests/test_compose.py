@@ -13,9 +13,12 @@ from pathup.errors import PathUpError
 from pathup.model import build_ldm, save_ldm
 from pathup.prompts import PromptTable
 from pathup.sample import PathUpPipeline, SampleConfig, generate_to_folder
-from pathup.sample.compose import ComposeConfig, compose_to_folder, soft_masks
-from pathup.sample.layout import (Layout, geojson_regions, random_layout, read_label_image, read_region_json,
-                                  resize_labels)
+from pathup.sample.compose_folder import compose_to_folder
+from pathup.sample.config import ComposeConfig
+from pathup.sample.geojson import geojson_regions
+from pathup.sample.layout import Layout, random_layout, resize_labels
+from pathup.sample.layout_files import read_label_image, read_region_json
+from pathup.sample.regional import soft_masks
 
 CLASSES = ["benign", "in situ carcinoma", "stroma"]
 OPTIONS = dict(size="96x80", steps=3, latent_patch=6, latent_overlap=3, guidance=2.0, seed=3)
@@ -193,6 +196,10 @@ def test_mask_equals_resized_layout_and_files(pipe, tmp_path):
     # Rerun: skipped; other settings without --overwrite: a one-line error.
     again = compose_to_folder(pipe, out, cfg, layout=tmp_path / "map.png", legend=tmp_path / "legend.yaml",
                               progress=False)
+    assert again.written == [] and again.skipped == [out / "map_s3.png"]
+    # patch_batch never changes the image, so it does not stop a resume (generate's rule too).
+    again = compose_to_folder(pipe, out, ComposeConfig(**dict(OPTIONS, size="96x64", patch_batch="1")),
+                              layout=tmp_path / "map.png", legend=tmp_path / "legend.yaml", progress=False)
     assert again.written == [] and again.skipped == [out / "map_s3.png"]
     with pytest.raises(PathUpError, match="another model, layout or settings"):
         compose_to_folder(pipe, out, ComposeConfig(**dict(OPTIONS, size="96x64", steps=4)),

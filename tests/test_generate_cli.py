@@ -100,6 +100,34 @@ def test_generate_missing_model(tmp_path, capsys):
     assert "model not found" in capsys.readouterr().err
 
 
+def test_options_are_checked_once_per_call(model_dir, tiny_ldm, tmp_path, monkeypatch):
+    """``pathup generate`` checks its options once (``pathup.sample.config.validate``), before the model loads
+    (it checked them four times); ``generate_to_folder`` called alone checks them once too."""
+    import pathup.config
+    from pathup.sample import PathUpPipeline, SampleConfig, generate_to_folder
+
+    real, calls = pathup.config.validate, []
+
+    def counting(cfg):  # every run of pathup.sample.config.validate checks the fields here once
+        if sys._getframe(1).f_globals["__name__"] == "pathup.sample.config":
+            calls.append(type(cfg).__name__)
+        return real(cfg)
+
+    monkeypatch.setattr(pathup.config, "validate", counting)
+    assert main(["generate", "--model", model_dir, "--class", "benign", "--out", str(tmp_path / "cli"),
+                 "--size", "64", "--num", "2", *FAST]) == 0
+    assert calls == ["SampleConfig"]
+    calls.clear()
+    pipe = PathUpPipeline(tiny_ldm, model_name=model_dir, progress=False)
+    cfg = SampleConfig(size="64", num=2, steps=2, latent_patch=8, latent_overlap=4, guidance=2.0)
+    result = generate_to_folder(pipe, "benign", tmp_path / "api", cfg, progress=False)
+    assert calls == ["SampleConfig"] and len(result.written) == 2
+    # the same images either way
+    for path in result.written:
+        cli = tmp_path / "cli" / path.relative_to(tmp_path / "api")
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(cli)))
+
+
 def test_seeds_are_shared_across_processes():
     from pathup.cli.generate import seeds_for_process
 

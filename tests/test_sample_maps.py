@@ -90,9 +90,21 @@ def test_patch_larger_than_canvas_is_one_patch():
 def test_axis_starts_and_bad_overlap():
     assert axis_starts(10, 4, 2) == [0, 2, 4, 6]
     assert axis_starts(11, 4, 2) == [0, 2, 4, 6, 7]
-    for bad in [(10, 4, 4), (10, 4, -1), (10, 0, 0)]:
-        with pytest.raises(PathUpError):
+    for bad, name in [((10, 4, 4), "latent_overlap"), ((10, 4, -1), "latent_overlap"), ((10, 0, 0), "latent_patch")]:
+        with pytest.raises(PathUpError, match=name) as err:
             axis_starts(*bad)
+        assert "patch_size" not in str(err.value)  # the option's older name
+
+
+def test_one_grid_rule_for_tiles_latent_patches_and_seam_lines():
+    from pathup.data.tiling import grid_starts
+    from pathup.metrics.seam import patch_starts
+
+    for length in (1, 7, 63, 64, 65, 126, 700):
+        for patch, overlap in ((64, 32), (8, 0), (5, 4), (256, 32)):
+            want = axis_starts(length, patch, overlap)
+            assert grid_starts(length, patch, overlap) == want == patch_starts(length, patch, patch - overlap)
+            assert want[0] == 0 and want[-1] == max(0, length - patch)  # the last start aligned to the edge
 
 
 def test_combine_hand_computed():

@@ -77,6 +77,32 @@ def test_older_keyword_names_give_the_same_image(pipe, overview):
         pipe.upscale(overview, "benign", patch_px=6, **old_kw)
 
 
+def test_diffusers_argument_names_give_the_same_images(pipe):
+    """Code written for diffusers works: num_inference_steps, guidance_scale, height, width, generator and
+    output_type "pt" mean what steps, guidance, size, seed and "np" mean."""
+    grid = dict(latent_patch=6, latent_overlap=3)
+    ours = pipe("benign", size=(48, 40), seed=5, steps=2, guidance=2.0, output_type="np", **grid)
+    theirs = pipe("benign", width=48, height=40, generator=torch.Generator().manual_seed(5), num_inference_steps=2,
+                  guidance_scale=2.0, output_type="np", **grid)
+    assert ours.images[0].shape == (40, 48, 3) and np.array_equal(ours.images[0], theirs.images[0])
+    assert ours.settings == theirs.settings
+    pt = pipe("benign", width=48, height=40, seed=5, steps=2, guidance_scale=2.0, output_type="pt", **grid).images[0]
+    assert pt.shape == (3, 40, 48) and pt.dtype == torch.float32 and 0 <= pt.min() and pt.max() <= 1
+    assert np.array_equal((pt * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), ours.images[0])
+    # both spellings, equal: accepted; different: one line naming both
+    assert np.array_equal(pipe("benign", size=(48, 40), width=48, seed=5, steps=2, num_inference_steps=2,
+                               guidance=2.0, output_type="np", **grid).images[0], ours.images[0])
+    for given, message in [(dict(steps=2, num_inference_steps=3), "steps=2 and num_inference_steps=3 differ"),
+                           (dict(guidance=2.0, guidance_scale=3.0), "guidance=2.0 and guidance_scale=3.0 differ"),
+                           (dict(seed=1, generator=torch.Generator().manual_seed(2)),
+                            r"seed=1 and generator \(seed 2\) differ"),
+                           (dict(size=(48, 40), height=48), "size=.* and height=48, width=None differ")]:
+        with pytest.raises(PathUpError, match=message):
+            pipe("benign", **given)
+    with pytest.raises(PathUpError, match="allowed: pil, np, pt, latent"):
+        pipe("benign", output_type="tensor")
+
+
 def test_to_returns_the_pipeline_and_moves_its_modules(ldm):
     pipe = PathUpPipeline(build_ldm("tiny", PromptTable(["a"]), seed=0), progress=False)
     assert pipe.to("cpu", torch.float16) is pipe
@@ -242,6 +268,29 @@ def test_generate_and_upscale_write_the_models_scale(ldm, tmp_path):
     up = tmp_path / "u" / "benign_s0_benign_s0.png"
     assert json.loads(up.with_suffix(".json").read_text())["mpp"] == pytest.approx(0.3)
     assert Image.open(up).info["dpi"][0] == pytest.approx(25400 / 0.3, rel=1e-3)
+
+
+def test_make_images_writes_the_scale_and_resumes_file_by_file(ldm, tmp_path):
+    """The loop the experiments and the demo share: every file carries its scale (the experiments' images
+    had none); with ``resume`` done files are skipped and a done overview is read back, same pixels."""
+    from pathup.sample.generate import ImageJob, make_images
+
+    pipe = PathUpPipeline.from_pretrained(str(_model_with_mpp(tmp_path, ldm, {"patch": 0.5, "overview": 2.0})),
+                                          progress=False)
+    cfg = SampleConfig(size="64x48", steps=2, latent_patch=8, latent_overlap=4, guidance=2.0)
+    job = ImageJob("benign", 3, tmp_path / "ov.png", {"pyramid": tmp_path / "p.png", "uniform": tmp_path / "u.png"})
+    made = make_images(pipe, cfg, [job], progress=False, extra={"vae_scale_factor": 8})
+    assert made.written == [tmp_path / "ov.png", tmp_path / "p.png", tmp_path / "u.png"] and made.skipped == []
+    for name, mpp, weight_map in [("ov", 2.0, "pyramid"), ("p", 4.0, "pyramid"), ("u", 4.0, "uniform")]:
+        meta = json.loads((tmp_path / f"{name}.json").read_text())
+        assert meta["mpp"] == pytest.approx(mpp) and meta["seed"] == 3 and meta["vae_scale_factor"] == 8
+        assert meta["options"]["weight_map"] == weight_map
+        assert Image.open(tmp_path / f"{name}.png").info["dpi"][0] == pytest.approx(25400 / mpp, rel=1e-3)
+    before = np.asarray(Image.open(tmp_path / "u.png"))
+    (tmp_path / "u.png").unlink()
+    again = make_images(pipe, cfg, [job], resume=True, progress=False)
+    assert again.written == [tmp_path / "u.png"] and again.skipped == [tmp_path / "ov.png", tmp_path / "p.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "u.png")), before)
 
 
 def test_compose_writes_the_scale_and_an_older_model_none(ldm, tmp_path):

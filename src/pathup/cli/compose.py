@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of, read_options
-from pathup.sample.compose import ComposeConfig
+from pathup.sample.config import ComposeConfig
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from pathup.errors import PathUpError
-    from pathup.sample.compose import compose_to_folder, validate
+    from pathup.sample.compose_folder import compose_to_folder
+    from pathup.sample.config import validate
     from pathup.sample.generate import check_out_folder
 
     model = model_of(args)

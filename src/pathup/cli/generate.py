@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"pathup generate: all {len(done)} image(s) already in {out}; nothing to do")
         return 0
     pipe = load_pipeline(model, cfg, state)
-    result = generate_to_folder(pipe, args.class_name, out, cfg, **share, progress=state.is_local_main_process)
+    result = generate_to_folder(pipe, args.class_name, out, cfg, **share, progress=state.is_local_main_process,
+                                pending=(todo, done))  # options checked and folder settled above
     skipped = len(result.skipped)
     print(f"pathup generate: wrote {len(result.written)} image(s) to {class_folder(out, args.class_name)}"
           + (f", skipped {skipped} already there" if skipped else ""))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pathup.errors import PathUpError
+from pathup.data.tiling import resize_image
 from pathup.io import max_image_pixels, open_image, to_rgb8
 
 KINDS = ("image", "slide")
@@ -44,15 +45,6 @@ def check_mpp(value: Any, where: str) -> float | None:
     if not (math.isfinite(mpp) and mpp > 0):
         raise PathUpError(f"{where}: microns per pixel must be a positive number, got {value!r}")
     return mpp
-
-
-def _resize(img: "Image.Image", w: int, h: int) -> "Image.Image":  # noqa: F821
-    from PIL import Image
-
-    if img.size == (w, h):
-        return img
-    shrink = w <= img.size[0] and h <= img.size[1]
-    return img.resize((w, h), Image.BOX if shrink else Image.BICUBIC)
 
 
 class SourceReader:
@@ -102,7 +94,7 @@ class ImageReader(SourceReader):
     def read(self, x: int, y: int, w: int, h: int, out_w: int | None = None,
              out_h: int | None = None) -> "Image.Image":  # noqa: F821
         region = self.image.crop((x, y, x + w, y + h))
-        return _resize(region, out_w or w, out_h or h)
+        return resize_image(region, out_w or w, out_h or h)
 
 
 class SlideReader(SourceReader):
@@ -200,7 +192,7 @@ class SlideReader(SourceReader):
             region = to_rgb8(self._slide.read_region((int(x), int(y)), lvl, (rw, rh)))
         except Exception as err:  # noqa: BLE001
             raise PathUpError(f"cannot read slide {self.path} at ({x}, {y}): {err}") from None
-        return _resize(region, out_w, out_h)
+        return resize_image(region, out_w, out_h)
 
 
 def open_reader(path: str | Path, kind: str, max_pixels: int | None = None, *,

@@ -1,5 +1,8 @@
 """Where tiles are cut: the overlapping tile grid and the level resize (PathUp paper 3.1).
 
+``aligned_starts`` is the package's one grid rule (also the sampler's latent patches and the seam
+score's grid lines) and ``resize_image`` its one region resize (also the source readers').
+
 Each spatial level cuts square regions of ``size`` source pixels with ``overlap`` pixels shared by
 neighbours (stride ``size - overlap``) and writes every region at ``tile_size`` pixels:
 
@@ -52,8 +55,24 @@ class LevelSpec:
         return self.size - self.overlap
 
 
+def aligned_starts(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``size`` along an axis of ``length``: ``stride`` apart from 0, the last one
+    aligned to the edge (at ``length - size``); one start, 0, when ``length <= size`` (the axis used whole).
+
+    The one grid rule of the package: tiles cut here, the latent patches of Algorithm 1
+    (``pathup.sample.grid``) and the grid lines the seam score looks at (``pathup.metrics.seam``).
+    Callers check their own arguments (``size`` and ``stride`` at least 1).
+
+    >>> aligned_starts(700, 256, 224)
+    [0, 224, 444]
+    """
+    if length <= size:
+        return [0]
+    return list(range(0, length - size, stride)) + [length - size]
+
+
 def grid_starts(length: int, size: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of ``size`` along an axis of ``length`` pixels.
+    """Start offsets of tiles of ``size`` along an axis of ``length`` pixels (``aligned_starts``).
 
     Stride is ``size - overlap``; there are ``ceil((length - size) / stride) + 1`` tiles and the last one
     ends exactly at ``length``. When ``length <= size`` there is one tile at 0 (the axis is used whole).
@@ -65,11 +84,7 @@ def grid_starts(length: int, size: int, overlap: int) -> list[int]:
         raise PathUpError(f"cannot tile an axis of length {length}")
     if not 0 <= overlap < size:
         raise PathUpError(f"tile overlap must be in [0, size={size}), got {overlap}")
-    if length <= size:
-        return [0]
-    stride = size - overlap
-    n = math.ceil((length - size) / stride) + 1
-    return [i * stride for i in range(n - 1)] + [length - size]
+    return aligned_starts(length, size, size - overlap)
 
 
 def tile_grid(width: int, height: int, size: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -98,14 +113,16 @@ def region_to_tile(region: "Image.Image", spec: LevelSpec, small_tile: SmallTile
         tw = max(1, min(t, round(w * t / spec.size)))
         th = max(1, min(t, round(h * t / spec.size)))
         canvas = Image.new("RGB", (t, t), (255, 255, 255))
-        canvas.paste(_resize(region, tw, th), (0, 0))
+        canvas.paste(resize_image(region, tw, th), (0, 0))
         return canvas
     if small_tile not in ("resize", "pad"):
         raise PathUpError(f"small_tile got {small_tile!r}; allowed: resize, pad")
-    return _resize(region, t, t)
+    return resize_image(region, t, t)
 
 
-def _resize(img: "Image.Image", w: int, h: int) -> "Image.Image":  # noqa: F821
+def resize_image(img: "Image.Image", w: int, h: int) -> "Image.Image":  # noqa: F821
+    """``img`` at ``w x h``: area averaging (``Image.BOX``) when shrinking, bicubic otherwise; as is when
+    already that size. The one resize of regions read from sources (``pathup.data.slides``) and of tiles."""
     from PIL import Image
 
     if img.size == (w, h):

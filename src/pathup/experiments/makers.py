@@ -29,14 +29,6 @@ def seed_of(cfg: ExperimentConfig, seed: int, i: int) -> int:
     return seed * cfg.images_per_class + i
 
 
-def _overview_settings(pipe: Any, cls: str, seed: int, cfg: ExperimentConfig) -> dict[str, Any]:
-    from pathup import __version__
-
-    return {"class": cls, "prompt": pipe.prompts_for(cls)["overview"], "seed": seed, "model": pipe.model_name,
-            "kind": "overview", "options": {"steps": cfg.steps, "guidance": cfg.guidance,
-                                            "scheduler": cfg.scheduler}, "pathup_version": __version__}
-
-
 def latent_grid(cfg: ExperimentConfig, pipe: Any) -> tuple[int, int]:
     """(latent patch, latent overlap) for PathUp upscaling with this model."""
     p = cfg.latent_patch or int(pipe.ldm.unet.config.sample_size)
@@ -56,48 +48,33 @@ def _each_image(cfg: ExperimentConfig, classes: list[str]):
 
 def generate_arm(cfg: ExperimentConfig, model: str | Path, key: str, classes: list[str], size: int,
                  weight_maps: tuple[str, ...], counts: Counts) -> None:
-    """Overviews of every class and seed, each upscaled by PathUp with the given weight maps."""
-    from tqdm.auto import tqdm
-
+    """Overviews of every class and seed, each upscaled by PathUp with the given weight maps
+    (``pathup.sample.generate.make_images``: the images carry their settings and physical scale)."""
     from pathup.sample import PathUpPipeline
     from pathup.sample.config import SampleConfig
-    from pathup.sample.writers import save_png
+    from pathup.sample.generate import ImageJob, make_images
+    from pathup.sample.resume import is_done
 
     root = Path(cfg.out) / "images" / key
-    todo = []
+    jobs = []
     for s, cls, i, name in _each_image(cfg, classes):
-        paths = [root / f"seed{s}" / "overview" / name] + [root / f"seed{s}" / wm / name for wm in weight_maps]
-        if all(p.is_file() for p in paths):
-            counts.skipped += len(paths)
+        job = ImageJob(cls, seed_of(cfg, s, i), root / f"seed{s}" / "overview" / name,
+                       {wm: root / f"seed{s}" / wm / name for wm in weight_maps})
+        paths = [job.overview, *job.images.values()]
+        if all(is_done(p) for p in paths):
+            counts.skipped += len(paths)  # counted without loading the model
         else:
-            todo.append((s, cls, i, paths))
-    if not todo:
+            jobs.append(job)
+    if not jobs:
         return
     pipe = PathUpPipeline.from_pretrained(str(model), device=cfg.device, progress=False)
     patch, overlap = latent_grid(cfg, pipe)
-    for s, cls, i, paths in tqdm(todo, desc=f"images {key}", unit="class-seed", disable=not cfg.progress):
-        seed = seed_of(cfg, s, i)
-        ov_path = paths[0]
-        if ov_path.is_file():
-            overview = open_image(ov_path)  # pixel limit checked from the header; one-line error if unreadable
-            counts.skipped += 1
-        else:
-            overview = pipe.overview(cls, seed=seed, steps=cfg.steps, guidance=cfg.guidance, scheduler=cfg.scheduler)
-            save_png(image=overview, path=ov_path, settings=_overview_settings(pipe, cls, seed, cfg))
-            counts.written += 1
-        for wm, path in zip(weight_maps, paths[1:]):
-            if path.is_file():
-                counts.skipped += 1
-                continue
-            img = pipe.upscale(overview, cls, size=size, seed=seed, steps=cfg.steps, guidance=cfg.guidance,
-                               scheduler=cfg.scheduler, strength=cfg.strength, latent_patch=patch,
-                               latent_overlap=overlap, weight_map=wm)
-            sc = SampleConfig(steps=cfg.steps, guidance=cfg.guidance, scheduler=cfg.scheduler, seed=seed, size=size,
-                              latent_patch=patch, latent_overlap=overlap, strength=cfg.strength, weight_map=wm)
-            settings = pipe.settings(cls, sc, seed=seed, prompts=pipe.prompts_for(cls), source=str(ov_path))
-            settings["vae_scale_factor"] = pipe.ldm.vae_scale_factor
-            save_png(image=img, path=path, settings=settings)
-            counts.written += 1
+    sc = SampleConfig(steps=cfg.steps, guidance=cfg.guidance, scheduler=cfg.scheduler, size=size,
+                      latent_patch=patch, latent_overlap=overlap, strength=cfg.strength)
+    made = make_images(pipe, sc, jobs, resume=True, progress=cfg.progress, desc=f"images {key}",
+                       extra={"vae_scale_factor": pipe.ldm.vae_scale_factor})
+    counts.written += len(made.written)
+    counts.skipped += len(made.skipped)
 
 
 def bicubic_images(cfg: ExperimentConfig, classes: list[str], size: int, counts: Counts) -> None:

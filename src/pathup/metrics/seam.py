@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pathup.data.tiling import aligned_starts
 from pathup.errors import PathUpError
 
 FLOOR = 1.0  # grey levels (0-255): energies below this count as this much (no division by ~0)
@@ -40,16 +41,12 @@ class SeamWarning(UserWarning):
 def patch_starts(length: int, patch: int, stride: int) -> list[int]:
     """Start offsets of the patches along one axis: 0, stride, 2 stride, ..., the last aligned to the border.
 
-    This mirrors the patch grid of the PathUp paper's Algorithm 1 (the same rule in latent or pixel units).
+    The patch grid of the PathUp paper's Algorithm 1 (``pathup.data.tiling.aligned_starts``, the rule the
+    sampler's latent grid uses; the same in latent or pixel units).
     """
     if patch < 1 or stride < 1:
         raise PathUpError(f"patch ({patch}) and stride ({stride}) must be >= 1")
-    if length <= patch:
-        return [0]
-    starts = list(range(0, length - patch, stride))
-    if starts[-1] != length - patch:
-        starts.append(length - patch)
-    return starts
+    return aligned_starts(length, patch, stride)
 
 
 def grid_lines(length: int, patch: int, stride: int, offset: int = 0, factor: int = 1) -> list[int]:

@@ -32,53 +32,23 @@ Outputs of ``compose_to_folder`` (``NAME`` is the layout file's stem, or ``rando
 Mask ids are the model's class indices (its ``pathup.json`` class table; listed in the sidecar's
 ``legend``). The image and its sidecar are written last, so an image counts as done when both exist.
 
-This module imports torch only inside functions, so that ``pathup --help`` stays fast.
+``ComposeConfig`` (the options) lives with the other sampling options in ``pathup.sample.config``;
+``regional`` makes one composed image and ``compose_folder`` writes a folder of them. This module imports
+torch only inside functions, so that ``pathup --help`` stays fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathup.config import accepts_aliases, option
-from pathup.errors import OptionError, PathUpError
-from pathup.sample.config import SampleConfig, config_from_options
-from pathup.sample.config import validate as validate_sample
+from pathup.errors import PathUpError
+from pathup.sample.config import ComposeConfig, config_from_options, validate
 
 if TYPE_CHECKING:
     from pathup.sample.pipeline import PathUpPipeline
-
-COMPOSE_CONFIG = "compose_config.yaml"
-
-
-@accepts_aliases
-@dataclass
-class ComposeConfig(SampleConfig):
-    """``pathup compose`` options: every generation option plus the layout's."""
-
-    random_layout: int = option(0, "instead of --layout: a seeded random partition into K classes of the model "
-                                "(0: off)", metavar="K", min=0)
-    layout_shape: Literal["voronoi", "blob"] = option("voronoi", "shape of random regions: voronoi cells or blobs")
-    region_size: int = option(1024, "typical size of a random region in pixels", min=1)
-    feather: int = option(-1, "width of the soft region borders in latent positions (8 px each); -1: a quarter "
-                          "of the latent patch; 0: hard borders", min=-1)
-    preview_size: int = option(2048, "long side of the colour and overlay previews in pixels; 0: full size", min=0)
-
-
-def validate(cfg: ComposeConfig) -> ComposeConfig:
-    """Every generation option (``pathup.sample.config.validate``, which also checks the layout options'
-    ranges: it validates every field of the config it is given) and the layout shape."""
-    validate_sample(cfg)
-    if cfg.layout_shape not in ("voronoi", "blob"):
-        raise OptionError("layout_shape", f"must be voronoi or blob, got {cfg.layout_shape!r}")
-    return cfg
-
-
-def feather_width(cfg: ComposeConfig) -> int:
-    """``cfg.feather``, with -1 resolved to a quarter of the latent patch."""
-    return cfg.latent_patch // 4 if cfg.feather < 0 else cfg.feather
 
 
 def compose(pipe: "PathUpPipeline", layout: Any = None, *, legend: Any = None, num_images: int = 1,
@@ -90,6 +60,7 @@ def compose(pipe: "PathUpPipeline", layout: Any = None, *, legend: Any = None, n
         raise PathUpError(f"unknown output_type {output_type!r}; allowed: pil, np, latent")
     cfg = validate(cfg)
     from pathup.sample.compose_folder import _settings
+    from pathup.sample.regional import compose_image, make_layout
 
     fixed = None if layout is None else make_layout(pipe, cfg, cfg.seed, layout=layout, legend=legend)
     out = ComposeOutput()
@@ -124,7 +95,3 @@ class ComposeOutput:
     unet: list[dict[str, Any]] = field(default_factory=list)  # UNet evaluation counts
     settings: list[dict[str, Any]] = field(default_factory=list)
 
-
-# The one-image and folder halves live in their own modules; their names stay importable from here.
-from pathup.sample.regional import compose_image, make_layout, soft_masks  # noqa: E402,F401
-from pathup.sample.compose_folder import compose_to_folder  # noqa: E402,F401

@@ -13,13 +13,16 @@ import numpy as np
 
 from pathup.errors import PathUpError
 from pathup.io import safe_name
-from pathup.sample.compose import COMPOSE_CONFIG, ComposeConfig, validate
-from pathup.sample.config import parse_size, stored_options
-from pathup.sample.regional import ComposeImage, _resize, compose_image, make_layout
+from pathup.sample.config import ComposeConfig, stored_options, validate
+from pathup.sample.layout import resize_labels
+from pathup.sample.regional import ComposeImage, compose_image, make_layout
+from pathup.sample.resume import image_options
 
 if TYPE_CHECKING:
     from pathup.sample.layout import Layout
     from pathup.sample.pipeline import PathUpPipeline
+
+COMPOSE_CONFIG = "compose_config.yaml"
 
 
 @dataclass
@@ -52,13 +55,9 @@ def output_paths(out: Path, name: str, seed: int, fmt: str) -> dict[str, Path]:
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    opts = {k: v for k, v in settings.get("options", {}).items() if k not in ("device", "dtype", "num", "overwrite")}
-    if "size" in opts:  # "96" and "96x96" are one size
-        try:
-            opts["size"] = parse_size(opts["size"]).wxh()
-        except PathUpError:
-            pass
-    return {"model": settings.get("model"), "layout": settings.get("layout"), "options": opts}
+    """Model, layout and the image-changing options (``pathup.sample.resume.image_options``, generate's rule)."""
+    return {"model": settings.get("model"), "layout": settings.get("layout"),
+            "options": image_options(settings.get("options", {}))}
 
 
 def _same(have: dict[str, Any], want: dict[str, Any]) -> bool:
@@ -78,7 +77,8 @@ def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, 
     Seeds ``cfg.seed .. cfg.seed + cfg.num - 1`` are shared across processes as in ``pathup generate``
     (process i takes every num_processes-th seed); with ``--random-layout`` each seed also draws its own
     layout. An image whose file and sidecar exist is skipped when it was made with the same model, layout
-    and options; made otherwise it is an error unless ``cfg.overwrite``.
+    and image-changing options (``patch_batch``, ``device``, ``dtype`` may differ, as in ``pathup generate``:
+    ``pathup.sample.resume.image_options``); made otherwise it is an error unless ``cfg.overwrite``.
 
     Args:
         pipe: the pipeline (model already on its device).
@@ -130,10 +130,8 @@ def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, 
         paths = output_paths(out, name, seed, fmt)
         settings = _settings(pipe, cfg, seed, lay, layout, legend, comp.unet)
         settings["files"] = {k: p.name if k != "overview" else f"overview/{p.name}" for k, p in paths.items()}
-        mpp = pipe.image_mpp(cfg)
-        write_outputs(comp, paths, settings, cfg.preview_size,
-                      overview_mpp=None if mpp is None else mpp * cfg.size.width / int(pipe.ldm.resolution))
-        save_with_scale(save_image, comp.image, paths["image"], {**settings, "level": "composed"}, mpp)
+        write_outputs(comp, paths, settings, cfg.preview_size, overview_mpp=pipe.overview_mpp(cfg))
+        save_with_scale(save_image, comp.image, paths["image"], {**settings, "level": "composed"}, pipe.image_mpp(cfg))
         result.written.append(paths["image"])
         result.unet.append(comp.unet)
     return result
@@ -182,7 +180,8 @@ def write_outputs(comp: ComposeImage, paths: dict[str, Path], settings: dict[str
     from PIL import Image
 
     from pathup.io import atomic_path, atomic_write_text
-    from pathup.sample.layout import colour_mask, geojson_regions, overlay
+    from pathup.sample.geojson import geojson_regions
+    from pathup.sample.layout import colour_mask, overlay
     from pathup.sample.generate import save_with_scale
     from pathup.sample.writers import save_png
 
@@ -194,7 +193,7 @@ def write_outputs(comp: ComposeImage, paths: dict[str, Path], settings: dict[str
         else:
             Image.fromarray(mask.astype(np.uint16), "I;16").save(tmp, format="PNG")
     pw, ph = _preview_size(width, height, preview_size)
-    small = _resize(comp.labels, pw, ph)
+    small = resize_labels(comp.labels, pw, ph)
     with atomic_path(paths["mask_colour"]) as tmp:
         Image.fromarray(colour_mask(small, comp.layout), "RGB").save(tmp, format="PNG")
     image = np.asarray(comp.image)

@@ -1,6 +1,7 @@
 """Options of ``pathup generate`` / ``upscale`` / ``compose`` and the Python API (one source of defaults).
 
-``size`` is parsed once, here, into a typed ``Size(width, height)``; every later use takes that value.
+``SampleConfig`` holds the generation options, ``ComposeConfig`` adds the layout's; ``validate`` checks
+either. ``size`` is parsed once, here, into a typed ``Size(width, height)``; every later use takes that value.
 Kept free of torch imports so that ``pathup --help`` stays fast.
 """
 
@@ -75,6 +76,25 @@ class SampleConfig:
         self.size = parse_size(self.size)  # the one place a size is parsed
 
 
+@accepts_aliases
+@dataclass
+class ComposeConfig(SampleConfig):
+    """``pathup compose`` options: every generation option plus the layout's (``pathup.sample.compose``)."""
+
+    random_layout: int = option(0, "instead of --layout: a seeded random partition into K classes of the model "
+                                "(0: off)", metavar="K", min=0)
+    layout_shape: Literal["voronoi", "blob"] = option("voronoi", "shape of random regions: voronoi cells or blobs")
+    region_size: int = option(1024, "typical size of a random region in pixels", min=1)
+    feather: int = option(-1, "width of the soft region borders in latent positions (8 px each); -1: a quarter "
+                          "of the latent patch; 0: hard borders", min=-1)
+    preview_size: int = option(2048, "long side of the colour and overlay previews in pixels; 0: full size", min=0)
+
+
+def feather_width(cfg: ComposeConfig) -> int:
+    """``cfg.feather``, with -1 resolved to a quarter of the latent patch."""
+    return cfg.latent_patch // 4 if cfg.feather < 0 else cfg.feather
+
+
 def parse_size(text: Any, name: str = "size") -> Size:
     """``"2048"`` -> Size(2048, 2048); ``"3000x2000"``, ``(3000, 2000)`` or ``[3000, 2000]`` -> Size(3000, 2000).
 
@@ -136,11 +156,11 @@ def parse_patch_batch(value: str | int | None) -> int | str:
     return n
 
 
-def validate(cfg: SampleConfig) -> None:
-    """Check every option before any work starts (one-line ``OptionError`` naming the option).
+def validate(cfg: SampleConfig) -> SampleConfig:
+    """Check every option before any work starts (one-line ``OptionError`` naming the option); returns ``cfg``.
 
     The per-field rules (finite floats, the ranges above) come from ``pathup.config.validate``; the checks
-    that involve several options follow.
+    that involve several options follow, and for a ``ComposeConfig`` the layout shape.
     """
     from pathup.config import validate as validate_fields
 
@@ -154,6 +174,9 @@ def validate(cfg: SampleConfig) -> None:
                                             f"got {cfg.latent_overlap}")
     if cfg.vae_tile and cfg.vae_overlap >= cfg.vae_tile:
         raise OptionError("vae_overlap", f"must be smaller than the autoencoder tile {cfg.vae_tile}, got {cfg.vae_overlap}")
+    if isinstance(cfg, ComposeConfig) and cfg.layout_shape not in ("voronoi", "blob"):
+        raise OptionError("layout_shape", f"must be voronoi or blob, got {cfg.layout_shape!r}")
+    return cfg
 
 
 def check_options(**values: object) -> None:

@@ -20,6 +20,9 @@ atomically, the sidecar last), so a rerun skips it and an interrupted run resume
 what must match for a rerun to resume is ``pathup.sample.resume``'s. Images carry their microns per
 pixel when the model (or ``cfg.mpp``) gives one (``pathup.sample.scale``).
 
+``make_images`` is the loop itself (overview, upscale per weight map, each file written with its settings
+and scale); ``generate_to_folder`` and ``pathup.experiments`` (the Tables 1-4 makers and the demo) use it.
+
 Used like::
 
     from pathup.sample import PathUpPipeline, SampleConfig, generate_to_folder
@@ -33,6 +36,7 @@ This module imports no torch at its top, so that ``pathup --help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,14 +131,13 @@ def pending_seeds(out: Path, class_name: str, cfg: SampleConfig, *, process_inde
     """(seeds still to generate, seeds already done) of one process, without loading a model.
 
     Args:
+        cfg: the options, already checked (``validate``; ``generate_to_folder`` and the CLI check them once).
         model: the model as given (compared with the folder's); None leaves the model uncompared.
 
     Raises:
-        PathUpError: an invalid option in ``cfg``, ``out`` is a file, or the class folder was made with
-            another model or other settings (without ``cfg.overwrite``).
+        PathUpError: ``out`` is a file, or the class folder was made with another model or other settings
+            (without ``cfg.overwrite``).
     """
-    validate(cfg)
-    check_output_size(cfg)
     fmt = output_format(cfg)
     out = _check_out(out)
     seeds = seeds_for_process(cfg.seed, cfg.num, process_index, num_processes)
@@ -144,13 +147,89 @@ def pending_seeds(out: Path, class_name: str, cfg: SampleConfig, *, process_inde
     return [s for s in seeds if s not in done], done
 
 
+@dataclass
+class ImageJob:
+    """One seed of a class to make: where its overview goes, and the large images upscaled from that overview
+    (weight map -> path; none: the overview only)."""
+
+    class_name: str
+    seed: int
+    overview: Path
+    images: dict[str, Path] = field(default_factory=dict)
+
+
+def make_images(pipe: "PathUpPipeline", cfg: SampleConfig, jobs: list[ImageJob], *, resume: bool = False,
+                progress: bool = True, desc: str = "images", extra: dict[str, Any] | None = None) -> GenerateResult:
+    """Overviews and their large images for ``jobs``, each written with its settings and physical scale.
+
+    The one generation loop: ``generate_to_folder``, the experiment's image makers and the demo use it.
+    Each job's overview is sampled at the model's resolution (PathUp section 3.2), then upscaled by
+    patch-wise timestep tracking (Algorithm 1) once per weight map with that job's seed; the overview
+    carries the overview's microns per pixel, the large images the image's (``pathup.sample.scale``).
+
+    Args:
+        pipe: the pipeline (model already on its device).
+        cfg: the options (checked here, once); ``cfg.seed`` is not used (each job has its seed).
+        jobs: what to make.
+        resume: skip files already done (image and sidecar), reading a done overview back instead of
+            sampling it again; off, every file is made.
+        progress: show the progress bar over jobs.
+        desc: its label.
+        extra: more settings recorded in every sidecar (e.g. ``vae_scale_factor``).
+
+    Returns:
+        Every file written (overviews and large images) and, with ``resume``, those found done.
+    """
+    validate(cfg)
+    return _make_images(pipe, cfg, jobs, resume=resume, progress=progress, desc=desc, extra=extra)
+
+
+def _make_images(pipe: "PathUpPipeline", cfg: SampleConfig, jobs: list[ImageJob], *, resume: bool, progress: bool,
+                 desc: str, extra: dict[str, Any] | None) -> GenerateResult:
+    """``make_images`` for a ``cfg`` already checked."""
+    from tqdm.auto import tqdm
+
+    from pathup.io import open_image
+    from pathup.sample.writers import save_image, save_png
+
+    result = GenerateResult()
+    mpp, overview_mpp = pipe.image_mpp(cfg), pipe.overview_mpp(cfg)
+    for job in tqdm(jobs, desc=desc, unit="image", disable=not progress):
+        prompts = pipe.prompts_for(job.class_name)  # unknown class -> PathUpError naming the known ones
+
+        def settings(c: SampleConfig) -> dict[str, Any]:
+            return {**pipe.settings(job.class_name, c, seed=job.seed, prompts=prompts, source="generated"),
+                    **(extra or {})}
+
+        if resume and is_done(job.overview):
+            overview = open_image(job.overview)  # pixel limit from the header; one line if unreadable
+            result.skipped.append(job.overview)
+        else:
+            overview = pipe.overview(prompt=prompts["overview"], seed=job.seed, steps=cfg.steps,
+                                     guidance=cfg.guidance, scheduler=cfg.scheduler,
+                                     negative_prompt=cfg.negative_prompt)
+            save_with_scale(save_png, overview, job.overview, {**settings(cfg), "level": "overview"}, overview_mpp)
+            result.written.append(job.overview)
+        for weight_map, path in job.images.items():
+            if resume and is_done(path):
+                result.skipped.append(path)
+                continue
+            wcfg = cfg if weight_map == cfg.weight_map else dataclasses.replace(cfg, weight_map=weight_map)
+            image = pipe.upscale_with(overview, prompts["patch"], wcfg, job.seed)
+            save_with_scale(save_image, image, path,
+                            {**settings(wcfg), "level": "upscaled", "overview": str(job.overview)}, mpp)
+            result.written.append(path)
+    return result
+
+
 def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: SampleConfig, *,
                        process_index: int = 0, num_processes: int = 1, progress: bool = True,
-                       barrier: Callable[[], None] | None = None) -> GenerateResult:
+                       barrier: Callable[[], None] | None = None,
+                       pending: tuple[list[int], list[int]] | None = None) -> GenerateResult:
     """Generate this process's share of ``cfg.num`` images of a class into ``out`` (the layout above).
 
     Each image is an overview at the model's training resolution (PathUp section 3.2), then patch-wise
-    timestep tracking (PathUp Algorithm 1, Eq. 6 weights) to ``cfg.size``. Both are
+    timestep tracking (PathUp Algorithm 1, Eq. 6 weights) to ``cfg.size`` (``make_images``). Both are
     saved with their settings; images already written are skipped. Process 0 writes
     ``OUT/<class>/generate_config.yaml`` when there is work to do.
 
@@ -164,7 +243,9 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
         progress: show the progress bar over images.
         barrier: waits for every process (``PartialState().wait_for_everyone``); with ``cfg.overwrite``
             process 0 clears a folder made with other settings and the others wait for it here
-            (``settle_class_folder``; the CLI settles the folder before it loads the model).
+            (``settle_class_folder``).
+        pending: ``pending_seeds``' (todo, done) when the caller has already checked ``cfg`` and settled
+            the folder (the CLI does both before it loads the model); None: both are done here.
 
     Returns:
         The large images written by this call and those found already done.
@@ -173,22 +254,21 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
         PathUpError: an invalid option, an unknown class, ``out`` is a file, or the class folder was made
             with another model or other settings (without ``cfg.overwrite``).
     """
-    from tqdm.auto import tqdm
-
     from pathup.config import save_config
     from pathup.io import atomic_write_text
-    from pathup.sample.writers import save_image, save_png
 
     out = Path(out)
-    validate(cfg)
-    check_output_size(cfg)
-    _check_out(out)
-    settle_class_folder(out, class_name, cfg, pipe.model_name, process_index=process_index, barrier=barrier)
-    todo, done = pending_seeds(out, class_name, cfg, process_index=process_index, num_processes=num_processes,
-                               model=pipe.model_name)
+    if pending is None:
+        validate(cfg)
+        check_output_size(cfg)
+        _check_out(out)
+        settle_class_folder(out, class_name, cfg, pipe.model_name, process_index=process_index, barrier=barrier)
+        pending = pending_seeds(out, class_name, cfg, process_index=process_index, num_processes=num_processes,
+                                model=pipe.model_name)
+    todo, done = pending
     fmt = output_format(cfg)
     result = GenerateResult(skipped=[image_paths(out, class_name, s, fmt)[0] for s in done])
-    prompts = pipe.prompts_for(class_name)  # unknown class -> PathUpError naming the known ones
+    pipe.prompts_for(class_name)  # unknown class -> PathUpError naming the known ones
     if not todo:
         return result
     folder = class_folder(out, class_name)
@@ -197,18 +277,12 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
         atomic_write_text(folder / GENERATE_SETTINGS, json.dumps(fingerprint, indent=2, ensure_ascii=False) + "\n")
     if process_index == 0:
         save_config(cfg, folder / GENERATE_CONFIG)
-    mpp = pipe.image_mpp(cfg)
-    overview_mpp = None if mpp is None else mpp * cfg.size.width / int(pipe.ldm.resolution)
-    for seed in tqdm(todo, desc=f"{class_name}", unit="image", disable=not progress):
+    jobs = []
+    for seed in todo:
         image_path, overview_path = image_paths(out, class_name, seed, fmt)
-        overview = pipe.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
-                                 scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
-        settings = pipe.settings(class_name, cfg, seed=seed, prompts=prompts, source="generated")
-        save_with_scale(save_png, overview, overview_path, {**settings, "level": "overview"}, overview_mpp)
-        image = pipe.upscale_with(overview, prompts["patch"], cfg, seed)
-        save_with_scale(save_image, image, image_path,
-                        {**settings, "level": "upscaled", "overview": str(overview_path)}, mpp)
-        result.written.append(image_path)
+        jobs.append(ImageJob(class_name, seed, overview_path, {cfg.weight_map: image_path}))
+    _make_images(pipe, cfg, jobs, resume=False, progress=progress, desc=class_name, extra=None)
+    result.written.extend(job.images[cfg.weight_map] for job in jobs)
     return result
 
 

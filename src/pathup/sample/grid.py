@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pathup.data.tiling import aligned_starts
 from pathup.errors import OptionError, PathUpError
 
 
@@ -29,22 +30,18 @@ class PatchBox:
 
 
 def axis_starts(length: int, patch: int, overlap: int) -> list[int]:
-    """Start positions along one axis: stride ``patch - overlap``, the last start at ``length - patch``.
+    """Start positions along one axis: stride ``patch - overlap``, the last start at ``length - patch``
+    (``pathup.data.tiling.aligned_starts``, the rule tiles are cut by).
 
     ``patch`` is clipped to ``length`` first (one start, 0, when the axis is shorter than the patch).
     """
     if length < 1:
         raise PathUpError(f"canvas size must be positive, got {length}")
     if patch < 1:
-        raise OptionError("patch_size", f"must be positive, got {patch}")
+        raise OptionError("latent_patch", f"must be positive, got {patch}")
     if overlap < 0 or overlap >= patch:
-        raise OptionError("overlap", f"must be in [0, patch size {patch}), got {overlap}")
-    size = min(patch, length)
-    stride = patch - overlap
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return starts
+        raise OptionError("latent_overlap", f"must be in [0, latent patch {patch}), got {overlap}")
+    return aligned_starts(length, patch, patch - overlap)
 
 
 def patch_grid(height: int, width: int, patch: int = 64, overlap: int = 32) -> list[PatchBox]:

@@ -22,6 +22,7 @@ layout. Three sources:
 * ``random_layout``: a seeded random partition into K classes of the model, ``voronoi`` cells or
   ``blob`` shapes (argmax of smoothed noise) of about ``region_size`` pixels.
 
+``pathup.sample.layout_files`` reads the two files (``load_layout``); ``pathup.sample.geojson``'s
 ``geojson_regions`` turns the resized mask into polygons along pixel edges (traced on the layout grid and
 mapped to output pixels, so they are exact and cheap): a GeoJSON FeatureCollection that QuPath imports as
 classified annotations.
@@ -33,7 +34,6 @@ image, an empty layout) raise a one-line ``PathUpError`` naming the file.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -191,18 +191,6 @@ def random_layout(model_classes: Sequence[str], k: int, size: tuple[int, int], *
     return _finish(labels.astype(np.int32), chosen, {}, f"random:{shape}:k={k}:seed={seed}", model_classes)
 
 
-def load_layout(layout: str | Path, size: tuple[int, int], *, legend: str | Path | None = None,
-                model_classes: Sequence[str] | None = None) -> Layout:
-    """A layout file: ``.json`` regions, or a label image with an optional legend."""
-    path = Path(layout)
-    if path.suffix.lower() == ".json":
-        if legend is not None:
-            raise OptionError("legend", f"is for label images; layout {path} is a JSON of regions "
-                              "(give colours in its 'colours')")
-        return read_region_json(path, size, model_classes=model_classes)
-    return read_label_image(path, legend, model_classes=model_classes)
-
-
 # --------------------------------------------------------------------------------------------- outputs
 def colour_mask(mask: np.ndarray, layout: Layout) -> np.ndarray:
     """An RGB preview of a mask of layout indices: (H, W) -> (H, W, 3) uint8."""
@@ -222,7 +210,3 @@ def overlay(image: np.ndarray, mask: np.ndarray, layout: Layout, alpha: float = 
     out[border] = col[border]
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
-
-# Readers and the GeoJSON tracing live in their own modules; their names stay importable from here.
-from pathup.sample.layout_files import read_label_image, read_legend, read_region_json  # noqa: E402,F401
-from pathup.sample.geojson import geojson_regions, region_polygons  # noqa: E402,F401

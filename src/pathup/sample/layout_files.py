@@ -1,4 +1,5 @@
-"""Layout files for ``pathup compose``: a label image with its legend, or a JSON of regions.
+"""Layout files for ``pathup compose``: a label image with its legend, or a JSON of regions (``load_layout``
+reads either).
 
 The formats are described in ``pathup.sample.layout``; bad files raise a one-line ``PathUpError`` naming
 the file.
@@ -13,8 +14,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pathup.errors import PathUpError
+from pathup.errors import OptionError, PathUpError
 from pathup.sample.layout import JSON_GRID, Colour, Layout, _check_classes, _finish, parse_colour
+
+
+def load_layout(layout: str | Path, size: tuple[int, int], *, legend: str | Path | None = None,
+                model_classes: Sequence[str] | None = None) -> Layout:
+    """A layout file: ``.json`` regions, or a label image with an optional legend."""
+    path = Path(layout)
+    if path.suffix.lower() == ".json":
+        if legend is not None:
+            raise OptionError("legend", f"is for label images; layout {path} is a JSON of regions "
+                              "(give colours in its 'colours')")
+        return read_region_json(path, size, model_classes=model_classes)
+    return read_label_image(path, legend, model_classes=model_classes)
 
 
 def _read_mapping(path: Path, what: str) -> Any:

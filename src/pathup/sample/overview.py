@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 
-from pathup.errors import OptionError
+from pathup.errors import OptionError, PathUpError
 
 
 def text_embeddings(ldm: Any, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,3 +61,20 @@ def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50,
                    num_inference_steps=steps, guidance_scale=guidance, generator=generator,
                    output_type="pt")
     return out.images.float().cpu()  # (1, 3, H, W) in [0, 1]
+
+
+def to_pil(image: Any) -> "Image.Image":  # noqa: F821
+    """An RGB PIL image from a PIL image, a uint8 (H, W, 3) array or a [0, 1] tensor ((1, 3, H, W) or (3, H, W))."""
+    from PIL import Image
+
+    from pathup.io import to_rgb8
+
+    if isinstance(image, Image.Image):
+        return to_rgb8(image)
+    if isinstance(image, torch.Tensor):  # (1, 3, H, W) or (3, H, W) in [0, 1]
+        t = image[0] if image.ndim == 4 else image
+        image = (t.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise PathUpError(f"expected an RGB image (PIL, uint8 (H, W, 3) or a [0, 1] tensor), got {arr.dtype} {arr.shape}")
+    return Image.fromarray(arr, "RGB")

@@ -33,10 +33,10 @@ from pathup.device import resolve_device
 from pathup.errors import PathUpError
 from pathup.model.ldm import LDM, make_scheduler
 from pathup.prompts import build_prompt
-from pathup.sample.config import (SampleConfig, check_options, config_from_options, parse_patch_batch, parse_size,
-                                  stored_options, validate)
+from pathup.sample.config import (SampleConfig, Size, check_options, config_from_options, parse_patch_batch,
+                                  parse_size, stored_options, validate)
 from pathup.sample.grid import patch_grid
-from pathup.sample.overview import generate_overview, text_embeddings
+from pathup.sample.overview import generate_overview, text_embeddings, to_pil
 from pathup.sample.scale import model_mpp, output_mpp
 from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
 from pathup.sample.vae_tiling import decode_tiled, encode_tiled
@@ -56,22 +56,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def _to_pil(image: Any) -> "Image.Image":  # noqa: F821
-    from PIL import Image
-
-    from pathup.io import to_rgb8
-
-    if isinstance(image, Image.Image):
-        return to_rgb8(image)
-    if isinstance(image, torch.Tensor):  # (1, 3, H, W) or (3, H, W) in [0, 1]
-        t = image[0] if image.ndim == 4 else image
-        image = (t.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise PathUpError(f"expected an RGB image (PIL, uint8 (H, W, 3) or a [0, 1] tensor), got {arr.dtype} {arr.shape}")
-    return Image.fromarray(arr, "RGB")
-
-
 def _older_names(given: dict[str, Any], latent_patch: int, latent_overlap: int) -> tuple[int, int]:
     """(latent_patch, latent_overlap) with the older keyword names ``patch_size`` / ``overlap`` applied."""
     unknown = sorted(set(given) - {"patch_size", "overlap"})
@@ -80,11 +64,46 @@ def _older_names(given: dict[str, Any], latent_patch: int, latent_overlap: int) 
     return int(given.get("patch_size", latent_patch)), int(given.get("overlap", latent_overlap))
 
 
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def diffusers_options(options: dict[str, Any], *, num_inference_steps: int | None = None,
+                      guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                      generator: torch.Generator | None = None) -> dict[str, Any]:
+    """``options`` with diffusers' argument names turned into PathUp's (``steps``, ``guidance``, ``size``,
+    ``seed``); None means not given.
+
+    Raises:
+        PathUpError: one line when an option is given in both spellings with different values.
+    """
+    options = dict(options)
+
+    def one(name: str, value: Any, theirs: str) -> None:
+        if name in options and options[name] != value:
+            raise PathUpError(f"{name}={options[name]!r} and {theirs} differ; give one of them")
+        options[name] = value
+
+    if num_inference_steps is not None:
+        one("steps", num_inference_steps, f"num_inference_steps={num_inference_steps!r}")
+    if guidance_scale is not None:
+        one("guidance", guidance_scale, f"guidance_scale={guidance_scale!r}")
+    if generator is not None:
+        one("seed", int(generator.initial_seed()), f"generator (seed {generator.initial_seed()})")
+    if height is not None or width is not None:
+        base = parse_size(options.get("size", SampleConfig.__dataclass_fields__["size"].default))
+        size = Size(base.width if width is None else int(width), base.height if height is None else int(height))
+        if "size" in options and base != size:
+            raise PathUpError(f"size={options['size']!r} and height={height!r}, width={width!r} differ; "
+                              "give one of them")
+        options["size"] = size
+    return options
+
+
 @dataclass
 class PathUpOutput:
     """Result of ``PathUpPipeline.__call__``: one entry per image."""
 
-    images: list[Any]  # PIL images (or uint8 arrays with output_type="np")
+    images: list[Any]  # PIL images (uint8 (H, W, 3) arrays with output_type="np", (3, H, W) tensors with "pt")
     overviews: list[Any]  # the reference overviews (PIL)
     settings: list[dict[str, Any]] = field(default_factory=list)
 
@@ -204,7 +223,7 @@ class PathUpPipeline(DiffusionPipeline):
         img = generate_overview(self.ldm, text, scheduler=self.fresh_scheduler(scheduler), steps=steps,
                                 guidance=guidance, seed=seed, negative_prompt=negative_prompt,
                                 progress=self.progress)
-        return _to_pil(img)
+        return to_pil(img)
 
     def upscale(self, image: Any, class_name: str | None = None, *, prompt: str | None = None,
                 size: Any = 2048, seed: int = 0, steps: int = 50, guidance: float = 7.5,
@@ -242,7 +261,7 @@ class PathUpPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "latent"):
             raise PathUpError(f"unknown output_type {output_type!r}; allowed: pil, np, latent")
         f = ldm.vae_scale_factor
-        ref = _to_pil(image).resize((width, height), Image.BICUBIC)
+        ref = to_pil(image).resize((width, height), Image.BICUBIC)
         hp, wp = math.ceil(height / f) * f, math.ceil(width / f) * f
         pixels = np.pad(np.asarray(ref), ((0, hp - height), (0, wp - width), (0, 0)), mode="symmetric")
         tile, tile_overlap = self.vae_tiles(vae_tile, vae_overlap)
@@ -286,6 +305,13 @@ class PathUpPipeline(DiffusionPipeline):
         MPP x the overview width / the image width (``pathup.sample.scale``); None when unknown."""
         return output_mpp(self.mpp, int(self.ldm.resolution), cfg.size.width, cfg.mpp)
 
+    def overview_mpp(self, cfg: SampleConfig) -> float | None:
+        """Microns per pixel of the overview an image at ``cfg.size`` is upscaled from: ``image_mpp`` x the
+        image width / the overview width (the model's overview MPP unless ``cfg.mpp`` is given); None when
+        unknown."""
+        mpp = self.image_mpp(cfg)
+        return None if mpp is None else mpp * cfg.size.width / int(self.ldm.resolution)
+
     def settings(self, class_name: str | None, cfg: SampleConfig, *, seed: int,
                  prompts: dict[str, str], source: str | None = None) -> dict[str, Any]:
         """Everything needed to reproduce one image (stored beside it; older option names, as before)."""
@@ -301,7 +327,9 @@ class PathUpPipeline(DiffusionPipeline):
 
     def __call__(self, class_name: str | None = None, *, prompt: str | None = None,
                  overview_prompt: str | None = None, image: Any = None, num_images: int = 1,
-                 output_type: str = "pil", **options: Any) -> PathUpOutput:
+                 output_type: str = "pil", num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                 generator: torch.Generator | None = None, **options: Any) -> PathUpOutput:
         """Generate ``num_images`` large images of a class (seeds ``seed`` .. ``seed + num_images - 1``).
 
         Args:
@@ -310,12 +338,25 @@ class PathUpPipeline(DiffusionPipeline):
             overview_prompt: overview prompt override.
             image: a reference overview to upscale instead of generating one.
             num_images: number of images.
-            output_type: ``pil`` or ``np``.
+            output_type: ``pil``, ``np`` (uint8 (H, W, 3)), ``pt`` (float32 (3, H, W) in [0, 1], diffusers'
+                layout: ``torch.stack(out.images)`` is its batch) or ``latent``.
+            num_inference_steps, guidance_scale: diffusers' names of ``steps`` and ``guidance``.
+            height, width: diffusers' names of the two sides of ``size`` (a side not given keeps ``size``'s).
+            generator: a ``torch.Generator`` standing for ``seed``: its ``initial_seed()`` is used (as
+                ``torch.Generator().manual_seed(s)`` gives ``s``), so the images are those of that seed.
             **options: any ``SampleConfig`` field (size, seed, steps, guidance, scheduler, strength,
                 latent_patch, latent_overlap, weight_map, patch_batch, step_mode, vae_tile, vae_overlap,
                 negative_prompt, mpp); ``size`` may also be an int or a (width, height) tuple; the older
                 names ``patch_size`` and ``overlap`` are accepted.
+
+        Raises:
+            PathUpError: an invalid option, an unknown ``output_type``, or an option given in both spellings
+                with different values (``steps=30`` and ``num_inference_steps=20``).
         """
+        if output_type not in OUTPUT_TYPES:
+            raise PathUpError(f"unknown output_type {output_type!r}; allowed: {', '.join(OUTPUT_TYPES)}")
+        options = diffusers_options(options, num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale, height=height, width=width, generator=generator)
         cfg = config_from_options(SampleConfig, options, {"num", "format", "device", "dtype", "overwrite"})
         validate(cfg)
         prompts = {"overview": self._resolve_prompt(class_name, overview_prompt, "overview") if image is None else None,
@@ -328,8 +369,12 @@ class PathUpPipeline(DiffusionPipeline):
             if ref is None:
                 ref = self.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
                                     scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
-            out.images.append(self.upscale_with(ref, prompts["patch"], cfg, seed, output_type=output_type))
-            out.overviews.append(_to_pil(ref))
+            result = self.upscale_with(ref, prompts["patch"], cfg, seed,
+                                       output_type="np" if output_type == "pt" else output_type)
+            if output_type == "pt":
+                result = torch.from_numpy(result).permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1]
+            out.images.append(result)
+            out.overviews.append(to_pil(ref))
             out.settings.append(self.settings(class_name, cfg, seed=seed, prompts=prompts,
                                               source="generated" if image is None else "given"))
         return out

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pathup.errors import PathUpError
-from pathup.sample.compose import ComposeConfig, feather_width, validate
+from pathup.sample.config import ComposeConfig, feather_width
+from pathup.sample.layout import resize_labels
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +97,7 @@ def compose_overview(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfi
     """
     import torch
 
-    from pathup.sample.pipeline import _to_pil
+    from pathup.sample.overview import to_pil
     from pathup.sample.tracking import RegionDenoiser, tracked_text2img
 
     ldm = pipe.ldm
@@ -110,7 +111,7 @@ def compose_overview(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfi
         return image, per_step * len(sched.timesteps)
     n = int(ldm.unet.config.sample_size)
     width, height = cfg.size
-    labels = _resize(layout.labels, n, n)
+    labels = resize_labels(layout.labels, n, n)
     scale = n / max(math.ceil(height / ldm.vae_scale_factor), math.ceil(width / ldm.vae_scale_factor))
     feather = int(round(feather_width(cfg) * scale))
     masks = soft_masks(labels, len(classes), feather, device=pipe._execution_device)
@@ -122,13 +123,7 @@ def compose_overview(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfi
                          overlap=0, progress=pipe.progress)
     with torch.no_grad():
         img = (ldm.decode_latents(z).float() / 2 + 0.5).clamp(0, 1).cpu()  # (1, 3, r, r)
-    return _to_pil(img), denoiser.evaluations
-
-
-def _resize(labels: np.ndarray, width: int, height: int) -> np.ndarray:
-    from pathup.sample.layout import resize_labels
-
-    return resize_labels(labels, width, height)
+    return to_pil(img), denoiser.evaluations
 
 
 def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, seed: int, *,
@@ -138,7 +133,8 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
     Args:
         pipe: the pipeline (model on its device).
         layout: the class map (``pathup.sample.layout``); its classes must be the model's.
-        cfg: the options (``cfg.seed`` is ignored: ``seed`` is used).
+        cfg: the options, validated by the caller (``compose``, ``compose_to_folder``); ``cfg.seed`` is
+            ignored: ``seed`` is used.
         seed: seed of the overview's and the upscale's noise.
         output_type: ``np`` (uint8 (H, W, 3)), ``pil`` or ``latent``.
 
@@ -151,13 +147,12 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
     from pathup.sample.grid import patch_grid
     from pathup.sample.tracking import RegionDenoiser, img2img_timesteps
 
-    validate(cfg)
     ldm = pipe.ldm
     width, height = cfg.size
     classes = layout.classes
     for cls in classes:
         pipe.prompts_for(cls)  # a class the model does not know -> PathUpError naming the known ones
-    labels = _resize(layout.labels.astype(np.uint16), width, height)  # (H, W) layout indices
+    labels = resize_labels(layout.labels.astype(np.uint16), width, height)  # (H, W) layout indices
     mask = np.asarray(layout.ids, dtype=np.uint16)[labels]  # (H, W) class ids
     overview, ov_evals = compose_overview(pipe, layout, cfg, seed)
     f = ldm.vae_scale_factor
@@ -194,7 +189,8 @@ def make_layout(pipe: "PathUpPipeline", cfg: ComposeConfig, seed: int, *, layout
                 legend: Any = None) -> "Layout":
     """The layout of one image: ``layout`` (a ``Layout``, a label image or a JSON file) or, with
     ``cfg.random_layout`` K, a random partition seeded by ``seed``."""
-    from pathup.sample.layout import Layout, load_layout, random_layout
+    from pathup.sample.layout import Layout, random_layout
+    from pathup.sample.layout_files import load_layout
 
     table = pipe.ldm.prompts
     model_classes = list(table.classes) if table is not None else None

@@ -45,10 +45,24 @@ def model_key(model: str | Path | None) -> str | None:
     return str(p.resolve()) if p.exists() else str(model)
 
 
+def image_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options (as stored) that change an image: ``NEUTRAL_OPTIONS`` left out, ``size`` as ``WxH``.
+
+    The one rule for comparing runs: generate's folders and upscale targets here, compose's images
+    (``pathup.sample.compose_folder``).
+    """
+    options = {k: v for k, v in options.items() if k not in NEUTRAL_OPTIONS}
+    if "size" in options:  # "96" and "96x96" are one size
+        try:
+            options["size"] = parse_size(options["size"]).wxh()
+        except OptionError:
+            pass
+    return options
+
+
 def settings_fingerprint(class_name: str, cfg: SampleConfig, model: str | Path | None) -> dict[str, Any]:
     """What must match for a rerun to resume: class, model and every option that changes an image."""
-    options = {k: v for k, v in stored_options(cfg, size=cfg.size.wxh()).items() if k not in NEUTRAL_OPTIONS}
-    return {"class": class_name, "model": model_key(model), "options": options}
+    return {"class": class_name, "model": model_key(model), "options": image_options(stored_options(cfg))}
 
 
 def _fingerprint_of_sidecar(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -56,13 +70,7 @@ def _fingerprint_of_sidecar(meta: dict[str, Any]) -> dict[str, Any] | None:
     options = meta.get("options")
     if not isinstance(options, dict):
         return None
-    options = {k: v for k, v in options.items() if k not in NEUTRAL_OPTIONS}
-    if "size" in options:
-        try:
-            options["size"] = parse_size(options["size"]).wxh()
-        except OptionError:
-            pass
-    return {"class": meta.get("class"), "model": model_key(meta.get("model")), "options": options}
+    return {"class": meta.get("class"), "model": model_key(meta.get("model")), "options": image_options(options)}
 
 
 def stored_fingerprint(folder: Path) -> dict[str, Any] | None:

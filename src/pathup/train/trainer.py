@@ -147,7 +147,7 @@ class Trainer:
         target = denoising_target(ldm.scheduler, latents, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=emb).sample  # (B, 4, h, w)
         weights = min_snr_weights(ldm.scheduler, t, cfg.snr_gamma) if cfg.loss_weighting == "min-snr" else None
-        l_r = denoising_loss(pred, target) if weights is None else denoising_loss(pred, target, weights)
+        l_r = denoising_loss(pred, target, weights)  # weights None: the plain mean squared error
         ids = ids.to(dev)
         keep = (~drop).to(dev)  # the empty prompt has no prompt id: no L_e, no bank update
         if self.bank is not None:

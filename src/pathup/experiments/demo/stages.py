@@ -83,81 +83,62 @@ def sample_config(cfg: DemoConfig) -> Any:
 
 def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
     """Overviews per class, the guidance strip, a large image per class, the uniform-weight twin of one of
-    them and a composed mixed-tissue image; returns the written paths."""
-    from tqdm.auto import tqdm
+    them and a composed mixed-tissue image; returns the written paths.
 
+    Overviews and large images come from ``pathup.sample.generate.make_images`` (settings and physical
+    scale in every file); a class's large image is upscaled from its first overview with the same seed.
+    """
     from pathup.data.generated import class_dirname
+    from pathup.sample.generate import ImageJob, make_images
     from pathup.sample.pipeline import PathUpPipeline
-    from pathup.sample.writers import save_png, sidecar_path
+    from pathup.sample.writers import sidecar_path
 
     pipe = PathUpPipeline.from_pretrained(str(run_dir / "model"), device=cfg.device, dtype="fp32",
                                           progress=False)
     classes = pipe.ldm.prompts.classes
     scfg = sample_config(cfg)
-    written: dict[str, Any] = {"overviews": {}, "large": {}, "uniform": None}
-    ov_mpp = pipe.mpp.get("overview")  # an overview is at the model's overview scale (None: unknown)
 
-    def overview_settings(settings: dict[str, Any]) -> dict[str, Any]:
-        settings = {k: v for k, v in settings.items() if k != "mpp"}
-        return {**settings, "level": "overview", **({"mpp": ov_mpp} if ov_mpp is not None else {})}
+    def path(folder: str, class_name: str, seed: int) -> Path:
+        return gen / folder / class_dirname(class_name) / f"s{seed}.png"
 
-    jobs = [(c, i) for c in classes for i in range(cfg.overviews_per_class)]
-    for c, i in tqdm(jobs, desc="overviews", unit="img", disable=not cfg.progress):
-        seed = cfg.seed + i
-        ov = pipe.overview(c, seed=seed, steps=cfg.steps, guidance=cfg.guidance)
-        path = gen / "overviews" / class_dirname(c) / f"s{seed}.png"
-        save_png(image=ov, path=path, mpp=ov_mpp,
-                 settings=overview_settings(pipe.settings(c, scfg, seed=seed, prompts=pipe.prompts_for(c))))
-        written["overviews"].setdefault(c, []).append(str(path))
+    jobs = []
+    for c in classes:
+        for i in range(max(1, cfg.overviews_per_class)):
+            seed = cfg.seed + i
+            large = {} if i else {"pyramid": path("large", c, seed)}
+            if not i and c == classes[0]:  # Table 4 ablation on one class: the same overview and noise
+                large["uniform"] = path("uniform", c, seed)
+            jobs.append(ImageJob(c, seed, path("overviews", c, seed), large))
+    make_images(pipe, scfg, jobs, progress=cfg.progress, desc="images")
+    written: dict[str, Any] = {
+        "overviews": {c: [str(j.overview) for j in jobs if j.class_name == c] for c in classes},
+        "large": {j.class_name: str(j.images["pyramid"]) for j in jobs if "pyramid" in j.images},
+        "uniform": str(jobs[0].images["uniform"])}
     # The same seeds of one class at several guidance scales (does the prompt matter?).
     show = classes[0]
     for g in cfg.guidance_compare:
-        for i in range(4):
-            seed = cfg.seed + i
-            path = gen / "guidance" / f"g{g:g}" / class_dirname(show) / f"s{seed}.png"
-            done = gen / "overviews" / class_dirname(show) / f"s{seed}.png"
+        strip = [ImageJob(show, seed, path(f"guidance/g{g:g}", show, seed)) for seed in range(cfg.seed, cfg.seed + 4)]
+        todo = []
+        for job in strip:
+            done = path("overviews", show, job.seed)
             if g == cfg.guidance and done.is_file():  # the same image as the class's overview: reuse it
-                path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(done, path)
-                shutil.copyfile(sidecar_path(done), sidecar_path(path))
+                job.overview.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(done, job.overview)
+                shutil.copyfile(sidecar_path(done), sidecar_path(job.overview))
             else:
-                ov = pipe.overview(show, seed=seed, steps=cfg.steps, guidance=g)
-                settings = pipe.settings(show, dataclasses.replace(scfg, guidance=g), seed=seed,
-                                         prompts=pipe.prompts_for(show))
-                save_png(image=ov, path=path, settings=overview_settings(settings), mpp=ov_mpp)
-            written.setdefault("guidance", {}).setdefault(f"{g:g}", []).append(str(path))
-    for c in tqdm(classes, desc="large images", unit="img", disable=not cfg.progress):
-        written["large"][c] = str(upscale_one(pipe, scfg, c, gen / "large", weight_map="pyramid"))
-    # Table 4 ablation on one class: the same overview and noise, uniform weights.
-    written["uniform"] = str(upscale_one(pipe, scfg, classes[0], gen / "uniform", weight_map="uniform"))
+                todo.append(job)
+        make_images(pipe, dataclasses.replace(scfg, guidance=g), todo, progress=False)
+        written.setdefault("guidance", {})[f"{g:g}"] = [str(job.overview) for job in strip]
     # A mixed-tissue image from a random class map (pathup compose), with its label mask.
     if cfg.compose_classes >= 2:
-        from pathup.sample.compose import ComposeConfig, compose_to_folder
+        from pathup.sample.compose_folder import compose_to_folder
+        from pathup.sample.config import ComposeConfig
 
         ccfg = ComposeConfig(**{**dataclasses.asdict(scfg), "random_layout": min(cfg.compose_classes, len(classes)),
                                 "region_size": max(64, cfg.size // 2), "layout_shape": "blob"})
         res = compose_to_folder(pipe, gen / "composed", ccfg, progress=False)
         written["composed"] = [str(p) for p in res.written + res.skipped]
     return written
-
-
-def upscale_one(pipe: Any, scfg: Any, class_name: str, folder: Path, *, weight_map: str) -> Path:
-    """The large image of ``class_name`` from its first overview (``generated/overviews``), same seed."""
-    from PIL import Image
-
-    from pathup.data.generated import class_dirname
-    from pathup.sample.writers import save_image
-
-    seed = scfg.seed
-    overview = Image.open(Path(folder).parent / "overviews" / class_dirname(class_name) / f"s{seed}.png").convert("RGB")
-    img = pipe.upscale(overview, class_name, size=scfg.size, seed=seed, steps=scfg.steps, guidance=scfg.guidance,
-                       strength=scfg.strength, latent_patch=scfg.latent_patch, latent_overlap=scfg.latent_overlap,
-                       weight_map=weight_map, output_type="np")
-    settings = pipe.settings(class_name, dataclasses.replace(scfg, weight_map=weight_map), seed=seed,
-                             prompts=pipe.prompts_for(class_name), source="generated")
-    path = folder / class_dirname(class_name) / f"s{seed}.png"
-    save_image(image=img, path=path, settings={**settings, "level": "upscaled"}, mpp=settings.get("mpp"))
-    return path
 
 
 def evaluate_images(cfg: DemoConfig, dataset: Path, gen: Path, mdir: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Issue 12 (hardening), rater study: request size limit, served images that carry no length signal,
+"""The rater study against misuse: request size limit, served images that carry no length signal,
 hostile rater names in the report and CSV, a private answer key, an unwritable output folder."""
 
 from __future__ import annotations

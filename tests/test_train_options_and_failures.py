@@ -1,4 +1,4 @@
-"""Issue 12 items 6, 8 and 17 on the training side: numeric options checked once in the config layer, empty
+"""Training options and failures: numeric options checked once in the config layer, empty
 classes refused unless asked for, and one progress setting for every bar of a run."""
 
 import pytest

@@ -1,10 +1,15 @@
-"""Issue 12 (hardening), the sample / metrics / config items: 3, 4, 5, 6, 13 and 16."""
+"""Option checks (finite numbers and ranges in the config layer, for every stage), class folders and the
+resume rules of ``pathup generate`` / ``upscale``, evaluating generated folders, and the seam score on
+flat or partly flat images."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 from typing import Optional
 
 import numpy as np
@@ -17,7 +22,7 @@ from pathup.errors import PathUpError
 from test_metrics_seam_features import _pasted_tiles
 
 
-# ----------------------------------------------------------------------------------------- item 6
+# ---------------------------------------------------------------------------------- option checks
 @dataclasses.dataclass
 class _Ranged:
     rate: float = dataclasses.field(default=0.5, metadata={"min": 0, "max": 1, "max_exclusive": True})
@@ -154,7 +159,7 @@ def test_pipeline_stage_calls_refuse_non_finite_guidance(method):
             call(*args, prompt="x", guidance=bad)
 
 
-# ----------------------------------------------------------------------------------------- items 3, 4
+# -------------------------------------------------------------------------------------- class folders
 GEN = dict(size="64", steps=2, latent_patch=8, latent_overlap=4, guidance=2.0)
 CLASSES = ["a b", "a_b", "腫瘍", "良性"]
 
@@ -178,7 +183,12 @@ def test_class_folder_names_are_injective_and_readable():
     assert len(set(names)) == len(names)
     assert names[0].startswith("a_b-") and len(names[0]) == len("a_b-") + 8
     assert all(n and "/" not in n and not n.startswith(".") for n in names)
-    assert class_dirname("a b") == class_dirname("a b")  # deterministic
+    # deterministic across processes and runs (a SHA-256, not Python's salted hash): the hand-computed name
+    assert class_dirname("a b") == "a_b-c8687a08"
+    code = "from pathup.sample.generate import class_dirname; print(class_dirname('a b'))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "random"})
+    assert run.stdout.strip() == "a_b-c8687a08"
 
 
 def test_generate_keeps_colliding_classes_apart_and_reads_them_back(pipes, tmp_path):
@@ -200,7 +210,7 @@ def test_generate_keeps_colliding_classes_apart_and_reads_them_back(pipes, tmp_p
         assert json.loads(g.path.with_suffix(".json").read_text())["class"] == g.class_name
 
 
-# ----------------------------------------------------------------------------------------- item 4
+# ----------------------------------------------------------------------------------- resume rules
 def test_generate_rerun_with_other_settings_or_model_is_refused_unless_overwrite(pipes, tmp_path):
     from pathup.sample import SampleConfig
     from pathup.sample.generate import GENERATE_SETTINGS, class_folder, generate_to_folder, pending_seeds
@@ -293,7 +303,7 @@ def test_generate_cli_rerun_with_other_model_or_settings(pipes, tmp_path, capsys
     assert [json.loads(p.read_text())["model"] for p in sidecars] == [str(other)]
 
 
-# ----------------------------------------------------------------------------------------- item 5
+# ------------------------------------------------------------------ generated folders in evaluate
 def _img(path, rng, size=64):
     from PIL import Image
 
@@ -353,7 +363,7 @@ def test_evaluate_counts_only_the_generated_images_of_the_level(tmp_path, gen_la
     assert evaluate(_eval_cfg(tmp_path, real, real, level="patch"))["fake"]["n_images"] == 6
 
 
-# ----------------------------------------------------------------------------------------- item 16
+# ----------------------------------------------------------------------- seam score on flat images
 @pytest.fixture(scope="module")
 def tissue(sample_breakhis):
     from pathup.io import list_images, load_rgb

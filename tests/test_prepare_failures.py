@@ -1,4 +1,4 @@
-"""Issue 12 (hardening), data side: decompression bombs, tiny images, option types, empty classes, CSV
+"""Bad input and failures around ``pathup prepare``: decompression bombs, tiny images, option types, empty classes, CSV
 conflicts, output permissions, unwritable outputs, truncated slides, interrupts and killed workers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 (hardening), follow-ups: every image a user hands in goes through ``pathup.io``'s pixel limit
+"""Files from users and output folders: every image a user hands in goes through ``pathup.io``'s pixel limit
 (experiment runner, settings reader), generate / upscale / compose check --out before loading a model,
 ``scan_synthetic`` finds ``class_dirname`` folders, and ``pathup.sample`` exports the compose API."""
 
@@ -34,7 +34,7 @@ def _png(path: Path, size=(40, 30), color=(200, 100, 150)) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- follow-up a: pixel limit
+# --------------------------------------------------------------------------- pixel limit
 def test_read_settings_refuses_a_bomb_in_one_line_and_reads_the_chunk_without_decoding(tmp_path):
     from pathup.sample.writers import read_settings, save_png, sidecar_path
 
@@ -70,7 +70,7 @@ def test_runner_reads_overviews_through_the_pixel_limit(tmp_path):
         assert im.size == (128, 128) and counts.written == 1
 
 
-# --------------------------------------------------------------------------- follow-up b: --out first
+# --------------------------------------------------------------------------- --out first
 def _blocked(tmp_path: Path) -> Path:
     """An --out that no one (root included) can create: a folder below a plain file."""
     blocker = tmp_path / "file"
@@ -92,7 +92,7 @@ def test_unwritable_out_fails_in_one_line_before_the_model_loads(tmp_path, capsy
         assert f"--out {out}" in err and says in err and "no-such-model" not in err
 
 
-# --------------------------------------------------------------------------- follow-up c: class folders
+# --------------------------------------------------------------------------- class folders
 def _generated(root: Path, cls: str, seeds=(0, 1), with_settings: bool = True) -> Path:
     from pathup.sample.generate import GENERATE_SETTINGS, class_dirname
 
@@ -142,15 +142,17 @@ def test_scan_synthetic_folder_is_found_by_its_settings_and_old_safe_name_folder
     assert "missing: c d (folder c_d-" in str(err.value) and "\n" not in str(err.value)
 
 
-# --------------------------------------------------------------------------- follow-up d: exports
+# --------------------------------------------------------------------------- lazy exports
 def test_sample_package_exports_the_compose_api_lazily():
     import subprocess
     import sys
 
     import pathup.sample as sample
-    from pathup.sample.compose import ComposeConfig, compose_to_folder
+    from pathup.sample.compose_folder import compose_to_folder
+    from pathup.sample.config import ComposeConfig
     from pathup.sample.generate import class_dirname, read_generated
-    from pathup.sample.layout import Layout, load_layout, random_layout
+    from pathup.sample.layout import Layout, random_layout
+    from pathup.sample.layout_files import load_layout
 
     assert sample.ComposeConfig is ComposeConfig and sample.compose_to_folder is compose_to_folder
     assert sample.Layout is Layout and sample.load_layout is load_layout and sample.random_layout is random_layout
