@@ -249,6 +249,27 @@ def test_output_mpp_rule():
     assert model_mpp(None) == {"patch": None, "overview": None}
     with pytest.raises(PathUpError, match="m/pathup.json: mpp overview: microns per pixel must be a positive number"):
         model_mpp({"overview": -1.0}, "m/pathup.json")
+    # strength 1 starts from noise: the image is made at the patch level's scale, whatever its size
+    assert output_mpp({"patch": 0.5, "overview": 2.0}, 128, 2048, strength=1.0) == 0.5
+    assert output_mpp({"patch": None, "overview": 2.0}, 128, 2048, strength=1.0) is None
+
+
+def test_upscaling_stops_at_the_patch_scale(caplog):
+    """The paper upscales from the overview's scale to the patch level's: 128 px at 2.0 um/px reaches 0.5 um/px
+    at 512 px (the natural width); a larger image is finer than anything the model learned: a warning."""
+    from pathup.sample.scale import check_scale, natural_width
+
+    mpp = {"patch": 0.5, "overview": 2.0}
+    assert natural_width(mpp, 128) == 512
+    assert natural_width({"patch": None, "overview": 2.0}, 128) is None
+    # Kather's demo tiling: 150 px fields at 0.495 um/px written at 128 px; patch tiles are 128 px crops
+    assert natural_width({"patch": 0.495, "overview": 0.495 * 150 / 128}, 128) == 150
+    with caplog.at_level("WARNING"):
+        assert check_scale(mpp, 128, 512, 0.5) and check_scale(mpp, 128, 530, 2.0 * 128 / 530)
+        assert not caplog.records
+        assert not check_scale(mpp, 128, 768, 2.0 * 128 / 768)
+    assert "finer than the model's patch level (0.500 um/px)" in caplog.text and "at 512 px" in caplog.text
+    assert check_scale({"patch": None, "overview": None}, 128, 4096, None)  # no scale known: nothing to say
 
 
 def test_generate_and_upscale_write_the_models_scale(ldm, tmp_path):

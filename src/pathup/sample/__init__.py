@@ -46,7 +46,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=[
     "generate": ["generate_to_folder", "upscale_to_file", "make_images", "ImageJob", "GenerateResult", "image_paths",
                  "seeds_for_process", "pending_seeds", "upscale_path", "class_dirname", "read_generated", "GeneratedImage"],
     "resume": ["is_done"],
-    "scale": ["model_mpp", "output_mpp"],
+    "scale": ["model_mpp", "output_mpp", "natural_width", "check_scale"],
     "compose": ["ComposeOutput"],
     "compose_folder": ["ComposeResult", "compose_to_folder"],
     "layout": ["Layout", "random_layout"],

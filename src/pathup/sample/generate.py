@@ -194,6 +194,7 @@ def _make_images(pipe: "PathUpPipeline", cfg: SampleConfig, jobs: list[ImageJob]
 
     result = GenerateResult()
     mpp, overview_mpp = pipe.image_mpp(cfg), pipe.overview_mpp(cfg)
+    pipe.check_scale(cfg)
     for job in tqdm(jobs, desc=desc, unit="image", disable=not progress):
         prompts = pipe.prompts_for(job.class_name)  # unknown class -> PathUpError naming the known ones
 

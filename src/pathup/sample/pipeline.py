@@ -301,16 +301,24 @@ class PathUpPipeline(DiffusionPipeline):
                             output_type=output_type, denoiser=denoiser)
 
     def image_mpp(self, cfg: SampleConfig) -> float | None:
-        """Microns per pixel of an image generated at ``cfg.size``: ``cfg.mpp``, else the model's overview
-        MPP x the overview width / the image width (``pathup.sample.scale``); None when unknown."""
-        return output_mpp(self.mpp, int(self.ldm.resolution), cfg.size.width, cfg.mpp)
+        """Microns per pixel of an image generated at ``cfg.size``: ``cfg.mpp``; else at strength 1 (from
+        noise) the model's patch MPP; else the model's overview MPP x the overview width / the image width
+        (``pathup.sample.scale``); None when unknown."""
+        return output_mpp(self.mpp, int(self.ldm.resolution), cfg.size.width, cfg.mpp, cfg.strength)
 
     def overview_mpp(self, cfg: SampleConfig) -> float | None:
-        """Microns per pixel of the overview an image at ``cfg.size`` is upscaled from: ``image_mpp`` x the
-        image width / the overview width (the model's overview MPP unless ``cfg.mpp`` is given); None when
-        unknown."""
-        mpp = self.image_mpp(cfg)
-        return None if mpp is None else mpp * cfg.size.width / int(self.ldm.resolution)
+        """Microns per pixel of the overview an image at ``cfg.size`` is upscaled from: with ``cfg.mpp`` that x
+        the image width / the overview width, else the model's overview MPP; None when unknown."""
+        if cfg.mpp is None:
+            return output_mpp(self.mpp, 1, 1)
+        return cfg.mpp * cfg.size.width / int(self.ldm.resolution)
+
+    def check_scale(self, cfg: SampleConfig) -> bool:
+        """Warn (once per call) when ``cfg`` asks for an image finer than the model's patch level
+        (``pathup.sample.scale.check_scale``); False then."""
+        from pathup.sample.scale import check_scale
+
+        return check_scale(self.mpp, int(self.ldm.resolution), cfg.size.width, self.image_mpp(cfg))
 
     def settings(self, class_name: str | None, cfg: SampleConfig, *, seed: int,
                  prompts: dict[str, str], source: str | None = None) -> dict[str, Any]:
