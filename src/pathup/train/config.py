@@ -83,11 +83,12 @@ class TrainConfig:
     ema_decay: Optional[float] = option(None, "EMA decay (default: 0.999 from scratch, 0.9999 fine-tuning)", min=0, max=1, max_exclusive=True)
     # first stage of the from-scratch models
     vae_steps: Optional[int] = option(None, "autoencoder training steps before the UNet (from scratch only; default: "
-                                            "600)", min=0)
+                                            "1000 for tiny, 600 for other sizes)", min=0)
     vae_batch_size: int = option(8, "autoencoder batch size", min=1)
     vae_lr: float = option(5e-4, "autoencoder learning rate", min=0, min_exclusive=True)
     vae_kl_weight: float = option(1e-6, "KL weight of the autoencoder loss", min=0)
-    vae_crop: int = option(64, "train the autoencoder on random crops of this size (0 = whole tiles)", metavar="PX", min=0)
+    vae_crop: int = option(0, "train the autoencoder on random crops of this size (0 = whole tiles, as it is used)",
+                           metavar="PX", min=0)
     vae_eval_tiles: int = option(256, "held-out tiles the autoencoder is measured on after its stage (PSNR, SSIM, "
                                       "CIEDE2000, border error, class-consistency; RUN/autoencoder.json)", min=0)
     # validation during training (pathup.train.validation)
