@@ -118,7 +118,7 @@ class Judge:
         return out
 
 
-def feature_specs(val_features: str, encoder: Path | None) -> list[str]:
+def validation_features(val_features: str, encoder: Path | None) -> list[str]:
     """The texture-aware spec (``auto``: the run's domain encoder) first, then the colour-only one."""
     texture = str(encoder) if val_features == "auto" else val_features
     return list(dict.fromkeys([texture, COLOUR_FEATURES]))

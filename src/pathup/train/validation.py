@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pathup.metrics.judge import (Judge, RealSet, autoencoder_report, feature_specs, images_to_uint8, report_lines,
+from pathup.metrics.judge import (Judge, RealSet, autoencoder_report, validation_features, images_to_uint8, report_lines,
                                   save_png)
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Validation:
                         if cfg.max_steps == "auto" else "")
             return
         encoder = self._encoder() if cfg.val_features == "auto" else None
-        self.judge = Judge(self.real, feature_specs(cfg.val_features, encoder), device=self.device, seed=cfg.seed)
+        self.judge = Judge(self.real, validation_features(cfg.val_features, encoder), device=self.device, seed=cfg.seed)
         self.texture = next(iter(self.judge.extractors))
         if wants_ae:
             self._autoencoder(trainer.ldm.vae, res)
@@ -127,13 +127,14 @@ class Validation:
     # ------------------------------------------------------------------ the autoencoder
     def _encoder(self) -> Path:
         """The run's domain encoder (``RUN/encoder``): trained once on the training tiles, reused on resume."""
-        from pathup.metrics.domain import EncoderConfig, train_encoder
+        from pathup.metrics.domain import CONFIG_FILE, train_encoder
+        from pathup.metrics.encoder_config import EncoderConfig
 
         folder = self.run_dir / "encoder"
-        if not (folder / "encoder.json").is_file():
+        if not (folder / CONFIG_FILE).is_file():
             log.info("training the domain encoder of the validation measure (%s)", folder)
-            train_encoder(EncoderConfig(data=self.cfg.data, out=folder, split=self.cfg.split, seed=self.cfg.seed,
-                                        progress=self.cfg.progress))
+            train_encoder(EncoderConfig(data=self.cfg.data, out=folder, split=self.cfg.split, heldout=self.real.split,
+                                        seed=self.cfg.seed, device=str(self.device), progress=self.cfg.progress))
         return folder
 
     def _autoencoder(self, vae, resolution: int) -> None:
