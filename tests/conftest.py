@@ -28,3 +28,22 @@ def sample_wsi():
     from pathup.sample_data import wsi_path
 
     return wsi_path()
+
+
+@pytest.fixture
+def validate_calls(monkeypatch):
+    """The config type of every run of ``pathup.sample.config.validate`` during the test (the tests that count
+    how often a command or API call checks its options)."""
+    import sys
+
+    import pathup.config
+
+    real, calls = pathup.config.validate, []
+
+    def counting(cfg):  # every run of pathup.sample.config.validate checks the fields here once
+        if sys._getframe(1).f_globals["__name__"] == "pathup.sample.config":
+            calls.append(type(cfg).__name__)
+        return real(cfg)
+
+    monkeypatch.setattr(pathup.config, "validate", counting)
+    return calls

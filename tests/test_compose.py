@@ -315,6 +315,24 @@ def test_cli_random_layout_num_and_process_share(model_dir, tmp_path, capsys):
     assert "give either --layout FILE or --random-layout K" in err and "file not found" in err
 
 
+def test_compose_options_are_checked_once_per_call(model_dir, tmp_path, validate_calls):
+    """``pathup compose`` checks its options once (``pathup.sample.config.validate``), before the model loads
+    (it checked them twice: in the CLI and again in ``compose_to_folder``); ``compose_to_folder`` called
+    alone checks them once too, and both write the same image."""
+    calls = validate_calls
+    assert main(["compose", "--model", model_dir, "--random-layout", "2", "--region-size", "40",
+                 "--out", str(tmp_path / "cli"), *FAST]) == 0
+    assert calls == ["ComposeConfig"]
+    calls.clear()
+    pipe = PathUpPipeline.from_pretrained(model_dir, device="cpu", progress=False)
+    cfg = ComposeConfig(steps=2, latent_patch=6, latent_overlap=3, guidance=2.0, size="80x64", random_layout=2,
+                        region_size=40)
+    res = compose_to_folder(pipe, tmp_path / "api", cfg, progress=False)
+    assert calls == ["ComposeConfig"] and [p.name for p in res.written] == ["random_s0.png"]
+    api, cli = res.written[0], tmp_path / "cli" / "random_s0.png"
+    assert np.array_equal(np.asarray(Image.open(api)), np.asarray(Image.open(cli)))
+
+
 def test_cli_help_lists_compose_options(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["compose", "--help"])

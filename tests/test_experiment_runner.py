@@ -238,3 +238,34 @@ def test_a_finished_arm_is_reused_only_with_the_same_settings(tmp_path):
     assert marker.matching(arm_settings(other, "no-fel", {"lr": 1e-4})) is None
     device = ExperimentConfig(data=cfg.data, out=cfg.out, train_steps=3, device="cpu")  # the device is no setting
     assert marker.matching(arm_settings(device, "no-fel", {"lr": 1e-4})) is not None
+
+
+def test_bicubic_and_upscaler_images_carry_the_scale(tmp_path, monkeypatch):
+    """The Table 3 baselines carry a physical scale as PathUp's images do: the overview's microns per pixel x
+    its width / the image's (``pathup.sample.scale.output_mpp``), in the sidecar, the PNG's text chunk and
+    its pHYs; an overview without a scale gives images without one."""
+    from pathup.experiments import makers
+    from pathup.sample.writers import read_settings, save_png
+
+    cfg = ExperimentConfig(data=str(tmp_path / "ds"), out=str(tmp_path / "exp"), seeds=1, images_per_class=1)
+    root = tmp_path / "exp" / "images" / "pathup" / "seed0"
+    save_png(Image.new("RGB", (64, 64), (200, 100, 150)), root / "overview" / "a_0.png",
+             {"level": "overview", "mpp": 2.0}, mpp=2.0)  # as make_images writes an overview
+    save_png(Image.new("RGB", (64, 64), (90, 60, 150)), root / "overview" / "b_0.png", {"level": "overview"})
+    monkeypatch.setattr(makers, "load_upscaler", lambda path, device: object())
+    monkeypatch.setattr(makers, "run_upscaler",
+                        lambda pipe, image, prompt, seed, cfg: image.resize((256, 256), Image.BICUBIC))
+    counts = makers.Counts()
+    makers.bicubic_images(cfg, ["a", "b"], 128, counts)
+    makers.upscaler_images(cfg, "x4", "unused", ["a", "b"], 128, {"a": "a, patch", "b": "b, patch"}, counts)
+    assert counts.written == 4
+    for kind in ("bicubic", "upscaler-x4"):
+        scaled = root / kind / "a_0.png"
+        assert read_settings(scaled)["mpp"] == 1.0  # 2.0 um/px x 64 px / 128 px
+        with Image.open(scaled) as im:
+            assert im.size == (128, 128) and float(im.text["mpp"]) == 1.0
+            assert im.info["dpi"][0] == pytest.approx(25400.0, rel=1e-3)
+        plain = root / kind / "b_0.png"
+        assert "mpp" not in read_settings(plain)
+        with Image.open(plain) as im:
+            assert "mpp" not in im.text and "dpi" not in im.info

@@ -100,20 +100,12 @@ def test_generate_missing_model(tmp_path, capsys):
     assert "model not found" in capsys.readouterr().err
 
 
-def test_options_are_checked_once_per_call(model_dir, tiny_ldm, tmp_path, monkeypatch):
+def test_options_are_checked_once_per_call(model_dir, tiny_ldm, tmp_path, validate_calls):
     """``pathup generate`` checks its options once (``pathup.sample.config.validate``), before the model loads
     (it checked them four times); ``generate_to_folder`` called alone checks them once too."""
-    import pathup.config
     from pathup.sample import PathUpPipeline, SampleConfig, generate_to_folder
 
-    real, calls = pathup.config.validate, []
-
-    def counting(cfg):  # every run of pathup.sample.config.validate checks the fields here once
-        if sys._getframe(1).f_globals["__name__"] == "pathup.sample.config":
-            calls.append(type(cfg).__name__)
-        return real(cfg)
-
-    monkeypatch.setattr(pathup.config, "validate", counting)
+    calls = validate_calls
     assert main(["generate", "--model", model_dir, "--class", "benign", "--out", str(tmp_path / "cli"),
                  "--size", "64", "--num", "2", *FAST]) == 0
     assert calls == ["SampleConfig"]
@@ -154,6 +146,76 @@ def test_upscale_cli(model_dir, tmp_path, sample_breakhis, capsys):
     assert main(args) == 0 and "nothing to do" in capsys.readouterr().out
     assert main(["upscale", str(tmp_path / "missing.png"), "--model", model_dir, "--class", "benign"]) == 2
     assert "image not found" in capsys.readouterr().err
+
+
+def test_upscale_options_are_checked_once_per_call(model_dir, tiny_ldm, tmp_path, sample_breakhis, validate_calls):
+    """``pathup upscale`` checks its options once, before the model loads (it checked them twice: for the
+    target's name and again in ``upscale_to_file``); ``upscale_to_file`` called alone checks them once too,
+    and both write the same image."""
+    from pathup.io import list_images
+    from pathup.sample import PathUpPipeline, SampleConfig, upscale_to_file
+
+    src = list_images(sample_breakhis)[0]
+    calls = validate_calls
+    assert main(["upscale", str(src), "--model", model_dir, "--class", "benign", "--out", str(tmp_path / "cli"),
+                 "--size", "72x56", "--seed", "2", *FAST]) == 0
+    assert calls == ["SampleConfig"]
+    calls.clear()
+    pipe = PathUpPipeline(tiny_ldm, model_name=model_dir, progress=False)
+    cfg = SampleConfig(size="72x56", seed=2, steps=2, latent_patch=8, latent_overlap=4, guidance=2.0)
+    result = upscale_to_file(pipe, src, "benign", tmp_path / "api", cfg)
+    assert calls == ["SampleConfig"] and len(result.written) == 1
+    api = result.written[0]
+    cli = tmp_path / "cli" / api.name
+    assert np.array_equal(np.asarray(Image.open(api)), np.asarray(Image.open(cli)))
+
+
+def _count_size_parses(monkeypatch) -> list:
+    """The text of every ``parse_size`` call from now on, in whichever module of pathup calls it."""
+    import pathup.cli.generate  # noqa: F401 - every module that holds parse_size, imported before patching
+    import pathup.cli.upscale  # noqa: F401
+    import pathup.sample.config as config
+    import pathup.sample.generate  # noqa: F401
+    import pathup.sample.pipeline  # noqa: F401
+    import pathup.sample.resume  # noqa: F401
+
+    real, calls = config.parse_size, []
+
+    def counting(text, name="size"):
+        calls.append(text)
+        return real(text, name)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("pathup") and getattr(module, "parse_size", None) is real:
+            monkeypatch.setattr(module, "parse_size", counting)
+    return calls
+
+
+def test_a_size_is_parsed_once_along_generate_and_upscale(model_dir, tiny_ldm, tmp_path, sample_breakhis,
+                                                            monkeypatch):
+    """``size`` is parsed once, when the config is made (``SampleConfig.__post_init__``); from there the
+    ``Size`` goes through every module as it is: ``generate_to_folder`` (checks, resume fingerprint, upscale,
+    sidecars), ``pathup generate``, ``pathup upscale`` and ``upscale_to_file`` parse it no more."""
+    from pathup.io import list_images
+    from pathup.sample import PathUpPipeline, SampleConfig, generate_to_folder, upscale_to_file
+
+    calls = _count_size_parses(monkeypatch)
+    cfg = SampleConfig(size="64x48", steps=2, latent_patch=8, latent_overlap=4, guidance=2.0)
+    assert calls == ["64x48"]
+    pipe = PathUpPipeline(tiny_ldm, model_name=model_dir, progress=False)
+    assert len(generate_to_folder(pipe, "benign", tmp_path / "api", cfg, progress=False).written) == 1
+    assert calls == ["64x48"]
+    src = list_images(sample_breakhis)[0]
+    assert len(upscale_to_file(pipe, src, "benign", tmp_path / "up-api", cfg).written) == 1
+    assert calls == ["64x48"]
+    calls.clear()
+    assert main(["generate", "--model", model_dir, "--class", "benign", "--out", str(tmp_path / "cli"),
+                 "--size", "64x48", *FAST]) == 0
+    assert calls == ["64x48"]
+    calls.clear()
+    assert main(["upscale", str(src), "--model", model_dir, "--class", "benign", "--out", str(tmp_path / "up"),
+                 "--size", "72x56", *FAST]) == 0
+    assert calls == ["72x56"]
 
 
 def test_pipeline_api(tiny_ldm):

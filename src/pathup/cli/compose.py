@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(model, cfg, state)
     result = compose_to_folder(pipe, out, cfg, layout=args.layout, legend=args.legend,
                                process_index=state.process_index, num_processes=state.num_processes,
-                               progress=state.is_local_main_process)
+                               progress=state.is_local_main_process, checked=True)  # read_options checked cfg
     skipped = len(result.skipped)
     ratio = ""
     if result.unet:

@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"pathup upscale: {target} already exists; nothing to do")
         return 0
     pipe = load_pipeline(model, cfg)
-    upscale_to_file(pipe, args.image, args.class_name, out, cfg, image=image)
+    upscale_to_file(pipe, args.image, args.class_name, out, cfg, image=image, checked=True)  # upscale_path checked cfg
     print(f"pathup upscale: wrote {target}")
     return 0

@@ -77,10 +77,23 @@ def generate_arm(cfg: ExperimentConfig, model: str | Path, key: str, classes: li
     counts.skipped += len(made.skipped)
 
 
+def overview_scale(overview_path: Path, overview: Any, size: int) -> float | None:
+    """Microns per pixel of an image ``size`` pixels wide made from an overview: the overview's own scale
+    (its sidecar's ``mpp``, as ``make_images`` wrote it) x its width / ``size``, the rule of PathUp's images
+    (``pathup.sample.scale.output_mpp``); None when the overview has none."""
+    from pathup.sample.resume import is_done
+    from pathup.sample.scale import output_mpp
+    from pathup.sample.writers import read_settings
+
+    mpp = read_settings(overview_path).get("mpp") if is_done(overview_path) else None
+    return output_mpp({"overview": mpp}, overview.width, size)
+
+
 def bicubic_images(cfg: ExperimentConfig, classes: list[str], size: int, counts: Counts) -> None:
-    """PIL bicubic resizes of the full model's overviews (Table 3 baseline)."""
+    """PIL bicubic resizes of the full model's overviews (Table 3 baseline), with the physical scale."""
     from PIL import Image
 
+    from pathup.sample.generate import save_with_scale
     from pathup.sample.writers import save_png
 
     root = Path(cfg.out) / "images" / "pathup"
@@ -90,9 +103,11 @@ def bicubic_images(cfg: ExperimentConfig, classes: list[str], size: int, counts:
             counts.skipped += 1
             continue
         src = root / f"seed{s}" / "overview" / name
-        img = open_image(src).resize((size, size), Image.BICUBIC)
-        save_png(image=img, path=out, settings={"class": cls, "seed": seed_of(cfg, s, i), "kind": "bicubic",
-                                              "overview_source": str(src), "size": [size, size]})
+        overview = open_image(src)
+        img = overview.resize((size, size), Image.BICUBIC)
+        save_with_scale(save_png, img, out, {"class": cls, "seed": seed_of(cfg, s, i), "kind": "bicubic",
+                                             "overview_source": str(src), "size": [size, size]},
+                        overview_scale(src, overview, size))
         counts.written += 1
 
 
@@ -140,10 +155,12 @@ def patch_prompts(model: str | Path, classes: list[str]) -> dict[str, str]:
 
 def upscaler_images(cfg: ExperimentConfig, name: str, path: str, classes: list[str], size: int,
                     prompts: dict[str, str], counts: Counts) -> None:
-    """Table 3: a diffusers upscaler applied to the full model's overviews (resized to ``size`` if needed)."""
+    """Table 3: a diffusers upscaler applied to the full model's overviews (resized to ``size`` if needed),
+    with the physical scale."""
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from pathup.sample.generate import save_with_scale
     from pathup.sample.writers import save_png
 
     root = Path(cfg.out) / "images" / "pathup"
@@ -169,5 +186,5 @@ def upscaler_images(cfg: ExperimentConfig, name: str, path: str, classes: list[s
                     "pipeline": type(pipe).__name__, "prompt": prompts[cls], "native_size": native,
                     "size": [size, size], "overview_source": str(src),
                     "options": {"steps": cfg.upscaler_steps, "guidance": cfg.guidance, "noise_level": cfg.noise_level}}
-        save_png(image=img, path=out, settings=settings)
+        save_with_scale(save_png, img, out, settings, overview_scale(src, overview, size))
         counts.written += 1

@@ -71,7 +71,7 @@ def _same(have: dict[str, Any], want: dict[str, Any]) -> bool:
 
 def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, layout: Any = None,
                       legend: Any = None, process_index: int = 0, num_processes: int = 1,
-                      progress: bool = True) -> ComposeResult:
+                      progress: bool = True, checked: bool = False) -> ComposeResult:
     """Compose this process's share of ``cfg.num`` images into ``out`` (the layout above).
 
     Seeds ``cfg.seed .. cfg.seed + cfg.num - 1`` are shared across processes as in ``pathup generate``
@@ -88,6 +88,8 @@ def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, 
         legend: the label image's legend file.
         process_index, num_processes: this process's share under ``accelerate launch``.
         progress: show the progress bar over images.
+        checked: ``cfg`` is already checked (``validate`` and the size bound; the CLI does both before it
+            loads the model); False: checked here, once.
 
     Raises:
         PathUpError: an invalid option, a bad layout or legend, a class the model does not know, ``out``
@@ -96,10 +98,12 @@ def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, 
     from tqdm.auto import tqdm
 
     from pathup.config import save_config
-    from pathup.sample.generate import output_format, save_with_scale, seeds_for_process
+    from pathup.sample.generate import check_output_size, output_format, save_with_scale, seeds_for_process
     from pathup.sample.writers import read_settings, save_image
 
-    validate(cfg)
+    if not checked:
+        validate(cfg)
+        check_output_size(cfg)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PathUpError(f"out {out} exists and is not a folder")

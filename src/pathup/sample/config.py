@@ -73,7 +73,7 @@ class SampleConfig:
                              "other settings; without it a rerun resumes only when the settings match")
 
     def __post_init__(self) -> None:
-        self.size = parse_size(self.size)  # the one place a size is parsed
+        self.size = as_size(self.size)  # the one place a size is parsed (``dataclasses.replace`` keeps it)
 
 
 @accepts_aliases
@@ -116,6 +116,13 @@ def parse_size(text: Any, name: str = "size") -> Size:
     if w < 8 or h < 8:
         raise OptionError(name, f"must be at least 8x8 pixels, got {w}x{h}")
     return Size(int(w), int(h))
+
+
+def as_size(value: Any, name: str = "size") -> Size:
+    """``value`` as it is when already a parsed ``Size`` (no second parse), else ``parse_size(value, name)``."""
+    if isinstance(value, Size) and min(value) >= 8:
+        return value
+    return parse_size(value, name)
 
 
 def stored_options(cfg: Any, **values: Any) -> dict[str, Any]:
@@ -165,7 +172,7 @@ def validate(cfg: SampleConfig) -> SampleConfig:
     from pathup.config import validate as validate_fields
 
     validate_fields(cfg)
-    parse_size(cfg.size)
+    cfg.size = as_size(cfg.size)  # parsed when the config was made; parsed here only if set since
     parse_patch_batch(cfg.patch_batch)
     if int(cfg.steps * cfg.strength) < 1:
         raise OptionError("strength", f"{cfg.strength} x steps {cfg.steps} re-runs no step; raise either")

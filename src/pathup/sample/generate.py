@@ -295,6 +295,11 @@ def upscale_path(image_path: str | Path, class_name: str, out: Path, cfg: Sample
     """
     validate(cfg)
     check_output_size(cfg)
+    return _upscale_target(image_path, class_name, out, cfg)
+
+
+def _upscale_target(image_path: str | Path, class_name: str, out: Path, cfg: SampleConfig) -> Path:
+    """``upscale_path`` for a ``cfg`` already checked."""
     from pathup.sample.writers import suffix
 
     fmt = output_format(cfg)
@@ -302,7 +307,7 @@ def upscale_path(image_path: str | Path, class_name: str, out: Path, cfg: Sample
 
 
 def upscale_to_file(pipe: "PathUpPipeline", image_path: str | Path, class_name: str, out: Path,
-                    cfg: SampleConfig, *, image: Any = None) -> GenerateResult:
+                    cfg: SampleConfig, *, image: Any = None, checked: bool = False) -> GenerateResult:
     """Upscale a user's own low-resolution overview with the class's patch prompt (PathUp Algorithm 1)
     and save it with its settings into ``out``.
 
@@ -313,6 +318,8 @@ def upscale_to_file(pipe: "PathUpPipeline", image_path: str | Path, class_name: 
         out: the output folder (created as needed); ``OUT/upscale_config.yaml`` gets ``cfg``.
         cfg: the resolved options (``cfg.seed`` seeds the noise; ``cfg.num`` is ignored).
         image: the overview already loaded (RGB PIL); None loads ``image_path``.
+        checked: ``cfg`` is already checked (``upscale_path``: ``validate`` and the size bound; the CLI does
+            it before it loads the model); False: checked here, once.
 
     Returns:
         ``written == [target]``, or ``skipped == [target]`` when it and its sidecar already exist with
@@ -326,7 +333,7 @@ def upscale_to_file(pipe: "PathUpPipeline", image_path: str | Path, class_name: 
     from pathup.io import load_rgb
     from pathup.sample.writers import save_image
 
-    target = upscale_path(image_path, class_name, out, cfg)
+    target = (_upscale_target if checked else upscale_path)(image_path, class_name, out, cfg)
     if image is None:
         image = load_rgb(image_path)  # PathUpError on a missing or corrupt file
     prompts = pipe.prompts_for(class_name)

@@ -34,7 +34,7 @@ from pathup.errors import PathUpError
 from pathup.model.ldm import LDM, make_scheduler
 from pathup.prompts import build_prompt
 from pathup.sample.config import (SampleConfig, Size, check_options, config_from_options, parse_patch_batch,
-                                  parse_size, stored_options, validate)
+                                  as_size, parse_size, stored_options, validate)
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings, to_pil
 from pathup.sample.scale import model_mpp, output_mpp
@@ -256,7 +256,7 @@ class PathUpPipeline(DiffusionPipeline):
         check_options(seed=seed, steps=steps, guidance=guidance, strength=strength, latent_patch=latent_patch,
                       latent_overlap=latent_overlap, vae_tile=vae_tile, vae_overlap=vae_overlap)
         ldm = self.ldm
-        width, height = parse_size(size)
+        width, height = as_size(size)  # cfg.size (upscale_with) is parsed already
         text = self._resolve_prompt(class_name, prompt, "patch")
         if output_type not in ("pil", "np", "latent"):
             raise PathUpError(f"unknown output_type {output_type!r}; allowed: pil, np, latent")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from pathup.data.generated import GENERATE_SETTINGS, class_dirname, read_json as _read_json
 from pathup.errors import PathUpError, OptionError
-from pathup.sample.config import STORED_NAMES, SampleConfig, parse_size, stored_options
+from pathup.sample.config import STORED_NAMES, SampleConfig, Size, parse_size, stored_options
 
 # options that never change an existing image: a rerun may differ in them and still resume
 NEUTRAL_OPTIONS = ("seed", "num", "device", "dtype", "patch_batch", "overwrite")
@@ -46,13 +46,16 @@ def model_key(model: str | Path | None) -> str | None:
 
 
 def image_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The options (as stored) that change an image: ``NEUTRAL_OPTIONS`` left out, ``size`` as ``WxH``.
+    """The options (as stored) that change an image: ``NEUTRAL_OPTIONS`` left out, ``size`` as ``WxH`` (stored
+    text parsed; a config's parsed ``Size`` taken as it is).
 
     The one rule for comparing runs: generate's folders and upscale targets here, compose's images
     (``pathup.sample.compose_folder``).
     """
     options = {k: v for k, v in options.items() if k not in NEUTRAL_OPTIONS}
-    if "size" in options:  # "96" and "96x96" are one size
+    if isinstance(options.get("size"), Size):  # a config's own size, parsed already
+        options["size"] = options["size"].wxh()
+    elif "size" in options:  # stored text: "96" and "96x96" are one size
         try:
             options["size"] = parse_size(options["size"]).wxh()
         except OptionError:
@@ -62,7 +65,8 @@ def image_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def settings_fingerprint(class_name: str, cfg: SampleConfig, model: str | Path | None) -> dict[str, Any]:
     """What must match for a rerun to resume: class, model and every option that changes an image."""
-    return {"class": class_name, "model": model_key(model), "options": image_options(stored_options(cfg))}
+    options = image_options(stored_options(cfg, size=cfg.size))
+    return {"class": class_name, "model": model_key(model), "options": options}
 
 
 def _fingerprint_of_sidecar(meta: dict[str, Any]) -> dict[str, Any] | None:
