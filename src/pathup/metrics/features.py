@@ -20,6 +20,13 @@ Choose one by name with ``make_extractor(spec, weights=...)``:
   the numbers are not comparable with the literature or the paper. For tests, demos and offline smoke runs.
 * ``color-stats``: OFFLINE, NO DOWNLOAD. Hand-crafted colour and texture statistics (RGB and optical-
   density histograms, gradient-magnitude histograms at three scales; 152-d). Same caveat as random-cnn.
+  Blind to blur in practice: use it beside a texture-aware extractor, not alone.
+* a domain encoder folder (``ENC`` with ``encoder.json``, written by ``pathup features train``): OFFLINE. The
+  embedding of a small CNN trained on the dataset's own training tiles (``pathup.metrics.domain``);
+  texture-aware, dataset-specific, not comparable with the literature.
+* a foundation preset (``uni2-h``, ``virchow2``, ``h-optimus-0``, ``phikon-v2``): pathology encoders whose
+  weights are on disk (``weights`` = their folder or file, or the local Hugging Face cache); gated,
+  licences in ``pathup.metrics.foundation``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ import torch.nn.functional as F
 
 from pathup.errors import OptionError, PathUpError
 
-EXTRACTOR_NAMES = ("inception", "random-cnn", "color-stats", "timm:NAME", "PATH.pt (TorchScript)")
+EXTRACTOR_NAMES = ("inception", "random-cnn", "color-stats", "timm:NAME", "PATH.pt (TorchScript)",
+                   "ENC (a 'pathup features train' folder)", "uni2-h", "virchow2", "h-optimus-0", "phikon-v2")
+COLOUR_ONLY = ("color-stats",)  # extractors that see colour statistics and little texture
 FID_INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                      "weights-inception-2015-12-05-6726825d.pth")
 
@@ -243,15 +252,25 @@ class ColorStatsExtractor(FeatureExtractor):
 def make_extractor(spec: str = "inception", weights: str | Path | None = None, input_size: int = 224,
                    device: str | torch.device = "cpu") -> FeatureExtractor:
     """Build the extractor named by ``spec`` (see the module docstring) on ``device``."""
+    from pathup.metrics.domain import DomainEncoderExtractor, is_encoder_folder
+    from pathup.metrics.foundation import PRESETS, FoundationExtractor
+
     spec = spec.strip()
-    if spec == "inception":
-        ext: FeatureExtractor = InceptionExtractor(weights)
+    if is_encoder_folder(spec):
+        ext: FeatureExtractor = DomainEncoderExtractor(spec, weights)
+    elif spec in PRESETS:
+        ext = FoundationExtractor(spec, weights)
+    elif spec == "inception":
+        ext = InceptionExtractor(weights)
     elif spec.startswith("timm:"):
         ext = TimmExtractor(spec[5:], weights)
     elif spec in ("random-cnn", "color-stats"):
         if weights is not None:
             raise OptionError("features", f"{spec} has fixed weights; --features-weights is not used with it")
         ext = RandomCNNExtractor() if spec == "random-cnn" else ColorStatsExtractor()
+    elif Path(spec).is_dir():
+        raise OptionError("features", f"{spec}: a folder without encoder.json (a domain encoder folder is written by "
+                          "'pathup features train --data DATASET --out ENC')")
     elif spec.endswith((".pt", ".pth", ".ts", ".jit", ".torchscript")) or Path(spec).is_file():
         ext = TorchScriptExtractor(spec, input_size)
     else:
