@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from pathup.config import accepts_aliases, option
 
 HELDOUT_SPLITS = ("test", "val")  # looked for in this order by heldout='auto'
+# Optimizer steps of the default training (batch 64): measured on the 1,200-image Kather set (4,730 tiles,
+# 3 epochs: held-out accuracy 0.68) and its 256-image sample; more steps change little at this width.
+TARGET_STEPS = 240
 
 
 @accepts_aliases
@@ -25,7 +29,9 @@ class EncoderConfig:
                                default_factory=list, metavar="LEVEL")
     size: int = option(128, "input size in pixels (tiles are resized to it, here and when extracting features)",
                        min=16, metavar="PX")
-    epochs: int = option(6, "passes over the training tiles", min=1)
+    epochs: Optional[int] = option(None, "passes over the training tiles (default: enough for about "
+                                         f"{TARGET_STEPS} steps, at least 1: 3 for 5,000 tiles, 12 for 1,280; about "
+                                         "1.5-4 min on 2 CPU cores at width 24)", min=1)
     batch_size: int = option(64, "tiles per step", min=2)
     lr: float = option(2e-3, "AdamW peak learning rate (warm-up, then cosine decay)", min=0, min_exclusive=True)
     width: int = option(24, "channels of the first stage (the stages have w, 2w, 4w, 8w)", min=4)

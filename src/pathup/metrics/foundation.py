@@ -170,11 +170,11 @@ def _build_timm(name: str, preset: Preset, source: Path) -> tuple[torch.nn.Modul
         weights = _weights_file(source, name)
     else:
         weights = source
+    state = read_state_dict(weights)  # before building the model: a bad file fails at once
     try:
         net = timm.create_model(arch, pretrained=False, **_resolve_layers(kwargs))
     except Exception as err:  # noqa: BLE001 - unknown architecture or arguments
         raise OptionError("features", f"{name}: cannot build timm {arch} ({type(err).__name__}: {err})") from None
-    state = read_state_dict(weights)
     try:
         state = checkpoint_filter_fn(state, net)
         net.load_state_dict(state, strict=True)
