@@ -87,7 +87,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=10, help="generated overviews per class and guidance")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.5])
     ap.add_argument("--steps", type=int, default=20, help="sampling steps")
-    ap.add_argument("--features", default="color-stats", help="features of the class classifier")
+    ap.add_argument("--features", nargs="+", default=["color-stats"],
+                    help="features of the class classifier; several are reported side by side (e.g. color-stats "
+                         "and a 'pathup features train' folder: colour-only and texture-aware)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -140,7 +142,7 @@ def main() -> None:
     res["guidance"] = args.guidance
 
     lines = [f"# Class-consistency: {args.sample} sample, model {model}", "",
-             f"features {args.features}; classifier trained on {res['real_tiles']['train']} real "
+             f"features {', '.join(args.features)}; classifier trained on {res['real_tiles']['train']} real "
              f"'{res['train_split']}' overview tiles, ceiling on {res['real_tiles']['heldout']} held-out "
              f"'{res['heldout_split']}' tiles; {args.per_class} generated overviews per class, {args.steps} DDIM steps",
              "", "| set | accuracy | ceiling | ratio | classes > 3x chance | colour r | "
@@ -156,6 +158,10 @@ def main() -> None:
     lines.append(f"| real held-out (ceiling) | {first['real_heldout']['accuracy']:.3f} | | | | | "
                  + " | ".join(f"{first['real_heldout']['per_class'][c]:.2f}" for c in first["classes"]) + " |")
     lines += ["", f"chance {first['chance']:.3f}; times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())]
+    if len(args.features) > 1:  # every feature set side by side (the table above is the first one's)
+        from pathup.metrics.consistency import markdown
+
+        lines += ["", markdown(res, {str(f): f"guidance {g:g}" for g, f in zip(args.guidance, folders)})]
     text = "\n".join(lines) + "\n"
     (out / "classes.md").write_text(text)
     (out / "classes.json").write_text(json.dumps(res, indent=2, default=float))

@@ -5,18 +5,18 @@ files, or a bare weights file) or, without it, from the local Hugging Face cache
 REPO`` on a machine with access). Weights are read with ``safetensors`` or ``torch.load(weights_only=True)``
 only; no user file is unpickled. The architecture and pre-processing of each preset follow its model card:
 
-=============  ==========================  ===========  ====================================  =========
-name           repository (library)        features     licence (access)                      paper
-=============  ==========================  ===========  ====================================  =========
-uni2-h         MahmoodLab/UNI2-h (timm)    1536, CLS    CC-BY-NC-ND 4.0 (gated: institutional  Chen et al., Nature Medicine 2024
-                                                        e-mail, non-commercial research only)
-virchow2       paige-ai/Virchow2 (timm)    2560, CLS +  CC-BY-NC-ND 4.0 (gated: accept terms,  Zimmermann et al., arXiv:2408.00738
-                                           mean patch   non-commercial research only)
-h-optimus-0    bioptimus/H-optimus-0       1536, CLS    Apache-2.0 (gated: accept terms)       Saillard et al., Bioptimus 2024
-               (timm)
-phikon-v2      owkin/phikon-v2             1024, CLS    Owkin non-commercial licence (not      Filiot et al., arXiv:2409.09173
-               (transformers)                           gated)
-=============  ==========================  ===========  ====================================  =========
+* ``uni2-h``: MahmoodLab/UNI2-h (timm ViT-H/14, 8 registers, SwiGLU), 1536-d CLS token. Licence CC-BY-NC-ND
+  4.0, gated (institutional e-mail), non-commercial research only. Chen et al., "Towards a general-purpose
+  foundation model for computational pathology", Nature Medicine 2024.
+* ``virchow2``: paige-ai/Virchow2 (timm ViT-H/14, 4 registers, SwiGLU), 2560-d: the CLS token and the mean
+  of the patch tokens, as its model card does. Licence CC-BY-NC-ND 4.0, gated, non-commercial research
+  only. Zimmermann et al., "Virchow2: Scaling Self-Supervised Mixed Magnification Models in Pathology",
+  arXiv:2408.00738.
+* ``h-optimus-0``: bioptimus/H-optimus-0 (timm ViT-g/14, 4 registers), 1536-d CLS token, its own stain
+  normalisation (mean 0.707/0.579/0.704, std 0.212/0.230/0.178). Licence Apache-2.0, gated (accept the terms).
+* ``phikon-v2``: owkin/phikon-v2 (transformers, DINOv2 ViT-L/16), 1024-d CLS token
+  (``last_hidden_state[:, 0]``). Owkin non-commercial licence, not gated. Filiot et al., "Phikon-v2, A large
+  and public feature extractor for biomarker prediction", arXiv:2409.09173.
 
 The licences are the model cards' at the time of writing; read them before use. Every image is resized to
 224 x 224 (bicubic, antialiased) and normalised with the card's mean and std; the cards expect tiles at about
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from pathup.errors import OptionError, PathUpError
+from pathup.errors import OptionError
 from pathup.metrics.features import FeatureExtractor, _file_id
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
