@@ -62,6 +62,7 @@ LABEL_SMOOTHING = 0.1
 WEIGHT_DECAY = 5e-4
 WARMUP_FRACTION = 0.1  # of the steps: linear warm-up, then cosine decay
 STD_EPS = 1e-5  # inside the square root of the pooled variance
+DIHEDRAL = 8  # flips x 90-degree rotations of a square tile
 
 
 # ------------------------------------------------------------------------------------------ network
@@ -112,12 +113,12 @@ def augment(x: torch.Tensor, jitter: float, g: torch.Generator) -> torch.Tensor:
     """Random dihedral transform (flips, 90-degree rotations) and mild colour jitter of (B, 3, S, S) in [0, 1]."""
     b = x.shape[0]
     out = torch.empty_like(x)
-    which = torch.randint(0, 8, (b,), generator=g)  # (B,) dihedral group element
-    for k in range(8):
+    which = torch.randint(0, DIHEDRAL, (b,), generator=g)  # (B,) dihedral group element
+    for k in range(DIHEDRAL):
         idx = (which == k).nonzero().flatten()
         if idx.numel():
-            t = torch.rot90(x[idx], k % 4, dims=(2, 3))
-            out[idx] = t.flip(3) if k >= 4 else t
+            t = torch.rot90(x[idx], k % (DIHEDRAL // 2), dims=(2, 3))
+            out[idx] = t.flip(3) if k >= DIHEDRAL // 2 else t
     if jitter > 0:
         def u(n: int, half: float) -> torch.Tensor:
             return 1.0 + (torch.rand(b, n, 1, 1, generator=g) * 2 - 1) * half  # (B, n, 1, 1)
@@ -131,18 +132,18 @@ def augment(x: torch.Tensor, jitter: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _load_tiles(paths: Sequence[Path], size: int, progress: bool, desc: str) -> torch.Tensor:
-    """(N, 3, size, size) uint8 tiles (resized when they are not ``size``)."""
-    from PIL import Image
+    """(N, 3, size, size) uint8 tiles, resized (when they are not ``size``) as ``to_input`` resizes them."""
     from tqdm.auto import tqdm
 
     from pathup.io import load_rgb
 
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for i, p in enumerate(tqdm(paths, desc=desc, unit="tile", disable=not progress)):
-        img = load_rgb(p)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
-        out[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
+        x = torch.from_numpy(np.asarray(load_rgb(p), dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)  # (3, S, S)
+        out[i] = x
     return out
 
 

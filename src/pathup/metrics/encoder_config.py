@@ -28,7 +28,7 @@ class EncoderConfig:
     levels: list[str] = option(help="tile levels to train on (patch, overview); default: all levels in the dataset",
                                default_factory=list, metavar="LEVEL")
     size: int = option(128, "input size in pixels (tiles are resized to it, here and when extracting features)",
-                       min=16, metavar="PX")
+                       min=32, metavar="PX")
     epochs: Optional[int] = option(None, "passes over the training tiles (default: enough for about "
                                          f"{TARGET_STEPS} steps, at least 1: 3 for 5,000 tiles, 12 for 1,280; about "
                                          "1.5-4 min on 2 CPU cores at width 24)", min=1)
