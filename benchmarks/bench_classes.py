@@ -205,15 +205,16 @@ def report(args, res: dict, folders: list[Path], model: Path) -> str:
         first = per["sets"][str(folders[0])]
         classes = first["classes"]
         lines += [f"## Class-consistency of generated overviews, {name} features", "",
-                  f"classifier trained on {per['real_tiles']['train']} real '{per['train_split']}' overview tiles, "
-                  f"ceiling on {per['real_tiles']['heldout']} held-out '{per['heldout_split']}' tiles; "
+                  f"classifier trained on {res['real_tiles']['train']} real '{res['train_split']}' overview tiles, "
+                  f"ceiling on {res['real_tiles']['heldout']} held-out '{res['heldout_split']}' tiles; "
                   f"{args.per_class} generated overviews per class, {args.steps} DDIM steps", "",
                   "| set | accuracy | ceiling | ratio | classes > 3x chance | colour r | " + " | ".join(classes) + " |",
                   "|---" * (6 + len(classes)) + "|"]
         for g, f in zip(args.guidance, folders):
             r = per["sets"][str(f)]
             lines.append(f"| guidance {g:g} | {r['generated']['accuracy']:.3f} | {r['real_heldout']['accuracy']:.3f} | "
-                         f"{r['ratio']:.2f} | {len(r['above_3x_chance'])}/{len(r['classes'])} | {r['colour_r']:.3f} | "
+                         f"{r['ratio']:.2f} | {len(r['above_3x_chance'])}/{len(r['classes'])} | "
+                         f"{res['sets'][str(f)]['colour_r']:.3f} | "
                          + " | ".join(f"{r['generated']['per_class'][c]:.2f}" for c in classes) + " |")
         lines += [f"| real held-out (ceiling) | {first['real_heldout']['accuracy']:.3f} | | | | | "
                   + " | ".join(f"{first['real_heldout']['per_class'][c]:.2f}" for c in classes) + " |", ""]

@@ -254,20 +254,57 @@ def extract(images: np.ndarray, extractor, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
 
 
+def feature_specs(features: str | Sequence[str]) -> list[str]:
+    """``features`` as a list of distinct specs, in order (a single spec -> one item)."""
+    specs = [features] if isinstance(features, (str, Path)) else list(features)
+    out: list[str] = []
+    for f in specs:
+        if str(f) not in out:
+            out.append(str(f))
+    if not out:
+        raise OptionError("features", ": no feature extractor given for class-consistency")
+    return out
+
+
+def feature_label(spec: str) -> str:
+    """A short name of a feature spec for tables: a folder's or file's name, else the spec itself."""
+    p = Path(spec)
+    return p.name if (p.is_dir() or p.is_file()) and p.name else spec
+
+
 def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level: str | None = "overview",
-            features: str = "color-stats", features_weights: str | None = None, size: int = 128,
+            features: str | Sequence[str] = "color-stats",
+            features_weights: str | None | dict[str, str | None] = None, size: int = 128,
             train_split: str = "train", heldout_split: str | None = None, device: str = "cpu",
             seed: int = 0) -> dict[str, Any]:
     """Class-consistency and per-class colour of one or several generated sets against a prepared dataset.
 
     The classifier trains on the real ``train_split`` tiles of ``level`` and is scored on the held-out
     split (``heldout_split``; default: ``test``, else ``val``), whose patients or slides the training
-    tiles do not share (``pathup prepare`` splits by patient or slide), and on each generated set.
+    tiles do not share (``pathup prepare`` splits by patient or slide), and on each generated set. With
+    several feature specs (e.g. ``["color-stats", "runs/encoder"]``: colour-only and texture-aware), one
+    classifier per feature space, side by side.
 
-    Returns ``{"features", "level", "sets": {fake: class_consistency(...) + colour}, "real_colour"}``.
+    Args:
+        features: one extractor spec (``pathup.metrics.features.make_extractor``) or several.
+        features_weights: the weights of the extractor (one spec), or ``{spec: weights}`` (several).
+
+    Returns:
+        ``{"features": the first spec, "feature_sets": [specs], "level", "train_split", "heldout_split",
+        "real_tiles", "real_colour", "sets": {fake: class_consistency(...) + colour} (first spec),
+        "by_features": {spec: {"id", "dim", "label", "sets": {fake: class_consistency(...)}}}}``. The keys of
+        the single-spec result keep their meaning (they hold the first spec's results).
     """
     from pathup.metrics.features import make_extractor
 
+    specs = feature_specs(features)
+    if isinstance(features_weights, dict):
+        weights = {s: features_weights.get(s) for s in specs}
+    elif features_weights is not None and len(specs) > 1:
+        raise OptionError("features_weights", "must map each feature spec to its weights ({spec: path}) when "
+                          "class-consistency uses several extractors")
+    else:
+        weights = {specs[0]: features_weights}
     paths, classes, splits = labelled_real(real, level)
     held = heldout_split or next((s for s in ("test", "val") if s in splits), None)
     if held is None or held not in splits:
@@ -277,30 +314,38 @@ def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level:
     he = [i for i, s in enumerate(splits) if s == held]
     if not tr:
         raise OptionError("real", f"{real}: no '{train_split}' tiles to train the classifier on")
-    ext = make_extractor(features, features_weights, device=device)
+    extractors = {s: make_extractor(s, weights.get(s), device=device) for s in specs}  # all checked before work
     real_img = load_rgb(paths, size)
-    real_f = extract(real_img, ext)
-    real_stats = [colour_stats(im) for im in real_img]
-    real_colour = per_class_colour(real_stats, classes)
+    real_colour = per_class_colour([colour_stats(im) for im in real_img], classes)
     fakes = [fake] if isinstance(fake, (str, Path)) else list(fake)
-    sets: dict[str, Any] = {}
+    fake_sets = []
     for fk in fakes:
         fp, fc = labelled_fake(fk, level)
-        f_img = load_rgb(fp, size)
-        res = class_consistency(real_f[tr], [classes[i] for i in tr], real_f[he], [classes[i] for i in he],
-                                extract(f_img, ext), fc, seed=seed)
+        fake_sets.append((str(fk), fp, fc, load_rgb(fp, size)))
+    by_features: dict[str, Any] = {}
+    for spec, ext in extractors.items():
+        real_f = extract(real_img, ext)
+        per_set = {}
+        for key, fp, fc, f_img in fake_sets:
+            res = class_consistency(real_f[tr], [classes[i] for i in tr], real_f[he], [classes[i] for i in he],
+                                    extract(f_img, ext), fc, seed=seed)
+            res["images"] = len(fp)
+            per_set[key] = res
+        by_features[spec] = {"id": ext.cache_id, "dim": ext.dim, "label": feature_label(spec), "sets": per_set}
+    sets: dict[str, Any] = {}
+    for key, fp, fc, f_img in fake_sets:
         fake_colour = per_class_colour([colour_stats(im) for im in f_img], fc)
-        res["colour"] = fake_colour
-        res["colour_r"] = colour_correlation(real_colour, fake_colour)
-        res["images"] = len(fp)
-        sets[str(fk)] = res
-    return {"features": features, "level": level, "train_split": train_split, "heldout_split": held,
-            "real_tiles": {"train": len(tr), "heldout": len(he)}, "real_colour": real_colour, "sets": sets}
+        sets[key] = {**by_features[specs[0]]["sets"][key], "colour": fake_colour,
+                     "colour_r": colour_correlation(real_colour, fake_colour)}
+    return {"features": specs[0], "feature_sets": specs, "level": level, "train_split": train_split,
+            "heldout_split": held, "real_tiles": {"train": len(tr), "heldout": len(he)}, "real_colour": real_colour,
+            "sets": sets, "by_features": by_features}
 
 
 # ------------------------------------------------------------------------------------------ report
 def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
-    """Markdown tables of a ``measure`` result: class-consistency beside its ceiling, and per-class colour.
+    """Markdown tables of a ``measure`` result: class-consistency beside its ceiling, one row per feature set
+    and generated set (colour-only and texture-aware side by side), and per-class colour.
 
     ``names`` maps a generated set's key to the label of its row (default: the key).
     """
@@ -309,19 +354,25 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
     sets = res["sets"]
     first = next(iter(sets.values()))
     classes = first["classes"]
-    head = ["set", "accuracy", "ceiling (real held-out)", "ratio", "> 3x chance", "colour r", *classes]
+    by_features = res.get("by_features") or {res["features"]: {"label": res["features"], "sets": sets}}
+    head = ["features", "set", "accuracy", "ceiling (real held-out)", "ratio", "> 3x chance", "colour r", *classes]
     rows = []
-    for key, r in sets.items():
-        rows.append([(names or {}).get(key, key), f"{r['generated']['accuracy']:.3f}",
-                     f"{r['real_heldout']['accuracy']:.3f}", f"{r['ratio']:.2f}",
-                     f"{len(r['above_3x_chance'])}/{len(classes)}", f"{r['colour_r']:.3f}",
-                     *[f"{r['generated']['per_class'][c]:.2f}" for c in classes]])
-    rows.append(["real held-out", f"{first['real_heldout']['accuracy']:.3f}", "", "", "", "",
-                 *[f"{first['real_heldout']['per_class'][c]:.2f}" for c in classes]])
-    text = (f"## Class-consistency ({res['features']} features; chance {first['chance']:.3f})\n\n"
-            f"A classifier trained on {res['real_tiles']['train']} real '{res['train_split']}' tiles predicts each "
-            f"generated image's class; its ceiling is its accuracy on {res['real_tiles']['heldout']} held-out real "
-            f"'{res['heldout_split']}' tiles.\n\n" + markdown_table(head, rows))
+    for spec, fr in by_features.items():
+        label = fr.get("label", spec)
+        for key, r in fr["sets"].items():
+            rows.append([label, (names or {}).get(key, key), f"{r['generated']['accuracy']:.3f}",
+                         f"{r['real_heldout']['accuracy']:.3f}", f"{r['ratio']:.2f}",
+                         f"{len(r['above_3x_chance'])}/{len(classes)}", f"{sets[key]['colour_r']:.3f}",
+                         *[f"{r['generated']['per_class'][c]:.2f}" for c in classes]])
+        ceiling = next(iter(fr["sets"].values()))["real_heldout"]
+        rows.append([label, "real held-out", f"{ceiling['accuracy']:.3f}", "", "", "", "",
+                     *[f"{ceiling['per_class'][c]:.2f}" for c in classes]])
+    labels = ", ".join(fr.get("label", spec) for spec, fr in by_features.items())
+    text = (f"## Class-consistency ({labels} features; chance {first['chance']:.3f})\n\n"
+            f"A classifier trained on {res['real_tiles']['train']} real '{res['train_split']}' tiles (one per feature "
+            f"set) predicts each generated image's class; its ceiling is its accuracy on {res['real_tiles']['heldout']} "
+            f"held-out real '{res['heldout_split']}' tiles. Colour-only features (color-stats) cannot see blur; a "
+            "texture-aware feature set (a domain encoder, a foundation encoder) can.\n\n" + markdown_table(head, rows))
     chead = ["class", "images", *[f"{k} mean" for k in COLOUR_KEYS], *[f"{k} std" for k in COLOUR_KEYS]]
     crows = []
     for c in classes:

@@ -45,10 +45,16 @@ class EvaluateConfig:
     split: str = option("test", "manifest split to use (train, val, test; 'all' for every split); ignored for "
                                 "folders")
     features: str = option("inception", "feature extractor: inception (FID Inception-v3, downloaded on first use), "
-                                        "timm:NAME, a TorchScript file, or the offline, non-comparable random-cnn / "
+                                        "timm:NAME, a TorchScript file, a domain encoder folder ('pathup features "
+                                        "train'), a foundation preset with weights on disk (uni2-h, virchow2, "
+                                        "h-optimus-0, phikon-v2), or the offline, non-comparable random-cnn / "
                                         "color-stats")
     features_weights: str | None = option(None, "local weights for the extractor (offline use), e.g. the FID "
-                                                "Inception .pth", metavar="PATH")
+                                                "Inception .pth, or a foundation preset's folder or file",
+                                          metavar="PATH")
+    consistency_features: list[str] = option(
+        help="feature sets of class-consistency, side by side (default: --features and color-stats: texture-aware "
+             "and colour-only); --features-weights applies to --features", default_factory=list, metavar="SPEC")
     features_size: int = option(224, "input size for a TorchScript extractor", min=1)
     overview_size: int = option(512, "overview level: images are resized to this", min=1)
     crop_px: int = option(512, "patch level: crop size in pixels", min=1, metavar="PX", aliases=("patch_size",))
@@ -73,7 +79,7 @@ class EvaluateConfig:
                                      metavar="PX", min=1)
     seam_band: int = option(1, "seam score: half-width of the band around a line", min=0)
     class_consistency: bool | None = option(
-        None, "class-consistency: a classifier trained on DATASET's 'train' tiles (on --features) predicts each "
+        None, "class-consistency: a classifier trained on DATASET's 'train' tiles (per --consistency-features set) predicts each "
               "synthetic image's class, beside its accuracy on DATASET's held-out --split (the ceiling), plus "
               "per-class colour (default: on when DATASET is a prepared dataset with a held-out split and FAKE "
               "has class folders)")
@@ -256,14 +262,14 @@ def _reconstruction(cfg: EvaluateConfig) -> dict[str, Any]:
     from pathup.config import save_config, to_dict
     from pathup.device import resolve_device
     from pathup.io import atomic_write_text
-    from pathup.metrics.judge import COLOUR_FEATURES, evaluate_reconstruction, reconstruction_markdown, save_png
+    from pathup.metrics.judge import evaluate_reconstruction, reconstruction_markdown, save_png
 
     if cfg.model is None:
         raise OptionError("model", "is required with --reconstruction: the model (or VAE) whose autoencoder is measured")
     out = Path(cfg.out)
     if out.suffix.lower() != ".json":
         raise OptionError("out", f"{out}: expected a .json file name")
-    features = [] if cfg.class_consistency is False else list(dict.fromkeys([cfg.features, COLOUR_FEATURES]))
+    features = [] if cfg.class_consistency is False else consistency_specs(cfg)
     report, picture = evaluate_reconstruction(cfg.model, cfg.data, split=cfg.split, level=None,
                                               features=features, features_weights=cfg.features_weights,
                                               max_tiles=cfg.max_tiles, device=str(resolve_device(cfg.device)),
@@ -275,6 +281,15 @@ def _reconstruction(cfg: EvaluateConfig) -> dict[str, Any]:
     save_png(picture, out.with_suffix(".png"))
     save_config(cfg, out.with_suffix(".config.yaml"))
     return report
+
+
+def consistency_specs(cfg: EvaluateConfig) -> list[str]:
+    """The feature sets of class-consistency: ``--consistency-features``, else ``--features`` and color-stats
+    (the first one fills the single-feature keys of the result)."""
+    from pathup.metrics.consistency import feature_specs
+    from pathup.metrics.features import COLOUR_ONLY
+
+    return feature_specs(cfg.consistency_features or [cfg.features, *COLOUR_ONLY])
 
 
 def _class_consistency(cfg: EvaluateConfig, device: str, out: Path) -> dict[str, Any] | None:
@@ -300,8 +315,8 @@ def _class_consistency(cfg: EvaluateConfig, device: str, out: Path) -> dict[str,
             raise
         log.info("class-consistency skipped: %s", err)
         return None
-    res = consistency.measure(cfg.data, cfg.fake, level=cfg.level, features=cfg.features,
-                              features_weights=cfg.features_weights, size=cfg.overview_size,
+    res = consistency.measure(cfg.data, cfg.fake, level=cfg.level, features=consistency_specs(cfg),
+                              features_weights={cfg.features: cfg.features_weights}, size=cfg.overview_size,
                               heldout_split=held, device=device, seed=cfg.seed)
     res["plot"] = str(consistency.colour_plot(res, out.with_suffix(".colour.png"), {str(cfg.fake): "generated"}))
     return res

@@ -20,6 +20,13 @@ Choose one by name with ``make_extractor(spec, weights=...)``:
   the numbers are not comparable with the literature or the paper. For tests, demos and offline smoke runs.
 * ``color-stats``: OFFLINE, NO DOWNLOAD. Hand-crafted colour and texture statistics (RGB and optical-
   density histograms, gradient-magnitude histograms at three scales; 152-d). Same caveat as random-cnn.
+  Blind to blur in practice: use it beside a texture-aware extractor, not alone.
+* a domain encoder folder (``ENC`` with ``encoder.json``, written by ``pathup features train``): OFFLINE. The
+  embedding of a small CNN trained on the dataset's own training tiles (``pathup.metrics.domain``);
+  texture-aware, dataset-specific, not comparable with the literature.
+* a foundation preset (``uni2-h``, ``virchow2``, ``h-optimus-0``, ``phikon-v2``): pathology encoders whose
+  weights are on disk (``weights`` = their folder or file, or the local Hugging Face cache); gated,
+  licences in ``pathup.metrics.foundation``.
 """
 
 from __future__ import annotations
@@ -31,36 +38,13 @@ import torch
 import torch.nn.functional as F
 
 from pathup.errors import OptionError, PathUpError
+from pathup.metrics._common import FeatureExtractor, file_id
 
-EXTRACTOR_NAMES = ("inception", "random-cnn", "color-stats", "timm:NAME", "PATH.pt (TorchScript)")
+EXTRACTOR_NAMES = ("inception", "random-cnn", "color-stats", "timm:NAME", "PATH.pt (TorchScript)",
+                   "ENC (a 'pathup features train' folder)", "uni2-h", "virchow2", "h-optimus-0", "phikon-v2")
+COLOUR_ONLY = ("color-stats",)  # extractors that see colour statistics and little texture
 FID_INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                      "weights-inception-2015-12-05-6726825d.pth")
-
-
-def _file_id(path: str | Path) -> str:
-    p = Path(path)
-    st = p.stat()
-    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-
-class FeatureExtractor(torch.nn.Module):
-    """Base class: ``forward(images)`` maps (B, 3, H, W) uint8 to (B, D) float32.
-
-    Attributes:
-        cache_id: a string that changes whenever the features would (name, weights file, input size).
-        dim: the feature dimension D.
-        comparable: whether numbers from this extractor are comparable with the literature.
-    """
-
-    cache_id: str = ""
-    dim: int = 0
-    comparable: bool = False
-
-    @property
-    def device(self) -> torch.device:
-        for t in (*self.parameters(), *self.buffers()):
-            return t.device
-        return torch.device("cpu")
 
 
 class InceptionExtractor(FeatureExtractor):
@@ -88,7 +72,7 @@ class InceptionExtractor(FeatureExtractor):
                                   "--features random-cnn for an offline (non-comparable) run") from None
             raise OptionError("features_weights", f"{weights}: not FID Inception weights ({err})") from None
         self.dim = 2048
-        self.cache_id = "inception-v3-compat:" + (_file_id(weights) if weights else "torch-fidelity-url")
+        self.cache_id = "inception-v3-compat:" + (file_id(weights) if weights else "torch-fidelity-url")
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -126,7 +110,7 @@ class TimmExtractor(FeatureExtractor):
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
         self.dim = int(self.net.num_features)
-        self.cache_id = f"timm:{name}:" + (_file_id(weights) if weights else "pretrained")
+        self.cache_id = f"timm:{name}:" + (file_id(weights) if weights else "pretrained")
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -158,7 +142,7 @@ class TorchScriptExtractor(FeatureExtractor):
         if not isinstance(out, torch.Tensor) or out.numel() == 0:
             raise OptionError("features", f"{path}: the module must return a (B, D) tensor")
         self.dim = int(out.flatten(1).shape[1])
-        self.cache_id = f"torchscript:{_file_id(path)}:{self.input_size}"
+        self.cache_id = f"torchscript:{file_id(path)}:{self.input_size}"
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -243,15 +227,25 @@ class ColorStatsExtractor(FeatureExtractor):
 def make_extractor(spec: str = "inception", weights: str | Path | None = None, input_size: int = 224,
                    device: str | torch.device = "cpu") -> FeatureExtractor:
     """Build the extractor named by ``spec`` (see the module docstring) on ``device``."""
+    from pathup.metrics.domain import DomainEncoderExtractor, is_encoder_folder
+    from pathup.metrics.foundation import PRESETS, FoundationExtractor
+
     spec = spec.strip()
-    if spec == "inception":
-        ext: FeatureExtractor = InceptionExtractor(weights)
+    if is_encoder_folder(spec):
+        ext: FeatureExtractor = DomainEncoderExtractor(spec, weights)
+    elif spec in PRESETS:
+        ext = FoundationExtractor(spec, weights)
+    elif spec == "inception":
+        ext = InceptionExtractor(weights)
     elif spec.startswith("timm:"):
         ext = TimmExtractor(spec[5:], weights)
     elif spec in ("random-cnn", "color-stats"):
         if weights is not None:
             raise OptionError("features", f"{spec} has fixed weights; --features-weights is not used with it")
         ext = RandomCNNExtractor() if spec == "random-cnn" else ColorStatsExtractor()
+    elif Path(spec).is_dir():
+        raise OptionError("features", f"{spec}: a folder without encoder.json (a domain encoder folder is written by "
+                          "'pathup features train --data DATASET --out ENC')")
     elif spec.endswith((".pt", ".pth", ".ts", ".jit", ".torchscript")) or Path(spec).is_file():
         ext = TorchScriptExtractor(spec, input_size)
     else:
