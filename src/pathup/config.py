@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pathup.errors import OptionError, PathUpError
-from pathup.io import atomic_write_text
+from pathup.io import atomic_write_text, read_text
 
 T = TypeVar("T")
 
@@ -230,7 +230,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PathUpError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, "config file")) or {}
     except yaml.YAMLError as err:
         raise PathUpError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -304,6 +304,7 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
 
     ``names`` maps a generated set's key to the label of its row (default: the key).
     """
+    from pathup.io import markdown_text
     from pathup.metrics.report import markdown_table
 
     sets = res["sets"]
@@ -318,7 +319,7 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
                      *[f"{r['generated']['per_class'][c]:.2f}" for c in classes]])
     rows.append(["real held-out", f"{first['real_heldout']['accuracy']:.3f}", "", "", "", "",
                  *[f"{first['real_heldout']['per_class'][c]:.2f}" for c in classes]])
-    text = (f"## Class-consistency ({res['features']} features; chance {first['chance']:.3f})\n\n"
+    text = (f"## Class-consistency ({markdown_text(res['features'])} features; chance {first['chance']:.3f})\n\n"
             f"A classifier trained on {res['real_tiles']['train']} real '{res['train_split']}' tiles predicts each "
             f"generated image's class; its ceiling is its accuracy on {res['real_tiles']['heldout']} held-out real "
             f"'{res['heldout_split']}' tiles.\n\n" + markdown_table(head, rows))

@@ -1,10 +1,10 @@
 """Resuming a training run: which checkpoint to continue from, and the checks that it fits this run.
 
 A run continues from its newest complete checkpoint (``pathup.train.checkpoint``) only with ``resume``;
-it is refused when the dataset's classes or prompt levels, the model, or an option that changes what is
-trained (FEL on/off, projection head, EMA, text encoder, prediction type, noise schedule) differ from the
-checkpoint's. Options that only change how the remaining steps run (learning rate, batch size, ...) may
-change.
+it is refused when the dataset's classes, prompt levels or prompt texts (``--descriptions``: the tokenizer
+was built for them), the model, or an option that changes what is trained (FEL on/off, projection head,
+EMA, text encoder, prediction type, noise schedule) differ from the checkpoint's. Options that only change
+how the remaining steps run (learning rate, batch size, ...) may change.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ def check_state(state: dict[str, Any], table, cfg: TrainConfig, run: Path) -> No
     if list(old.get("levels", [])) != list(table.levels):
         raise PathUpError(f"the prompt levels {table.levels} differ from the checkpoint's {old.get('levels')} "
                           "(--no-patho-align or --levels changed); use a new --out")
+    if old.get("prompts") is not None and list(old["prompts"]) != table.prompts():
+        changed = next((f"{a!r} was {b!r}" for a, b in zip(table.prompts(), old["prompts"]) if a != b), "")
+        raise PathUpError(f"the prompts differ from the checkpoint's ({changed}; --descriptions or dataset.json "
+                          f"changed) in {run}: the tokenizer and the model were built and trained for the old "
+                          "ones; resume with the same descriptions or use a new --out")
     for key in FIXED:
         if state["config"].get(key) != getattr(cfg, key):
             raise OptionError(key, f"{getattr(cfg, key)} differs from the checkpoint's "
