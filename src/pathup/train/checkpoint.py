@@ -12,7 +12,7 @@ the mode the umask gives (safetensors writes 0600 otherwise).
 Nothing in a checkpoint is unpickled with code: Accelerate's ``register_for_checkpointing`` would save
 the EMA, schedule and bank as ``custom_checkpoint_<i>.pkl`` and load them with ``torch.load(weights_only=
 False)``, which runs whatever a crafted file holds; PathUp saves them itself, tensors in safetensors and
-the rest in JSON (``save_custom_state`` / ``load_custom_state``). Accelerate's own files (optimizer, RNG
+the rest in JSON (``save_custom_state`` / ``load_checkpoint``). Accelerate's own files (optimizer, RNG
 states) are loaded with ``weights_only=True``. A checkpoint of an older PathUp (``custom_checkpoint_*.pkl``)
 is read with ``torch.load(weights_only=True)``, which refuses a pickle that would run code.
 """
@@ -79,7 +79,7 @@ def save_checkpoint(accelerator, run: str | Path, step: int, state: dict[str, An
     """Write checkpoint ``step`` atomically on every process' behalf; prune to the last ``keep``.
 
     ``custom``: objects with ``state_dict`` / ``load_state_dict`` saved beside Accelerate's state by name
-    (``save_custom_state``; ``load_custom_state`` reads them back).
+    (``save_custom_state``; ``load_checkpoint`` reads them back).
 
     Every process must call this (each saves its RNG state); the main process renames and prunes.
     On any failure the temporary folder is removed; a full disk or another write error becomes a
@@ -174,12 +174,40 @@ def save_custom_state(folder: Path, objects: dict[str, Any]) -> None:
     (folder / CUSTOM_JSON).write_text(json.dumps(meta))
 
 
-def load_custom_state(ckpt: Path, objects: dict[str, Any]) -> None:
-    """Load each named object's state saved by ``save_custom_state`` (safetensors + JSON, no pickle).
+def load_checkpoint(accelerator, ckpt: str | Path, objects: dict[str, Any]) -> None:
+    """Load checkpoint ``ckpt``: Accelerate's state (models, optimizer, RNG states; ``weights_only=True``),
+    then each named object's state (``read_custom_state``, read and checked before anything is loaded).
+
+    Accelerate never sees a ``custom_checkpoint_*.pkl`` (it would load it with ``weights_only=False``):
+    when the folder holds one, Accelerate reads a view of the folder without them.
+    """
+    ckpt = Path(ckpt)
+    states = read_custom_state(ckpt, objects)
+    pickles = set(ckpt.glob("custom_checkpoint_*.pkl"))
+    if not pickles:
+        accelerator.load_state(str(ckpt))
+    else:
+        view = ckpt.parent / f".tmp-view-{ckpt.name}-{accelerator.process_index}"
+        shutil.rmtree(view, ignore_errors=True)
+        view.mkdir()
+        try:
+            for p in ckpt.iterdir():
+                if p not in pickles:
+                    (view / p.name).symlink_to(p.resolve())
+            accelerator.load_state(str(view))
+        finally:
+            shutil.rmtree(view, ignore_errors=True)
+    for obj, state in zip(objects.values(), states):
+        obj.load_state_dict(state)
+
+
+def read_custom_state(ckpt: Path, objects: dict[str, Any]) -> list[Any]:
+    """The state of each named object saved by ``save_custom_state`` (safetensors + JSON, no pickle).
 
     A checkpoint of an older PathUp holds ``custom_checkpoint_<i>.pkl`` files (Accelerate's, in the order
-    of ``objects``): they are read with ``torch.load(weights_only=True)``, never with code. A file that is
-    missing, corrupt or holds anything but tensors and plain values is a one-line PathUpError.
+    of ``objects``) and no ``custom_state.json``: they are read with ``torch.load(weights_only=True)``, never
+    with code. A file that is missing, corrupt or holds anything but tensors and plain values is a one-line
+    PathUpError.
     """
     ckpt = Path(ckpt)
     meta_file = ckpt / CUSTOM_JSON
@@ -196,8 +224,7 @@ def load_custom_state(ckpt: Path, objects: dict[str, Any]) -> None:
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
             raise PathUpError(f"cannot read the training state in {ckpt} ({CUSTOM_JSON}, {CUSTOM_TENSORS}): "
                               f"{type(err).__name__}: {err}") from None
-    for obj, state in zip(objects.values(), states):
-        obj.load_state_dict(state)
+    return states
 
 
 def _load_legacy(path: Path) -> Any:

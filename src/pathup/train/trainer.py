@@ -247,8 +247,7 @@ class Trainer:
         start = 0
         if ckpt is not None:
             try:
-                acc.load_state(str(ckpt))
-                ckpt_io.load_custom_state(ckpt, self.custom_state)
+                ckpt_io.load_checkpoint(acc, ckpt, self.custom_state)
             except PathUpError:
                 raise
             except Exception as err:  # noqa: BLE001 - a checkpoint that does not fit this model
