@@ -1,0 +1,196 @@
+"""Issue 20 (hardening, round 3), outside training: no code runs from a crafted --features-weights (item 2),
+user names are HTML-escaped in Markdown reports and kept off the terminal raw (3), non-UTF-8 option files
+(7) and malformed result JSON (8) are one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pathup.cli import main
+from pathup.errors import PathUpError
+
+HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>"]
+
+
+class _Crafted:
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+# ------------------------------------------------------------------------------ 2. --features-weights
+def test_crafted_inception_weights_run_no_code(tmp_path):
+    pytest.importorskip("torch_fidelity")
+    from pathup.metrics.features import make_extractor
+
+    marker = tmp_path / "PWNED"
+    weights = tmp_path / "pt_inception-2015-12-05.pth"
+    torch.save({"fc.weight": _Crafted(marker)}, weights)
+    try:
+        make_extractor("inception", weights)
+    except PathUpError as err:
+        msg = str(err)
+    else:  # pragma: no cover - the crafted file loaded
+        msg = ""
+    assert not marker.exists()
+    assert "features_weights" in msg and "refused" in msg and "\n" not in msg
+
+
+def test_crafted_weights_through_evaluate_and_experiment_cli(tmp_path, sample_breakhis, capsys):
+    pytest.importorskip("torch_fidelity")
+    marker = tmp_path / "PWNED"
+    weights = tmp_path / "w.pth"
+    torch.save(_Crafted(marker), weights)
+    assert main(["evaluate", "--real", str(sample_breakhis), "--fake", str(sample_breakhis), "--out",
+                 str(tmp_path / "m.json"), "--features", "inception", "--features-weights", str(weights),
+                 "--no-progress"]) == 2
+    assert not marker.exists()
+    line = _one_line_error(capsys)
+    assert "--features-weights" in line and str(weights) in line and "refused" in line
+
+
+def test_plain_weights_that_do_not_fit_are_one_line(tmp_path):
+    pytest.importorskip("torch_fidelity")
+    from safetensors.torch import save_file
+
+    from pathup.metrics.features import make_extractor
+
+    weights = tmp_path / "w.safetensors"
+    save_file({"fc.weight": torch.zeros(2, 2)}, str(weights))
+    with pytest.raises(PathUpError, match="not FID Inception weights"):
+        make_extractor("inception", weights)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(PathUpError, match="not a weights file"):
+        make_extractor("inception", tmp_path / "bad.safetensors")
+
+
+# ------------------------------------------------------------------------------ 3. HTML in Markdown reports
+def test_evaluate_markdown_escapes_html():
+    from pathup.metrics.evaluate import metrics_markdown
+
+    stat = {"mean": 1.0, "std": 0.0, "n": 1}
+    result = {"level": "overview", "runs": [{}], "fake": {"source": HOSTILE[0]}, "real": {"source": HOSTILE[1]},
+              "summary": {"n_real": stat, "n_fake": stat, "precision": stat, "recall": stat, "fid": stat,
+                          "kid_x1000": stat},
+              "features": {"comparable_with_literature": False, "extractor": "<b>x</b>.pt"}}
+    md = metrics_markdown(result)
+    assert "<" not in md and "&lt;script&gt;" in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+
+
+def test_markdown_table_cells_escape_html_and_control_characters():
+    from pathup.metrics.report import markdown_table
+
+    md = markdown_table(["class", "n"], [[HOSTILE[1], 1], ["evil\x1b[31mred|x", 2]])
+    assert "<" not in md and ">" not in md.replace("\n", "") and "\x1b" not in md
+    assert "evilred\\|x" in md
+
+
+def test_experiment_report_escapes_condition_names(tmp_path):
+    from pathup.experiments.tables import build_report
+
+    runs = [{"seed": 0, "precision": 0.5, "recall": 0.5, "fid": 10.0, "kid_x1000": 1.0}]
+    for name in HOSTILE[1:] + ["PathUp"]:
+        d = tmp_path / "results" / "table2" / name
+        d.mkdir(parents=True)
+        (d / "overview.json").write_text(json.dumps({"level": "overview", "runs": runs}))
+    md = build_report(tmp_path / "results", tmp_path / "out")["markdown"]
+    assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+    assert "<img" not in (tmp_path / "out" / "tables.md").read_text()
+
+
+def test_study_report_escapes_class_and_rater_names():
+    from pathup.study.report import ClassRow, Stat, StudyReport, format_report
+
+    s = Stat.of([5.0, 6.0])
+    rows = [ClassRow(HOSTILE[0], s, s)]
+    rep = StudyReport(state="open", n_images=2, n_raters=1, n_ratings=2, classes=rows, overall=ClassRow("all", s, s),
+                      raters=[], alpha=float("nan"), auc=float("nan"))
+    text = format_report(rep)
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+# ------------------------------------------------------------------------------ 3. terminal output
+def test_prepare_table_and_warnings_keep_escape_sequences_off_the_terminal(tmp_path, sample_breakhis):
+    import shutil
+
+    src = tmp_path / "src"
+    for name, cls in (("evil\x1b[31mred\x07", "fibroadenoma"), ("plain", "ductal_carcinoma")):
+        shutil.copytree(sample_breakhis / cls, src / name)
+    (src / "plain" / "broken.png").write_bytes(b"not an image")
+    proc = subprocess.run([sys.executable, "-m", "pathup", "prepare", str(src), "--out", str(tmp_path / "ds"),
+                           "--tile-px", "64", "--patch-px", "128", "--overview-px", "400", "--workers", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "evilred" in proc.stdout
+    assert "\x1b" not in proc.stdout + proc.stderr and "\x07" not in proc.stdout + proc.stderr
+    assert "broken.png" in proc.stderr
+
+
+def test_cli_errors_show_control_characters_written_out(capsys, monkeypatch):
+    import pathup.cli.generate as gen
+
+    def hostile(args):
+        raise PathUpError("unknown class 'evil\x1b[2Jred'")
+
+    monkeypatch.setattr(gen, "run", hostile)
+    parser_args = ["generate", "--model", "x", "--class", "evil", "--out", "o"]
+    assert main(parser_args) == 2
+    line = _one_line_error(capsys)
+    assert "\x1b" not in line and "evil\\x1b[2Jred" in line
+
+
+# ------------------------------------------------------------------------------ 7. non-UTF-8 option files
+@pytest.mark.parametrize("command", [["prepare", "SRC", "--out", "OUT"], ["train", "--data", "SRC", "--out", "OUT"],
+                                     ["evaluate", "--real", "SRC", "--fake", "SRC", "--out", "OUT/m.json"],
+                                     ["generate", "--model", "micro", "--class", "a", "--out", "OUT"],
+                                     ["experiment", "run", "--data", "SRC", "--out", "OUT"]])
+def test_non_utf8_config_is_one_line(tmp_path, capsys, command):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes("max_steps: 1\n# r\xe9sum\xe9\n".encode("latin-1"))
+    argv = [a.replace("SRC", str(tmp_path)).replace("OUT", str(tmp_path / "o")) for a in command]
+    assert main(argv + ["--config", str(cfg)]) == 2
+    line = _one_line_error(capsys)
+    assert str(cfg) in line and "not UTF-8" in line
+
+
+def test_non_utf8_descriptions_and_train_config_are_one_line(tmp_path, sample_breakhis, capsys):
+    bad = tmp_path / "d.yaml"
+    bad.write_bytes("fibroadenoma: tumeur b\xe9nigne\n".encode("latin-1"))
+    assert main(["prepare", str(sample_breakhis), "--out", str(tmp_path / "ds"), "--descriptions", str(bad)]) == 2
+    line = _one_line_error(capsys)
+    assert str(bad) in line and "not UTF-8" in line
+    from pathup.config import load_yaml
+
+    with pytest.raises(PathUpError, match="not UTF-8"):
+        load_yaml(bad)  # what experiment run reads --train-config with
+
+
+# ------------------------------------------------------------------------------ 8. malformed result JSON
+@pytest.mark.parametrize("res,match", [
+    ({"level": "overview", "runs": [{"seed": 0}]}, "precision"),
+    ({"level": "overview", "runs": {"a": 1}}, "'runs' must be a list"),
+    ({"level": "overview", "runs": [[1, 2]]}, "'runs' must be a list of objects"),
+    ({"level": ["x"], "runs": []}, "'level' must be text"),
+    ({"level": "overview", "runs": [{"precision": "high", "recall": 1, "fid": 1, "kid_x1000": 1}]}, "precision"),
+    ({"level": "patch", "runs": [], "seam": {"per_image": [1, 2]}}, "seam"),
+])
+def test_malformed_result_json_is_one_line(tmp_path, capsys, res, match):
+    f = tmp_path / "results" / "table2" / "PathUp" / "r.json"
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps(res))
+    assert main(["experiment", "report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "o")]) == 2
+    line = _one_line_error(capsys)
+    assert str(f) in line and match in line
