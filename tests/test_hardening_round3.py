@@ -194,3 +194,78 @@ def test_malformed_result_json_is_one_line(tmp_path, capsys, res, match):
     assert main(["experiment", "report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "o")]) == 2
     line = _one_line_error(capsys)
     assert str(f) in line and match in line
+
+
+# ------------------------------------------------------------------------------ 4. study server limits
+def _closed_within(sock, seconds: float) -> bool:
+    import socket
+
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_study_server_closes_slow_clients_and_caps_connections(monkeypatch):
+    import http.client
+    import socket
+    import threading
+    import time
+
+    uvicorn = pytest.importorskip("uvicorn")
+    from pathup.study import app as study_app
+
+    monkeypatch.setattr(study_app, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(study_app, "MAX_CONNECTIONS", 8)
+
+    async def hello(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(study_app.server_config(hello, "127.0.0.1", port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    slow = []
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        for _ in range(20):  # headers that never end
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            slow.append(c)
+        t0 = time.monotonic()
+        assert all(_closed_within(c, 5) for c in slow[8:])  # over the cap: closed on arrival
+        assert all(_closed_within(c, 5) for c in slow[:8])  # the others: after the request timeout
+        assert time.monotonic() - t0 < 4
+        # a client that keeps sending one header byte at a time is closed all the same
+        c = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.append(c)
+        t0 = time.monotonic()
+        closed_after = None
+        for b in b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+            try:
+                c.sendall(bytes([b]))
+            except OSError:
+                closed_after = time.monotonic() - t0
+                break
+            time.sleep(0.1)
+        assert closed_after is not None and closed_after < 4
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # a normal client is served
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        for c in slow:
+            c.close()
+        server.should_exit = True
+        thread.join(10)
