@@ -269,3 +269,88 @@ def test_study_server_closes_slow_clients_and_caps_connections(monkeypatch):
             c.close()
         server.should_exit = True
         thread.join(10)
+
+
+# ------------------------------------------------------------------------------ 6, 10. model folders
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    from pathup.model import build_ldm, save_ldm
+    from pathup.prompts import PromptTable
+
+    table = PromptTable(["fibroadenoma", "ductal_carcinoma"])
+    path = save_ldm(build_ldm("micro", table), tmp_path_factory.mktemp("m") / "model")
+    save_file({"bank": torch.nn.functional.normalize(torch.randn(len(table), 8), dim=1)},
+              str(path / "fel_bank.safetensors"))
+    return path
+
+
+def _broken(model_dir, tmp_path, change):
+    import shutil
+
+    dst = tmp_path / "model"
+    shutil.copytree(model_dir, dst)
+    change(dst)
+    return dst
+
+
+def _set_meta(key, value):
+    def change(d):
+        meta = json.loads((d / "pathup.json").read_text())
+        meta[key] = value
+        (d / "pathup.json").write_text(json.dumps(meta))
+    return change
+
+
+def _pickled_text_encoder(marker):
+    def change(d):
+        (d / "text_encoder" / "model.safetensors").unlink()
+        torch.save({"x": _Crafted(marker)}, d / "text_encoder" / "pytorch_model.bin")
+    return change
+
+
+@pytest.mark.parametrize("case,match", [
+    ("pickle", "text_encoder holds pytorch_model.bin"),
+    ("json", "pathup.json: not valid JSON"),
+    ("prompts", "pathup.json: 'prompts' must be an object"),
+    ("classes", "pathup.json: 'prompts.classes' must be a non-empty list"),
+    ("bank", "fel_bank.safetensors: not a readable safetensors file"),
+    ("tokenizer", "tokenizer: missing"),
+    ("unet", "diffusion_pytorch_model.safetensors: not a readable safetensors file"),
+    ("index", "model_index.json: not valid JSON"),
+])
+def test_broken_model_folders_are_one_line_before_loading(model_dir, tmp_path, case, match):
+    import shutil
+
+    from pathup.model import load_ldm
+
+    marker = tmp_path / "PWNED"
+    change = {
+        "pickle": _pickled_text_encoder(marker),
+        "json": lambda d: (d / "pathup.json").write_text('{"prompts": '),
+        "prompts": _set_meta("prompts", ["fibroadenoma"]),
+        "classes": _set_meta("prompts", {"classes": "fibroadenoma"}),
+        "bank": lambda d: (d / "fel_bank.safetensors").write_bytes(b"\xff" * 64),
+        "tokenizer": lambda d: shutil.rmtree(d / "tokenizer"),
+        "unet": lambda d: (d / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10" * 32),
+        "index": lambda d: (d / "model_index.json").write_text("{"),
+    }[case]
+    with pytest.raises(PathUpError) as e:
+        load_ldm(_broken(model_dir, tmp_path, change))
+    assert not marker.exists()
+    assert match in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_class_the_tokenizer_cannot_spell_is_refused_at_load(model_dir, tmp_path, capsys):
+    from pathup.model import load_ldm
+
+    load_ldm(model_dir)  # the folder as saved loads
+    d = _broken(model_dir, tmp_path, _set_meta("prompts", {"classes": ["fibroadenoma", "ductal_carcinoma", "zebra"],
+                                                           "levels": ["patch", "overview"], "descriptions": {}}))
+    with pytest.raises(PathUpError, match="pathup.json: this model's tokenizer has no token for 'zebra'"):
+        load_ldm(d)
+    capsys.readouterr()
+    assert main(["generate", "--model", str(d), "--class", "zebra", "--out", str(tmp_path / "g"), "--size", "64",
+                 "--steps", "2", "--device", "cpu"]) == 2
+    assert "'zebra'" in _one_line_error(capsys)
