@@ -354,3 +354,31 @@ def test_a_class_the_tokenizer_cannot_spell_is_refused_at_load(model_dir, tmp_pa
     assert main(["generate", "--model", str(d), "--class", "zebra", "--out", str(tmp_path / "g"), "--size", "64",
                  "--steps", "2", "--device", "cpu"]) == 2
     assert "'zebra'" in _one_line_error(capsys)
+
+
+# ------------------------------------------------------------------------------ 13. --out inside the source
+def test_out_inside_or_around_the_source_is_refused(tmp_path, sample_breakhis, capsys):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(sample_breakhis / "fibroadenoma", src / "fibroadenoma")
+    cases = [
+        (["prepare", str(src), "--out", str(src), "--overwrite"], "is the same folder as source"),
+        (["prepare", str(src), "--out", str(src / "ds")], "is inside source"),
+        (["prepare", str(src / "fibroadenoma"), "--out", str(src)], "holds source"),
+        (["train", "--data", str(src), "--out", str(src / "run")], "is inside --data"),
+        (["downstream", "--data", str(src), "--synthetic", str(tmp_path / "syn"), "--out", str(src / "d")],
+         "is inside --data"),
+        (["downstream", "--data", str(tmp_path / "syn"), "--synthetic", str(src), "--out", str(src / "d")],
+         "is inside --synthetic"),
+        (["study", "create", "--real", str(src), "--synthetic", str(tmp_path / "syn"), "--out",
+          str(src / "study.db")], "is inside --real"),
+        (["experiment", "run", "--data", str(src), "--out", str(src / "exp")], "is inside --data"),
+    ]
+    (tmp_path / "syn").mkdir()
+    for argv, match in cases:
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        assert main(argv) == 2, argv
+        line = _one_line_error(capsys)
+        assert match in line and "--out" in line, (argv, line)
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, argv  # nothing written

@@ -127,6 +127,25 @@ def check_writable_dir(folder: str | Path, option: str) -> None:
                           ) from None
 
 
+def check_apart(source: str | Path | None, out: str | Path | None, source_option: str,
+                out_option: str = "--out") -> None:
+    """Refuse an output folder that is the source folder, inside it, or around it (one line naming both).
+
+    A command that reads a folder and writes one would otherwise read its own outputs on a rerun (``prepare
+    SRC --out SRC`` took its old tiles for a class) or, with ``--overwrite``, delete its input. A source that
+    is a file (a CSV, a slide) or does not exist is not checked.
+    """
+    if source is None or out is None or not Path(source).is_dir():
+        return
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    how = ("is the same folder as" if src == dst else "is inside" if dst.is_relative_to(src)
+           else "holds" if src.is_relative_to(dst) else None)
+    if how:
+        raise PathUpError(f"{out_option} {out} {how} {source_option} {source}: the outputs would mix with what "
+                          f"is read (a rerun would read them back, --overwrite would delete input); choose an "
+                          f"{out_option} outside it")
+
+
 def to_rgb8(img: "Image.Image") -> "Image.Image":  # noqa: F821
     """Convert any PIL image (RGBA, LA, P, L, I;16, I, F, CMYK...) to 8-bit RGB.
 

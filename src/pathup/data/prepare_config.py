@@ -17,7 +17,7 @@ from typing import Literal, Optional
 from pathup.config import accepts_aliases, option, validate
 from pathup.data.tiling import LevelSpec
 from pathup.errors import OptionError, PathUpError
-from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, check_writable_dir, read_text
+from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, check_apart, check_writable_dir, read_text
 from pathup.prompts import LEVELS
 
 MAX_TILE_PX = 4096  # tile_px bound (a 4096 px RGB tile is 48 MB in memory)
@@ -98,6 +98,8 @@ def check_config(cfg: PrepareConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise PathUpError(f"out: {out} exists and is not a folder")
+    for source in cfg.sources:
+        check_apart(source, out, "source")
     check_writable_dir(out, "--out")
 
 

@@ -190,8 +190,10 @@ def validate(cfg: ExperimentConfig) -> tuple[dict[str, str], dict[str, str]]:
     """Check every option that can be checked before any work starts (PathUpError, one line); returns the
     parsed ``compare`` and ``upscaler`` options (``parse_compare``, ``upscaler_names``)."""
     from pathup.config import validate as validate_fields
+    from pathup.io import check_apart
 
     validate_fields(cfg)  # finite floats and the fields' ranges
+    check_apart(cfg.data, cfg.out, "--data")
     bad = [t for t in cfg.tables if t not in TABLES]
     if bad or not cfg.tables:
         raise OptionError("tables", f"{' '.join(map(str, cfg.tables)) or '(none)'}: allowed: 1 2 3 4")

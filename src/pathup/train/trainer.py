@@ -36,7 +36,7 @@ import torch
 
 from pathup.config import save_config, to_dict, validate
 from pathup.errors import PathUpError
-from pathup.io import FolderLock
+from pathup.io import FolderLock, check_apart
 from pathup.losses import (FeatureBank, MidBlockFeatures, ProjectionHead, denoising_loss, denoising_target,
                            feature_vector, min_snr_weights)
 from pathup.train import checkpoint as ckpt_io
@@ -69,6 +69,7 @@ class Trainer:
             raise PathUpError("no dataset given (data: a folder written by 'pathup prepare')")
         if cfg.out is None:
             raise PathUpError("no run folder given (out)")
+        check_apart(cfg.data, cfg.out, "--data")
         self.run_dir = Path(cfg.out)
         self.acc = self.lock = None
 
