@@ -382,3 +382,43 @@ def test_out_inside_or_around_the_source_is_refused(tmp_path, sample_breakhis, c
         line = _one_line_error(capsys)
         assert match in line and "--out" in line, (argv, line)
         assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, argv  # nothing written
+
+
+# ------------------------------------------------------------------------------ 15. GeoJSON in linear time
+def _noise_layout(size: int):
+    import numpy as np
+
+    import pathup.sample.layout  # noqa: F401 - the sample package's import order
+    from pathup.sample.layout import Layout
+
+    labels = np.random.default_rng(0).integers(0, 3, size=(size, size)).astype(np.int32)
+    return Layout(labels=labels, classes=["a", "b", "c"], colours=[(0, 0, 0)] * 3, ids=[0, 1, 2], source="noise")
+
+
+def test_geojson_of_a_noise_layout_is_linear_in_pixels_and_covers_every_pixel():
+    import time
+
+    import numpy as np
+
+    import pathup.sample.layout  # noqa: F401 - before geojson (the sample package's import order)
+    from pathup.sample.geojson import _ring_area, geojson_regions
+
+    def cpu_seconds(size: int) -> float:
+        layout = _noise_layout(size)
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.process_time()
+            geojson_regions(layout, size, size)
+            best = min(best, time.process_time() - t0)
+        return best
+
+    small, large = cpu_seconds(96), cpu_seconds(384)  # 16 x the pixels
+    assert large / small < 50, (small, large)  # linear: about 16 (before: 220, point-in-polygon per hole)
+    layout = _noise_layout(48)
+    fc = geojson_regions(layout, 100, 70)  # enlarged: each cell maps to a block of output pixels
+    mask = layout.labels[np.minimum(((np.arange(70) + 0.5) * 48 / 70).astype(int), 47)[:, None],
+                         np.minimum(((np.arange(100) + 0.5) * 48 / 100).astype(int), 47)[None, :]]
+    for index, cls in enumerate(layout.classes):
+        area = sum(sum(_ring_area([tuple(p) for p in ring[:-1]]) for ring in f["geometry"]["coordinates"])
+                   for f in fc["features"] if f["properties"]["name"] == cls)
+        assert area == (mask == index).sum()
