@@ -422,3 +422,35 @@ def test_geojson_of_a_noise_layout_is_linear_in_pixels_and_covers_every_pixel():
         area = sum(sum(_ring_area([tuple(p) for p in ring[:-1]]) for ring in f["geometry"]["coordinates"])
                    for f in fc["features"] if f["properties"]["name"] == cls)
         assert area == (mask == index).sum()
+
+
+# ------------------------------------------------------------------------------ 16. --class/--out from --config
+def test_generate_takes_model_class_and_out_from_the_config(model_dir, tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(model_dir), "class": "fibroadenoma", "out": str(tmp_path / "g"),
+                                   "size": 64, "steps": 2, "num": 1, "device": "cpu"}))
+    assert main(["generate", "--config", str(cfg)]) == 0, capsys.readouterr().err
+    assert (tmp_path / "g" / "fibroadenoma" / "fibroadenoma_s0.png").is_file()
+    capsys.readouterr()
+    cfg.write_text(yaml.safe_dump({"model": str(model_dir), "size": 64}))
+    assert main(["generate", "--config", str(cfg), "--out", str(tmp_path / "g2")]) == 2
+    line = _one_line_error(capsys)
+    assert "--class NAME is required" in line and "'class:' in --config" in line
+    assert main(["compose", "--config", str(cfg), "--random-layout", "2"]) == 2
+    assert "--out DIR is required" in _one_line_error(capsys)
+
+
+def test_the_size_bound_is_on_total_pixels_as_the_readme_says():
+    from pathlib import Path
+
+    from pathup.sample.config import SampleConfig
+    from pathup.sample.generate import check_output_size
+
+    check_output_size(SampleConfig(size="65536x16384"))  # a long side is fine: the area is 32768 x 32768
+    with pytest.raises(PathUpError, match="over the limit"):
+        check_output_size(SampleConfig(size="32769x32768"))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`--size` to be at most 1,073,741,824 pixels in all" in readme
+    assert "every option can also come from a\nYAML file" in readme and "`model`, `class`, `out`" in readme
