@@ -454,3 +454,43 @@ def test_the_size_bound_is_on_total_pixels_as_the_readme_says():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "`--size` to be at most 1,073,741,824 pixels in all" in readme
     assert "every option can also come from a\nYAML file" in readme and "`model`, `class`, `out`" in readme
+
+
+# ------------------------------------------------------------------------------ 5. generate --overwrite
+def test_generate_overwrite_deletes_only_what_generate_wrote(model_dir, tmp_path):
+    out = tmp_path / "g"
+    base = ["generate", "--model", str(model_dir), "--class", "fibroadenoma", "--out", str(out), "--size", "64",
+            "--num", "2", "--device", "cpu"]
+    assert main(base + ["--steps", "2"]) == 0
+    folder = out / "fibroadenoma"
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "mine.png").write_bytes((folder / "fibroadenoma_s0.png").read_bytes())
+    (folder / "keep").mkdir()
+    (folder / "keep" / "x.txt").write_text("x")
+    (folder / "overview" / "mine.png").write_bytes(b"png?")
+    before = json.loads((folder / "fibroadenoma_s0.json").read_text())
+    assert main(base + ["--steps", "3", "--num", "1", "--overwrite"]) == 0
+    assert (folder / "notes.txt").read_text() == "my notes"
+    assert (folder / "mine.png").is_file() and (folder / "keep" / "x.txt").is_file()
+    assert (folder / "overview" / "mine.png").is_file()
+    after = json.loads((folder / "fibroadenoma_s0.json").read_text())
+    assert before["options"]["steps"] == 2 and after["options"]["steps"] == 3
+    # the image of seed 1 was generate's (steps 2): removed with its sidecar and overview
+    assert not (folder / "fibroadenoma_s1.png").exists() and not (folder / "fibroadenoma_s1.json").exists()
+    assert not (folder / "overview" / "fibroadenoma_s1.png").exists()
+
+
+# ------------------------------------------------------------------------------ 14. compose resume
+def test_compose_resume_redoes_an_image_with_an_output_missing(model_dir, tmp_path, capsys):
+    out = tmp_path / "c"
+    argv = ["compose", "--model", str(model_dir), "--random-layout", "2", "--out", str(out), "--size", "64",
+            "--steps", "2", "--num", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    mask, geo = sorted(out.glob("*_mask.png")), sorted(out.glob("*.geojson"))
+    assert len(mask) == 1 and len(geo) == 1
+    mask[0].unlink()
+    geo[0].unlink()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "wrote 1 image" in capsys.readouterr().out
+    assert mask[0].is_file() and geo[0].is_file()

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pathup.data.generated import (GENERATE_CONFIG, GENERATE_SETTINGS, UPSCALE_CONFIG,  # noqa: F401 - read
                                    GeneratedImage, class_dirname, read_generated)  # from here too
 from pathup.errors import OptionError, PathUpError
+from pathup.io import plain_text
 from pathup.sample.config import SampleConfig, validate
 from pathup.sample.resume import (check_class_folder, check_upscale_target, class_folder, is_done,  # noqa: F401
                                   settings_fingerprint, settle_class_folder, stored_fingerprint)
@@ -199,7 +200,7 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
         save_config(cfg, folder / GENERATE_CONFIG)
     mpp = pipe.image_mpp(cfg)
     overview_mpp = None if mpp is None else mpp * cfg.size.width / int(pipe.ldm.resolution)
-    for seed in tqdm(todo, desc=f"{class_name}", unit="image", disable=not progress):
+    for seed in tqdm(todo, desc=plain_text(class_name), unit="image", disable=not progress):  # no raw escapes
         image_path, overview_path = image_paths(out, class_name, seed, fmt)
         overview = pipe.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
                                  scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
