@@ -73,7 +73,7 @@ def test_plain_weights_that_do_not_fit_are_one_line(tmp_path):
     with pytest.raises(PathUpError, match="not FID Inception weights"):
         make_extractor("inception", weights)
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    with pytest.raises(PathUpError, match="not a weights file"):
+    with pytest.raises(PathUpError, match="not FID Inception weights"):
         make_extractor("inception", tmp_path / "bad.safetensors")
 
 

@@ -120,9 +120,13 @@ def test_resume_with_other_descriptions_is_refused(one_step_run, tiny_ds, tmp_pa
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    with pytest.raises(PathUpError, match="prompts differ from the .*benign fibroepithelial") as e:
+    with pytest.raises(PathUpError, match="prompts differ from the checkpoint's.*benign fibroepithelial") as e:
         train(TrainConfig(data=ds, out=run, max_steps=2, resume=True, progress=False, **FAST))
     assert "\n" not in str(e.value)
+    # stopped before its first checkpoint: the base model's tokenizer has no token for the new words
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(PathUpError, match="base/pathup.json: this model's tokenizer has no token for 'benign'"):
+        train(TrainConfig(data=ds, out=run, max_steps=2, resume=True, progress=False, **FAST))
 
 
 # ------------------------------------------------------------------------------ 11. one process per run folder

@@ -325,6 +325,13 @@ def read_text(path: str | Path, what: str = "file") -> str:
                           f"{err.start}); save it as UTF-8") from None
 
 
+def unpickling_refused(err: BaseException) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused to call, from its error (``builtins.open``...): the
+    file is a pickle that would have run code. None for any other failure (a corrupt or foreign file)."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return m.group(1) if m else None
+
+
 def read_json(path: str | Path) -> dict | None:
     """A JSON object from ``path``; None when it is missing, unreadable, cut short or not an object."""
     import json

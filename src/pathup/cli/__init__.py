@@ -133,6 +133,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             raise
         from pathup.io import show_controls
 
-        print(f"pathup {args.command}: error: {show_controls(_os_error_line(err))} (-v shows where)", file=sys.stderr)
+        line = show_controls(_os_error_line(err))
+        print(f"pathup {args.command}: error: {line} (-v shows where)", file=sys.stderr)
         return 2
     return int(result or 0)

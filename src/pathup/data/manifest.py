@@ -78,11 +78,12 @@ def _check_info(info: Any, path: Path) -> dict[str, Any]:
     def strings(v: Any) -> bool:
         return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
+    descriptions = info.get("descriptions") or {} if isinstance(info, dict) else {}
     problem = ("the top level must be an object" if not isinstance(info, dict) else
                "'classes' must be a non-empty list of names" if not strings(info.get("classes")) or not info["classes"]
                else "'levels' must be a list of level names" if "levels" in info and not strings(info["levels"])
-               else "'descriptions' must map class names to text" if not isinstance(info.get("descriptions") or {}, dict)
-               or not all(isinstance(v, str) for v in (info.get("descriptions") or {}).values()) else None)
+               else "'descriptions' must map class names to text" if not isinstance(descriptions, dict)
+               or not all(isinstance(v, str) for v in descriptions.values()) else None)
     if problem:
         raise PathUpError(f"{path}: {problem}; run 'pathup prepare' again")
     return info

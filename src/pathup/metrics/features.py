@@ -66,13 +66,14 @@ class FeatureExtractor(torch.nn.Module):
         return torch.device("cpu")
 
 
-def load_weights(path: str | Path, option: str) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path, option: str, what: str = "a weights file") -> dict[str, torch.Tensor]:
     """A state dict of tensors from a user's weights file, without running code from it.
 
     ``.safetensors`` files through safetensors; any other file through ``torch.load(weights_only=True)``,
-    which refuses a pickle holding code or objects (one line naming ``--<option>``).
+    which refuses a pickle holding code or objects (one line naming ``--<option>``; ``what`` names what the
+    file should be, for the message).
     """
-    import pickle
+    from pathup.io import plain_text, unpickling_refused
 
     path = Path(path)
     try:
@@ -82,12 +83,13 @@ def load_weights(path: str | Path, option: str) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise OptionError(option, f"{path}: refused: a pickle that holds code or objects besides tensors (pathup "
-                          "loads weights with torch.load(weights_only=True) or safetensors, never with code)") from None
     except Exception as err:  # noqa: BLE001 - not a torch file, truncated, safetensors' SafetensorError...
+        called = unpickling_refused(err)
+        if called:
+            raise OptionError(option, f"{path}: refused: a pickle that would call {called} (pathup loads weights "
+                              "with torch.load(weights_only=True) or safetensors, never with code)") from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise OptionError(option, f"{path}: not a weights file ({type(err).__name__}: {first})") from None
+        raise OptionError(option, f"{path}: not {what} ({type(err).__name__}: {plain_text(first)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OptionError(option, f"{path}: not a state dict of tensors")
     return state
@@ -112,7 +114,7 @@ class InceptionExtractor(FeatureExtractor):
             else:  # torch-fidelity would torch.load the file with weights_only=False: it gets checked tensors
                 import tempfile
 
-                state = load_weights(weights, "features_weights")
+                state = load_weights(weights, "features_weights", "FID Inception weights")
                 with tempfile.TemporaryDirectory() as tmp:
                     local = Path(tmp) / "inception.pth"
                     torch.save(state, local)

@@ -85,7 +85,7 @@ def check_model_folder(path: str | Path) -> dict[str, Any] | None:
             why = (f"holds {', '.join(pickles)} (pickled weights, which can run code) but no .safetensors" if pickles
                    else "has no .safetensors weights")
             raise PathUpError(f"{folder} {why}: pathup loads weights from safetensors files only; convert them "
-                              "where you trust the file (diffusers/transformers save_pretrained(safe_serialization=True))")
+                              "where you trust the file (save_pretrained(safe_serialization=True))")
         for w in weights:
             _check_safetensors(w)
     found = next((names for names in TOKENIZER_FILES if all((path / "tokenizer" / n).is_file() for n in names)), None)

@@ -73,10 +73,6 @@ def load_model(acc, cfg: TrainConfig, run: Path):
             configure_scheduler(ldm, cfg)
             if ldm.resolution != res:
                 raise OptionError("resolution", f"{res} differs from the run's model ({ldm.resolution} px)")
-            if ldm.prompts is not None:
-                from pathup.train.resume import check_prompt_texts
-
-                check_prompt_texts(ldm.prompts.prompts(), tiles.table, f"the base model's in {base}")
             ldm.prompts = tiles.table
         else:
             ldm = build_ldm(size, tiles.table, seed=cfg.seed)

@@ -137,7 +137,6 @@ def _write_error(err: OSError, final: Path, root: Path) -> PathUpError:
     return PathUpError(f"cannot write checkpoint {final}: {err.strerror or err} ({where})")
 
 
-
 def _split(value: Any, key: str, tensors: dict[str, Any]) -> Any:
     """``value`` as JSON with every tensor replaced by ``{"__tensor__": key}`` (stored in ``tensors``)."""
     import torch
@@ -228,13 +227,15 @@ def read_custom_state(ckpt: Path, objects: dict[str, Any]) -> list[Any]:
 
 
 def _load_legacy(path: Path) -> Any:
-    import pickle
-
     import torch
+
+    from pathup.io import plain_text, unpickling_refused
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, ValueError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PathUpError(f"refused checkpoint file {path}: not plain tensor data (loaded with "
-                          f"torch.load(weights_only=True), which never runs code: {first})") from None
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, a truncated or missing file...
+        called = unpickling_refused(err)
+        why = (f"a pickle that would call {called}" if called else
+               f"not tensor data ({plain_text(str(err).strip().splitlines()[0]) if str(err).strip() else ''})")
+        raise PathUpError(f"refused checkpoint file {path}: {why} (read with torch.load(weights_only=True), "
+                          "which never runs code)") from None

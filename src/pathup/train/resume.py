@@ -42,15 +42,13 @@ def check_model(state: dict[str, Any], cfg: TrainConfig) -> None:
                           "resume with the same model or use a new --out")
 
 
-def check_prompt_texts(old: list[str], table, where: str) -> None:
-    """The prompt texts equal ``old`` (the resumed model's): the tokenizer and the model were built and
-    trained for those (a new word would be spelled letter by letter, and the saved model would advertise
-    prompts it never saw)."""
-    if list(old) != table.prompts():
-        changed = next((f"{a!r} was {b!r}" for a, b in zip(table.prompts(), old) if a != b), "")
-        raise PathUpError(f"the prompts differ from {where} ({changed}; --descriptions or dataset.json changed): "
-                          "the tokenizer and the model were built and trained for the old ones; resume with the "
-                          "same descriptions or use a new --out")
+def check_tokenizer(ldm, table, base: str | Path) -> None:
+    """The model's tokenizer has a token for every word of this run's prompts: a from-scratch run resumed
+    from its ``base/`` after the descriptions changed would spell new words letter by letter (and save a
+    model advertising prompts it cannot read). ``pathup.model.ldm.check_table``, one line naming ``base``."""
+    from pathup.model.ldm import check_table
+
+    check_table(ldm.tokenizer, table, ldm.size, Path(base) / "pathup.json")
 
 
 def check_state(state: dict[str, Any], table, cfg: TrainConfig, run: Path) -> None:
@@ -62,8 +60,11 @@ def check_state(state: dict[str, Any], table, cfg: TrainConfig, run: Path) -> No
     if list(old.get("levels", [])) != list(table.levels):
         raise PathUpError(f"the prompt levels {table.levels} differ from the checkpoint's {old.get('levels')} "
                           "(--no-patho-align or --levels changed); use a new --out")
-    if old.get("prompts") is not None:
-        check_prompt_texts(list(old["prompts"]), table, f"the checkpoint's in {run}")
+    if old.get("prompts") is not None and list(old["prompts"]) != table.prompts():
+        changed = next((f"{a!r} was {b!r}" for a, b in zip(table.prompts(), old["prompts"]) if a != b), "")
+        raise PathUpError(f"the prompts differ from the checkpoint's in {run} ({changed}; --descriptions or "
+                          "dataset.json changed): the model was trained for the old ones; resume with the same "
+                          "descriptions or use a new --out")
     for key in FIXED:
         if state["config"].get(key) != getattr(cfg, key):
             raise OptionError(key, f"{getattr(cfg, key)} differs from the checkpoint's "

@@ -234,6 +234,7 @@ class Trainer:
         self.mpp = dataset_mpp(cfg.data)
         if state is not None:
             resume.check_state(state, self.table, cfg, run)
+        resume.check_tokenizer(self.ldm, self.table, base)
         if acc.is_main_process:
             save_config(cfg, run / "config.yaml")
         ldm = self.ldm
