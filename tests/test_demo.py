@@ -128,3 +128,37 @@ def test_report_template_escapes_text_and_formats_metrics():
     assert "<td>0.500 &plusmn; 0.250</td>" in page and "<td>-</td>" in page  # KID absent
     assert "Class-consistency was not measured" in page and "Guidance 1 is" not in page
     assert '{&#34;a&#34;: &#34;&lt;x&gt;&#34;}' in page
+
+
+def test_demo_rerun_continues_an_interrupted_training_and_overwrite_starts_again(tmp_path, monkeypatch):
+    """Issue 20 item 17: a demo stopped during training (here after its autoencoder, before any checkpoint)
+    continues on rerun; --overwrite starts again."""
+    from pathup.train.trainer import Trainer
+
+    out = tmp_path / "out"
+    real_step = Trainer._train_step
+
+    def stop_at_step_two(self, step, batches):
+        if step == 1:
+            raise KeyboardInterrupt
+        return real_step(self, step, batches)
+
+    monkeypatch.setattr(Trainer, "_train_step", stop_at_step_two)
+    assert main(["demo", "--out", str(out), *QUICK]) == 130
+    base = out / "run" / "base" / "model_index.json"
+    assert base.is_file() and not (out / "run" / "model").exists()
+    made = base.stat().st_mtime_ns
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+
+    def stop(*args, **kwargs):  # the stages after training are covered above: stop there to save time
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pathup.experiments.demo.stages.generate_images", stop)
+    assert main(["demo", "--out", str(out), *QUICK]) == 130
+    assert base.stat().st_mtime_ns == made  # the autoencoder was kept: the training continued
+    assert (out / "run" / "model" / "model_index.json").is_file() and (out / ".stages" / "train.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(Trainer, "_train_step", stop_at_step_two)
+    assert main(["demo", "--out", str(out), "--overwrite", *QUICK]) == 130
+    assert base.stat().st_mtime_ns != made and not (out / "run" / "model").exists()  # started again
+    assert (out / "notes.txt").read_text() == "mine"

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pathup.errors import OptionError, PathUpError
-from pathup.io import atomic_write_text
+from pathup.io import atomic_write_text, read_text
 
 T = TypeVar("T")
 
@@ -247,7 +247,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PathUpError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, "config file")) or {}
     except yaml.YAMLError as err:
         raise PathUpError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -319,12 +319,16 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[s
             group.add_argument("--" + alias.replace("_", "-"), **{**kwargs, "help": argparse.SUPPRESS})
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
-    """Defaults <- ``--config`` YAML <- options given on the command line <- ``fixed`` values."""
+def config_from_args(cls: type[T], args: argparse.Namespace, *, own: tuple[str, ...] = (), **fixed: Any) -> T:
+    """Defaults <- ``--config`` YAML <- options given on the command line <- ``fixed`` values.
+
+    ``own``: YAML keys that are the command's own arguments (``--class``, ``--out``...), not fields of ``cls``.
+    """
     data: dict[str, Any] = {}
     source = "options"
     if getattr(args, "config", None):
-        data.update(resolve_aliases(cls, load_yaml(args.config)))
+        yaml_data = {k: v for k, v in load_yaml(args.config).items() if k not in own}
+        data.update(resolve_aliases(cls, yaml_data))
         source = str(args.config)
     names = {f.name for f in dataclasses.fields(cls)}
     data.update({k: v for k, v in vars(args).items() if k in names})

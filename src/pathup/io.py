@@ -48,6 +48,16 @@ def _honour_umask(path: Path, base: int) -> None:
     os.chmod(path, base & ~umask())
 
 
+def honour_umask_tree(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the mode a plain open / mkdir would have given it.
+
+    Libraries (safetensors, torch.save through mkstemp) may write 0600 files whatever the umask.
+    """
+    for sub in Path(folder).rglob("*"):
+        if not sub.is_symlink():
+            _honour_umask(sub, 0o777 if sub.is_dir() else 0o666)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
@@ -88,9 +98,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         _honour_umask(tmp, 0o777)
         yield tmp
-        for sub in tmp.rglob("*"):  # libraries may write through mkstemp (0600): give every file the umask's mode
-            if not sub.is_symlink():
-                _honour_umask(sub, 0o777 if sub.is_dir() else 0o666)
+        honour_umask_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -117,6 +125,25 @@ def check_writable_dir(folder: str | Path, option: str) -> None:
         raise PathUpError(f"{option} {folder}: cannot write there ({err.strerror or err}"
                           f"{': ' + str(err.filename) if err.filename and str(err.filename) != str(folder) else ''})"
                           ) from None
+
+
+def check_apart(source: str | Path | None, out: str | Path | None, source_option: str,
+                out_option: str = "--out") -> None:
+    """Refuse an output folder that is the source folder, inside it, or around it (one line naming both).
+
+    A command that reads a folder and writes one would otherwise read its own outputs on a rerun (``prepare
+    SRC --out SRC`` took its old tiles for a class) or, with ``--overwrite``, delete its input. A source that
+    is a file (a CSV, a slide) or does not exist is not checked.
+    """
+    if source is None or out is None or not Path(source).is_dir():
+        return
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    how = ("is the same folder as" if src == dst else "is inside" if dst.is_relative_to(src)
+           else "holds" if src.is_relative_to(dst) else None)
+    if how:
+        raise PathUpError(f"{out_option} {out} {how} {source_option} {source}: the outputs would mix with what "
+                          f"is read (a rerun would read them back, --overwrite would delete input); choose an "
+                          f"{out_option} outside it")
 
 
 def to_rgb8(img: "Image.Image") -> "Image.Image":  # noqa: F821
@@ -288,6 +315,23 @@ def list_images(folder: str | Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of a user's file; a file in another encoding is a one-line PathUpError naming it."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PathUpError(f"{what} {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+
+
+def unpickling_refused(err: BaseException) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused to call, from its error (``builtins.open``...): the
+    file is a pickle that would have run code. None for any other failure (a corrupt or foreign file)."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return m.group(1) if m else None
+
+
 def read_json(path: str | Path) -> dict | None:
     """A JSON object from ``path``; None when it is missing, unreadable, cut short or not an object."""
     import json
@@ -352,3 +396,115 @@ def write_failure(err: BaseException, target: Path, root: Path, what: str) -> Pa
         return PathUpError(f"disk full while writing {what} {target}{tail}; free space and rerun (with --resume "
                            "for training)")
     return PathUpError(f"cannot write {what} {target}: {type(err).__name__}: {msg}")
+
+
+class FolderLock:
+    """An exclusive lock on an output folder, held by one process: ``folder/.pathup.lock``.
+
+    The file holds the owner's PID, host and command. The lock itself is ``fcntl.flock`` on that file,
+    which the kernel drops when the owner exits or is killed, so a lock file left by a dead process is
+    stale by construction and the next run takes it over (it says so). Where ``flock`` is not available
+    (some network file systems) the PID in the file decides: a live process on this host holds it.
+    ``acquire`` raises a one-line PathUpError naming the folder and the owner's PID.
+    """
+
+    NAME = ".pathup.lock"
+
+    def __init__(self, folder: str | Path, command: str) -> None:
+        self.path = Path(folder) / self.NAME
+        self.command = command
+        self._fd: int | None = None
+
+    def _owner(self) -> dict:
+        return read_json(self.path) or {}
+
+    def _refuse(self, owner: dict) -> PathUpError:
+        return PathUpError(f"{self.path.parent} is in use by another '{owner.get('command', 'pathup')}' (PID "
+                           f"{owner.get('pid', '?')} on {owner.get('host', '?')}, lock file {self.path}); wait "
+                           "for it to finish or choose another --out")
+
+    def acquire(self) -> "FolderLock":
+        import json
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._refuse(self._owner()) from None
+            except OSError:  # no flock here: fall back to the PID in the file
+                self._check_pid(self._owner())
+        except ImportError:  # pragma: no cover - not POSIX
+            self._check_pid(self._owner())
+        except BaseException:
+            os.close(fd)
+            raise
+        old = self._owner()
+        if old.get("pid") and old.get("pid") != os.getpid():
+            import logging
+
+            logging.getLogger(__name__).info("%s: took over a stale lock of PID %s (no longer running)",
+                                             self.path.parent, old.get("pid"))
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+        return self
+
+    def _check_pid(self, owner: dict) -> None:
+        import socket
+
+        pid = owner.get("pid")
+        if not isinstance(pid, int) or pid == os.getpid() or owner.get("host") != socket.gethostname():
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # stale: that process is gone
+        except PermissionError:
+            pass  # alive, another user's
+        raise self._refuse(owner)
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it could let two later runs lock two different files)."""
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+
+
+# ---------------------------------------------------------------------------------------------- text
+# Strings from users (class, condition and rater names, file names) reach terminals and Markdown reports.
+# ANSI escape sequences (CSI ... final byte, OSC ... BEL/ST, two-byte ESC x) and any other control character.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def plain_text(value: object, *, keep_newlines: bool = False) -> str:
+    """``value`` safe to print on a terminal: ANSI escapes removed, other control characters (tabs, and
+    newlines unless ``keep_newlines``) shown as a space."""
+    text = _ANSI.sub("", str(value))
+    return (_CONTROL_BUT_NEWLINE if keep_newlines else CONTROL_CHARS).sub(" ", text)
+
+
+def show_controls(text: object) -> str:
+    """``text`` with every control character written out as ``\\xNN`` (one-line error messages: the user
+    sees what their input held, and the terminal runs none of it)."""
+    return CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def markdown_text(value: object) -> str:
+    """Text for a Markdown report (a table cell, a heading): terminal-safe, HTML escaped (``<script>`` and
+    ``<img onerror=...>`` in a class name show as text where the Markdown is rendered), ``\\`` and ``|``
+    escaped so that a table row keeps its columns."""
+    import html
+
+    return html.escape(plain_text(value).replace("\\", "\\\\"), quote=False).replace("|", "\\|")

@@ -91,9 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _interrupted(command, exiting=argv is None)  # (argv given: called from Python, which goes on)
 
 
+class _TerminalFormatter(logging.Formatter):
+    """Log lines with control characters written out (``\\x1b``): a class name's escape sequence in a
+    warning never reaches the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from pathup.io import show_controls
+
+        return "\n".join(show_controls(line) for line in super().format(record).split("\n"))
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if type(handler.formatter) is logging.Formatter:
+            handler.setFormatter(_TerminalFormatter(handler.formatter._fmt))
     if not args.verbose:  # libraries' progress chatter (checkpoint saving etc.) only with -v
         for name in ("accelerate", "diffusers", "transformers", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -110,12 +123,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except PathUpError as err:
         if args.verbose:
             raise
+        from pathup.io import show_controls
+
         message = err.for_cli() if isinstance(err, OptionError) else str(err)
-        print(f"pathup {args.command}: error: {message}", file=sys.stderr)
+        print(f"pathup {args.command}: error: {show_controls(message)}", file=sys.stderr)
         return 2
     except OSError as err:  # unwritable or read-only output, disk full, a folder where a file should be...
         if args.verbose:
             raise
-        print(f"pathup {args.command}: error: {_os_error_line(err)} (-v shows where)", file=sys.stderr)
+        from pathup.io import show_controls
+
+        line = show_controls(_os_error_line(err))
+        print(f"pathup {args.command}: error: {line} (-v shows where)", file=sys.stderr)
         return 2
     return int(result or 0)

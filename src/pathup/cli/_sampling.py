@@ -28,6 +28,33 @@ def add_options(p: argparse.ArgumentParser) -> None:
     add_config_args(p, p.get_default("_config"), skip=p.get_default("_skip"))
 
 
+# The sampling commands' own arguments (not fields of their config): YAML key -> argparse dest.
+OWN_KEYS = {"model": "model", "class": "class_name", "class_name": "class_name", "out": "out",
+            "layout": "layout", "legend": "legend"}
+
+
+def own_options(args: argparse.Namespace, required: dict[str, str]) -> None:
+    """``--model``, ``--class``, ``--out``, ``--layout``, ``--legend`` may come from ``--config`` too (keys
+    ``model``, ``class``, ``out``, ``layout``, ``legend``); the command line wins. ``required``: dest ->
+    flag of the ones the command needs (a one-line error names the flag and the key)."""
+    from pathup.errors import PathUpError
+
+    if getattr(args, "config", None):
+        from pathup.config import load_yaml
+
+        for key, value in load_yaml(args.config).items():
+            dest = OWN_KEYS.get(key)
+            if dest is None or not hasattr(args, dest) or getattr(args, dest) is not None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise PathUpError(f"{args.config}: '{key}' must be text, got {value!r}")
+            setattr(args, dest, str(value))
+    for dest, flag in required.items():
+        if getattr(args, dest, None) is None:
+            key = next(k for k, d in OWN_KEYS.items() if d == dest)
+            raise PathUpError(f"{flag} is required: give it on the command line or as '{key}:' in --config")
+
+
 def model_of(args: argparse.Namespace) -> str:
     """The model given by ``--model`` (or the older positional MODEL); a one-line error without one."""
     from pathup.errors import PathUpError
@@ -45,7 +72,7 @@ def read_options(cls: type, args: argparse.Namespace, validate: Any) -> Any:
     or model starts."""
     from pathup.sample.generate import check_output_size
 
-    cfg = config_from_args(cls, args)
+    cfg = config_from_args(cls, args, own=tuple(OWN_KEYS))
     validate(cfg)
     check_output_size(cfg)  # --size bounded before any model loads
     return cfg

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of, read_options
+from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of, own_options, read_options
 from pathup.sample.config import ComposeConfig
 
 
@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--legend", metavar="FILE",
                    help="YAML/JSON legend of a label image: class: colour ('#rrggbb' or [r, g, b]) or class: id; "
                         "without it a single-channel image's ids are the model's class indices")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", metavar="DIR", help="output folder (required)")
     add_options(p)
 
 
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from pathup.sample.config import validate
     from pathup.sample.generate import check_out_folder
 
+    own_options(args, {"out": "--out DIR"})
     model = model_of(args)
     cfg = read_options(ComposeConfig, args, validate)
     if (args.layout is None) == (cfg.random_layout == 0):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of, read_options
+from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of, own_options, read_options
 from pathup.sample.config import SampleConfig
 from pathup.sample.generate import image_paths, is_done, seeds_for_process  # noqa: F401  (re-exported)
 
@@ -37,8 +37,8 @@ def register(subparsers: Any) -> None:
         help="generate large images of a class (overview + patch-wise timestep tracking)",
         description="Generate an overview of a class at the model's training resolution, then upscale it "
                     "with patch-wise timestep tracking (PathUp Algorithm 1) to --size.")
-    p.add_argument("--class", dest="class_name", required=True, metavar="NAME", help="class to generate")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="class to generate (required)")
+    p.add_argument("--out", metavar="DIR", help="output folder (required)")
     add_options(p)
 
 
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from pathup.sample.generate import (check_out_folder, class_folder, generate_to_folder, pending_seeds,
                                         settle_class_folder)
 
+    own_options(args, {"class_name": "--class NAME", "out": "--out DIR"})
     model = model_of(args)
     cfg = read_options(SampleConfig, args, validate)
     out = check_out_folder(args.out)  # an unwritable --out fails here, in one line, before any work

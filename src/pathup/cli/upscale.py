@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pathup.cli._sampling import add_options, add_sampling_parser, load_pipeline, model_of
+from pathup.cli._sampling import OWN_KEYS, add_options, add_sampling_parser, load_pipeline, model_of, own_options
 from pathup.sample.config import SampleConfig
 
 
@@ -27,9 +27,9 @@ def register(subparsers: Any) -> None:
         description="Upscale a low-resolution image to --size with the class's patch prompt and "
                     "patch-wise timestep tracking (PathUp Algorithm 1).")
     p.add_argument("image", metavar="IMAGE", help="the low-resolution overview (any RGB image file)")
-    p.add_argument("--class", dest="class_name", required=True, metavar="NAME",
-                   help="class whose patch prompt conditions the upscaling")
-    p.add_argument("--out", default="upscaled", metavar="DIR", help="output folder (default: upscaled)")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="class whose patch prompt conditions the upscaling (required)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: upscaled)")
     add_options(p)
 
 
@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from pathup.io import load_rgb
     from pathup.sample.generate import check_out_folder, check_upscale_target, upscale_path, upscale_to_file
 
+    own_options(args, {"class_name": "--class NAME"})
     model = model_of(args)
-    cfg = config_from_args(SampleConfig, args)
-    out = Path(args.out)
+    cfg = config_from_args(SampleConfig, args, own=tuple(OWN_KEYS))
+    out = Path(args.out or "upscaled")
     target = upscale_path(args.image, args.class_name, out, cfg)  # checks every option first
     image = load_rgb(args.image)  # PathUpError on a missing or corrupt file
     check_out_folder(out)  # an unwritable --out fails here, in one line, before the model loads

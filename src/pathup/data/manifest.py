@@ -39,24 +39,54 @@ def read_manifest(root: str | Path) -> list[dict[str, str]]:
         path = path / "manifest.csv"
     if not path.is_file():
         raise PathUpError(f"manifest not found: {path} (run 'pathup prepare' first)")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("path", "class", "level", "prompt", "split") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise PathUpError(f"{path}: missing column(s) {', '.join(missing)}")
-        return list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("path", "class", "level", "prompt", "split") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise PathUpError(f"{path}: missing column(s) {', '.join(missing)}")
+            return list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise PathUpError(f"{path}: not a readable manifest ({err}); run 'pathup prepare' again") from None
 
 
 def read_dataset_info(root: str | Path) -> dict[str, Any]:
-    """``dataset.json`` of a prepared dataset; falls back to the manifest's classes if absent."""
+    """``dataset.json`` of a prepared dataset; falls back to the manifest's classes if absent.
+
+    A file that is not JSON, not UTF-8, or whose ``classes`` / ``levels`` / ``descriptions`` have the
+    wrong type is a one-line PathUpError naming it.
+    """
+    from pathup.io import read_text
+
     root = Path(root)
     info_file = root / "dataset.json"
     if info_file.is_file():
-        return json.loads(info_file.read_text())
+        try:
+            info = json.loads(read_text(info_file, "dataset file"))
+        except ValueError as err:
+            if isinstance(err, PathUpError):
+                raise
+            raise PathUpError(f"{info_file}: not valid JSON ({err}); run 'pathup prepare' again") from None
+        return _check_info(info, info_file)
     rows = read_manifest(root)
     return {"classes": sorted({r["class"] for r in rows}),
             "levels": sorted({r["level"] for r in rows}, key=lambda v: (v != "patch", v)),
             "descriptions": {}}
+
+
+def _check_info(info: Any, path: Path) -> dict[str, Any]:
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    descriptions = info.get("descriptions") or {} if isinstance(info, dict) else {}
+    problem = ("the top level must be an object" if not isinstance(info, dict) else
+               "'classes' must be a non-empty list of names" if not strings(info.get("classes")) or not info["classes"]
+               else "'levels' must be a list of level names" if "levels" in info and not strings(info["levels"])
+               else "'descriptions' must map class names to text" if not isinstance(descriptions, dict)
+               or not all(isinstance(v, str) for v in descriptions.values()) else None)
+    if problem:
+        raise PathUpError(f"{path}: {problem}; run 'pathup prepare' again")
+    return info
 
 
 def write_manifest(root: str | Path, rows: list[dict[str, Any]], extra_columns: tuple[str, ...] = ()) -> Path:

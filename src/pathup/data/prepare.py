@@ -44,6 +44,7 @@ from pathup.data.sources import BadFile, SourceItem, collect_sources
 from pathup.data.splits import assign_splits, stable_int
 from pathup.data.workers import available_cpus, run_jobs
 from pathup.errors import PathUpError
+from pathup.io import plain_text
 from pathup.prompts import PromptTable, build_prompt
 
 __all__ = ["PrepareConfig", "PrepareSummary", "cap_tiles", "class_order", "prepare"]
@@ -72,7 +73,8 @@ class PrepareSummary:
 
     def table(self) -> str:
         """The tiles per class x level x split, then dropped, capped and skipped counts."""
-        width = max([len("class")] + [len(c) for c in self.classes])
+        names = {c: plain_text(c) for c in self.classes}  # a class name's escape sequences never reach the terminal
+        width = max([len("class")] + [len(n) for n in names.values()])
         head = f"{'class':<{width}}  {'level':<8} " + " ".join(f"{s:>7}" for s in (*SPLITS, "total"))
         lines = [head, "-" * len(head)]
         col_tot = Counter()
@@ -80,7 +82,7 @@ class PrepareSummary:
             for lv in self.levels:
                 n = [self.tiles.get((c, lv, s), 0) for s in SPLITS]
                 col_tot.update(dict(zip(SPLITS, n)))
-                lines.append(f"{c:<{width}}  {lv:<8} " + " ".join(f"{v:>7}" for v in (*n, sum(n))))
+                lines.append(f"{names[c]:<{width}}  {lv:<8} " + " ".join(f"{v:>7}" for v in (*n, sum(n))))
         lines.append("-" * len(head))
         tot = [col_tot[s] for s in SPLITS]
         lines.append(f"{'total':<{width}}  {'':<8} " + " ".join(f"{v:>7}" for v in (*tot, sum(tot))))
@@ -90,7 +92,7 @@ class PrepareSummary:
                                                                         for lv in self.levels))
         lines.append(f"bad files skipped: {len(self.bad_files)}")
         lines.append(f"sources: {self.n_sources} ({self.n_resumed} already done); {self.n_tiles} tiles "
-                     f"in {self.seconds:.1f} s -> {self.out}")
+                     f"in {self.seconds:.1f} s -> {plain_text(self.out)}")
         return "\n".join(lines)
 
 

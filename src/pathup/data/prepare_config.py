@@ -17,7 +17,7 @@ from typing import Literal, Optional
 from pathup.config import accepts_aliases, option, validate
 from pathup.data.tiling import LevelSpec
 from pathup.errors import OptionError, PathUpError
-from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, check_writable_dir
+from pathup.io import DEFAULT_MAX_IMAGE_PIXELS, check_apart, check_writable_dir, read_text
 from pathup.prompts import LEVELS
 
 MAX_TILE_PX = 4096  # tile_px bound (a 4096 px RGB tile is 48 MB in memory)
@@ -98,6 +98,8 @@ def check_config(cfg: PrepareConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise PathUpError(f"out: {out} exists and is not a folder")
+    for source in cfg.sources:
+        check_apart(source, out, "source")
     check_writable_dir(out, "--out")
 
 
@@ -111,7 +113,7 @@ def load_descriptions(path: str | None, classes: list[str]) -> dict[str, str]:
     if not p.is_file():
         raise PathUpError(f"descriptions file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(read_text(p, "descriptions file"))
     except yaml.YAMLError as err:
         raise PathUpError(f"{p}: not valid YAML or JSON ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict) or not all(isinstance(v, str) and v.strip() for v in data.values()):

@@ -32,7 +32,7 @@ from pathup.downstream.metrics import confusion, f1_per_class, mean_std
 from pathup.downstream.report import bar_plot, confusion_files, markdown_table, row_label
 from pathup.downstream.vit import Predictions
 from pathup.errors import OptionError, PathUpError
-from pathup.io import atomic_write_text
+from pathup.io import atomic_write_text, check_apart
 from pathup.stages import Marker
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,8 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     """
     validate(cfg)
     out = Path(cfg.out)
+    check_apart(cfg.data, out, "--data")
+    check_apart(cfg.synthetic, out, "--synthetic")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     exp = Experiment(cfg)

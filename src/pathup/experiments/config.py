@@ -142,13 +142,13 @@ def slug(name: str) -> str:
 
 def dataset_info(cfg: ExperimentConfig) -> dict[str, Any]:
     """``dataset.json`` plus the manifest rows, checked against what the tables need."""
-    from pathup.data.manifest import SPLITS, read_manifest
+    from pathup.data.manifest import SPLITS, read_dataset_info, read_manifest
 
     root = Path(cfg.data)
     if not (root / "manifest.csv").is_file() or not (root / "dataset.json").is_file():
         raise OptionError("data", f"{root}: not a prepared dataset (needs manifest.csv and dataset.json from "
                           "'pathup prepare')")
-    info = json.loads((root / "dataset.json").read_text())
+    info = read_dataset_info(root)  # one line for a corrupt dataset.json
     if cfg.split not in (*SPLITS, "all"):
         raise OptionError("split", f"{cfg.split!r}: allowed: {', '.join(SPLITS)}, all")
     rows = read_manifest(root)
@@ -190,8 +190,10 @@ def validate(cfg: ExperimentConfig) -> tuple[dict[str, str], dict[str, str]]:
     """Check every option that can be checked before any work starts (PathUpError, one line); returns the
     parsed ``compare`` and ``upscaler`` options (``parse_compare``, ``upscaler_names``)."""
     from pathup.config import validate as validate_fields
+    from pathup.io import check_apart
 
     validate_fields(cfg)  # finite floats and the fields' ranges
+    check_apart(cfg.data, cfg.out, "--data")
     bad = [t for t in cfg.tables if t not in TABLES]
     if bad or not cfg.tables:
         raise OptionError("tables", f"{' '.join(map(str, cfg.tables)) or '(none)'}: allowed: 1 2 3 4")

@@ -119,7 +119,7 @@ def load_upscaler(path: str, device: str) -> Any:
 
     check_upscaler(path)
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     except Exception as err:  # noqa: BLE001 - diffusers/transformers loading errors
         raise OptionError("upscaler", f"{path}: cannot load ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''})") from None

@@ -21,10 +21,12 @@ then the remaining conditions alphabetically.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pathup.errors import OptionError, PathUpError
+from pathup.io import markdown_text, read_text
 from pathup.metrics.report import METRIC_COLUMNS, format_mean_std, markdown_table, mean_std, summarize_runs
 
 TABLE_TITLES = {
@@ -51,15 +53,38 @@ def load_results(table_dir: str | Path) -> Results:
     for cond_dir in sorted(p for p in table_dir.iterdir() if p.is_dir()):
         for f in sorted(cond_dir.rglob("*.json")):
             try:
-                res = json.loads(f.read_text())
+                res = json.loads(read_text(f, "result file"))
             except json.JSONDecodeError as err:
                 raise PathUpError(f"{f}: not valid JSON ({err})") from None
             if not isinstance(res, dict) or "runs" not in res or "level" not in res:
                 continue  # not an evaluate result (e.g. a sidecar)
+            runs, seam = _check_result(res, f)
             slot = out.setdefault(cond_dir.name, {}).setdefault(res["level"], {"runs": [], "seam": []})
-            slot["runs"].extend(res["runs"])
-            slot["seam"].extend((res.get("seam") or {}).get("per_image", {}).values())
+            slot["runs"].extend(runs)
+            slot["seam"].extend(seam)
     return out
+
+
+def _number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _check_result(res: dict[str, Any], path: Path) -> tuple[list[dict], list]:
+    """The runs and per-image seam scores of an evaluate result; a one-line PathUpError naming the file
+    and the field when they are not what ``pathup evaluate`` writes."""
+    keys = [k for k, _t, _d in METRIC_COLUMNS]
+    runs = res["runs"]
+    seam = (res.get("seam") or {}).get("per_image", {}) if isinstance(res.get("seam") or {}, dict) else None
+    problem = ("'level' must be text" if not isinstance(res["level"], str) else
+               "'runs' must be a list of objects" if not isinstance(runs, list) or not all(isinstance(r, dict)
+                                                                                           for r in runs) else
+               f"every run needs the numbers {', '.join(keys)}" if not all(
+                   k in r and _number(r[k]) for r in runs for k in keys) else
+               "'seam.per_image' must map images to numbers" if not isinstance(seam, dict) or not all(
+                   _number(v) for v in seam.values()) else None)
+    if problem:
+        raise PathUpError(f"{path}: not a 'pathup evaluate' result: {problem}")
+    return runs, list(seam.values())
 
 
 def row_order(table: str, conditions: Sequence[str], order_file: Path | None = None) -> list[str]:
@@ -100,7 +125,7 @@ def table_markdown(title: str, results: Results, order: Sequence[str] | None = N
             if with_seam[lv]:
                 row.append(format_mean_std(mean_std(slot["seam"]), 3))
         rows.append(row)
-    return f"## {title}\n\n" + markdown_table(header, rows)
+    return f"## {markdown_text(title)}\n\n" + markdown_table(header, rows)
 
 
 def plot_results(title: str, results: Results, path: str | Path, order: Sequence[str] | None = None) -> Path:
@@ -159,7 +184,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> dict[str, Any]
         title = TABLE_TITLES.get(table_dir.name, table_dir.name)
         parts.append(table_markdown(title, results, order))
         plot = plot_results(title, results, out_dir / f"{table_dir.name}.png", order)
-        parts.append(f"\n![{title}]({plot.name})\n")
+        parts.append(f"\n![{markdown_text(title)}]({urllib.parse.quote(plot.name)})\n")
         info[table_dir.name] = {"rows": order, "plot": str(plot)}
     if not info:
         raise OptionError("results", f"{results_dir}: no <table>/<condition>/*.json evaluate results found")

@@ -349,6 +349,7 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
 
     ``names`` maps a generated set's key to the label of its row (default: the key).
     """
+    from pathup.io import markdown_text
     from pathup.metrics.report import markdown_table
 
     sets = res["sets"]
@@ -368,7 +369,7 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
         rows.append([label, "real held-out", f"{ceiling['accuracy']:.3f}", "", "", "", "",
                      *[f"{ceiling['per_class'][c]:.2f}" for c in classes]])
     labels = ", ".join(fr.get("label", spec) for spec, fr in by_features.items())
-    text = (f"## Class-consistency ({labels} features; chance {first['chance']:.3f})\n\n"
+    text = (f"## Class-consistency ({markdown_text(labels)} features; chance {first['chance']:.3f})\n\n"
             f"A classifier trained on {res['real_tiles']['train']} real '{res['train_split']}' tiles (one per feature "
             f"set) predicts each generated image's class; its ceiling is its accuracy on {res['real_tiles']['heldout']} "
             f"held-out real '{res['heldout_split']}' tiles. Colour-only features (color-stats) cannot see blur; a "

@@ -324,6 +324,7 @@ def _class_consistency(cfg: EvaluateConfig, device: str, out: Path) -> dict[str,
 
 def metrics_markdown(result: dict[str, Any]) -> str:
     """The Markdown table of an ``evaluate`` result (one row; mean +- std over the seeds)."""
+    from pathup.io import markdown_text
     from pathup.metrics.report import METRIC_COLUMNS, format_mean_std, markdown_table, metrics_row
 
     header = ["level", "real", "fake", "seeds", *[t for _k, t, _d in METRIC_COLUMNS]]
@@ -334,9 +335,10 @@ def metrics_markdown(result: dict[str, Any]) -> str:
         header.append("seam")
         row.append(format_mean_std(result["seam"]["fake"], 3))
     note = ("" if result["features"]["comparable_with_literature"] else
-            f"\nFeatures: {result['features']['extractor']} (not Inception: not comparable with the literature).\n")
-    text = f"# Evaluation: {result['fake']['source']} vs {result['real']['source']}\n\n" + \
-        markdown_table(header, [row]) + note
+            f"\nFeatures: {markdown_text(result['features']['extractor'])} (not Inception: not comparable with the "
+            "literature).\n")
+    fake, real = markdown_text(result["fake"]["source"]), markdown_text(result["real"]["source"])
+    text = f"# Evaluation: {fake} vs {real}\n\n" + markdown_table(header, [row]) + note
     if "class_consistency" in result:
         from pathup.metrics.consistency import markdown
 

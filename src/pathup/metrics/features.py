@@ -5,14 +5,17 @@ Choose one by name with ``make_extractor(spec, weights=...)``:
 * ``inception`` (default): the FID Inception-v3 of torch-fidelity (the TensorFlow FID weights ported to
   PyTorch; 2048-d pool features, images resized to 299 inside as the reference does). Its weights are
   downloaded on first use by torch-fidelity (``torch.hub`` cache); pass ``weights`` (``--features-weights``)
-  to load a local copy of ``weights-inception-2015-12-05-6726825d.pth`` for offline use. These are the
+  to load a local copy of ``weights-inception-2015-12-05-6726825d.pth`` for offline use (read by PathUp with
+  ``torch.load(weights_only=True)`` or safetensors, ``load_weights``: a pickle holding code is refused; timm
+  reads its ``weights`` file the same way). These are the
   features of the literature: numbers are comparable with published FID/KID/IP/IR (given the same sample
   counts and image sizes).
 * ``timm:NAME``: any timm model (e.g. ``timm:resnet50``, a pathology encoder published for timm); pooled
   pre-classifier features, with the model's own input size and normalisation. Pretrained weights come from
   the local Hugging Face cache (or are downloaded when online), or from ``weights`` (a state dict file).
 * a path to a TorchScript file (``torch.jit.save``): called on float32 (B, 3, S, S) images in [0, 1],
-  S = ``input_size`` (default 224); it must return (B, D) (or (B, D, 1, 1)) and normalise on its own.
+  S = ``input_size`` (default 224); it must return (B, D) (or (B, D, 1, 1)) and normalise on its own. A
+  TorchScript file is a program: use only files you trust.
 * ``random-cnn``: OFFLINE, NO DOWNLOAD. A fixed convolutional network with seeded random (He-normal)
   weights: images resized to 128 x 128, five stride-2 3x3 conv + ReLU layers, features = per-channel mean
   and std of the last two layers (768-d). Random conv features are sensitive to colour and texture
@@ -47,6 +50,35 @@ FID_INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download
                      "weights-inception-2015-12-05-6726825d.pth")
 
 
+def load_weights(path: str | Path, option: str, what: str = "a weights file") -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a user's weights file, without running code from it.
+
+    ``.safetensors`` files through safetensors; any other file through ``torch.load(weights_only=True)``,
+    which refuses a pickle holding code or objects (one line naming ``--<option>``; ``what`` names what the
+    file should be, for the message).
+    """
+    from pathup.io import plain_text, unpickling_refused
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - not a torch file, truncated, safetensors' SafetensorError...
+        called = unpickling_refused(err)
+        if called:
+            raise OptionError(option, f"{path}: refused: a pickle that would call {called} (pathup loads weights "
+                              "with torch.load(weights_only=True) or safetensors, never with code)") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise OptionError(option, f"{path}: not {what} ({type(err).__name__}: {plain_text(first)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise OptionError(option, f"{path}: not a state dict of tensors")
+    return state
+
+
 class InceptionExtractor(FeatureExtractor):
     """torch-fidelity's FID Inception-v3, 2048-d pool features (TF-compatible resize to 299 inside)."""
 
@@ -61,8 +93,17 @@ class InceptionExtractor(FeatureExtractor):
         if weights is not None and not Path(weights).is_file():
             raise OptionError("features_weights", f": file not found: {weights}")
         try:
-            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                   feature_extractor_weights_path=str(weights) if weights else None)
+            if weights is None:
+                self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+            else:  # torch-fidelity would torch.load the file with weights_only=False: it gets checked tensors
+                import tempfile
+
+                state = load_weights(weights, "features_weights", "FID Inception weights")
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = Path(tmp) / "inception.pth"
+                    torch.save(state, local)
+                    self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                           feature_extractor_weights_path=str(local))
         except PathUpError:
             raise
         except Exception as err:  # noqa: BLE001 - download or unpickling failures

@@ -42,13 +42,13 @@ def format_mean_std(stat: Mapping[str, float], digits: int = 3) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table; cells are converted with ``str``; ``|`` in cells is escaped."""
-    def cell(x: Any) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
+    """A GitHub Markdown table; cells are converted with ``str`` and escaped (``pathup.io.markdown_text``:
+    HTML, ``|``, control characters), so user names show as text and a row keeps its columns."""
+    from pathup.io import markdown_text
 
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
+    lines = ["| " + " | ".join(markdown_text(h) for h in header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

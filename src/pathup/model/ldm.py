@@ -151,10 +151,14 @@ def load_ldm(path_or_id: str | Path, *, scheduler: str | None = None, device: st
              dtype: torch.dtype | None = None) -> LDM:
     """Load a diffusers Stable-Diffusion-format checkpoint from a folder or a hub id.
 
-    Also accepts a training run folder (``RUN/model``) or a size name from the registry.
+    Also accepts a training run folder (``RUN/model``) or a size name from the registry. A local folder is
+    checked first (``pathup.model.folder.check_model_folder``); weights load from safetensors files only;
+    the prompt table of ``pathup.json`` must suit the tokenizer (``check_table``).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from pathup.model.folder import check_model_folder
 
     name = str(path_or_id)
     if name in MODEL_SIZES:
@@ -167,33 +171,53 @@ def load_ldm(path_or_id: str | Path, *, scheduler: str | None = None, device: st
     if not path.exists() and (name.startswith((".", "/")) or name.count("/") != 1):
         raise PathUpError(f"model not found: {name} (give a model folder, a hub id like "
                           f"'org/name', or a size: {', '.join(MODEL_SIZES)})")
+    meta = check_model_folder(path) if path.exists() else None
     src = str(path) if path.exists() else name
-    kw: dict[str, Any] = {"torch_dtype": dtype} if dtype is not None else {}
+    kw: dict[str, Any] = {"use_safetensors": True, **({"torch_dtype": dtype} if dtype is not None else {})}
     try:
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", **kw)
         unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw)
         text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw)
         tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
         sched_cfg = _load_scheduler_config(src)
-    except (OSError, ValueError) as err:
-        raise PathUpError(f"cannot load model {src}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - OSError, ValueError, SafetensorError of a damaged file...
+        raise PathUpError(f"cannot load model {src}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     sched = make_scheduler(scheduler or _scheduler_short_name(sched_cfg), sched_cfg)
     prompts, bank, size, mpp = None, None, None, None
-    if path.exists():
-        meta_file = path / "pathup.json"
-        if meta_file.is_file():
-            meta = json.loads(meta_file.read_text())
-            prompts = PromptTable.from_dict(meta["prompts"]) if meta.get("prompts") else None
-            size = meta.get("size")
-            mpp = meta.get("mpp")
-        bank_file = path / "fel_bank.safetensors"
-        if bank_file.is_file():
-            from safetensors.torch import load_file
+    if meta is not None:
+        prompts = PromptTable.from_dict(meta["prompts"]) if meta.get("prompts") else None
+        size = meta.get("size")
+        mpp = meta.get("mpp")
+        if prompts is not None:
+            check_table(tokenizer, prompts, size, path / "pathup.json")
+    bank_file = path / "fel_bank.safetensors"
+    if path.exists() and bank_file.is_file():
+        from safetensors.torch import load_file
 
-            bank = load_file(str(bank_file))["bank"]
+        bank = load_file(str(bank_file)).get("bank")
+        if bank is None:
+            raise PathUpError(f"{bank_file}: no 'bank' tensor (the feature entropy loss's memory bank)")
     ldm = LDM(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sched,
               prompts=prompts, fel_bank=bank, size=size, mpp=mpp)
     return ldm.to(device)
+
+
+def check_table(tokenizer, table: PromptTable, size: str | None, where: Path) -> None:
+    """The prompt table of a loaded model suits its tokenizer: no two prompts share tokens and, for a model
+    built by PathUp with a word tokenizer (``size`` set), every word of every prompt is one token (a word the
+    tokenizer spells letter by letter was never trained). One line naming ``where``."""
+    from pathup.model.tokenizer import check_prompts, unspelled_words
+
+    try:
+        check_prompts(tokenizer, table.prompts())
+    except PathUpError as err:
+        raise PathUpError(f"{where}: {err}") from None
+    bad = unspelled_words(tokenizer, table.prompts()) if size is not None else {}
+    if bad:
+        prompt, words = next(iter(bad.items()))
+        raise PathUpError(f"{where}: this model's tokenizer has no token for {', '.join(map(repr, words))} of the "
+                          f"prompt {prompt!r} (it was built for the prompts the model was trained on): the model "
+                          "never learned it; use the classes and descriptions it was trained with")
 
 
 def _load_scheduler_config(src: str) -> dict[str, Any]:

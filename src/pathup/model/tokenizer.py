@@ -100,6 +100,21 @@ def build_char_tokenizer(max_length: int = 77):
     return build_prompt_tokenizer((), max_length)
 
 
+def unspelled_words(tokenizer, prompts: Sequence[str]) -> dict[str, list[str]]:
+    """``{prompt: [words]}`` of the words a word-level tokenizer (``build_prompt_tokenizer``) has no single
+    token for; empty for a character-level tokenizer (every word is spelled out by design there)."""
+    vocab = tokenizer.get_vocab()
+    if len(vocab) <= len(char_vocab()):
+        return {}
+    b2u = _bytes_to_unicode()
+    out: dict[str, list[str]] = {}
+    for p in dict.fromkeys(prompts):
+        missing = [w for w in _words(p) if "".join(b2u[b] for b in w.encode("utf-8")) + "</w>" not in vocab]
+        if missing:
+            out[p] = missing
+    return out
+
+
 def check_prompts(tokenizer, prompts: Sequence[str]) -> None:
     """Refuse prompts that the tokenizer would map to the same token ids (one line naming both).
 

@@ -76,9 +76,10 @@ def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, 
 
     Seeds ``cfg.seed .. cfg.seed + cfg.num - 1`` are shared across processes as in ``pathup generate``
     (process i takes every num_processes-th seed); with ``--random-layout`` each seed also draws its own
-    layout. An image whose file and sidecar exist is skipped when it was made with the same model, layout
-    and image-changing options (``patch_batch``, ``device``, ``dtype`` may differ, as in ``pathup generate``:
-    ``pathup.sample.resume.image_options``); made otherwise it is an error unless ``cfg.overwrite``.
+    layout. An image whose every output (image, sidecar, masks, previews, GeoJSON, overview) exists is
+    skipped when it was made with the same model, layout and image-changing options (``patch_batch``,
+    ``device``, ``dtype`` may differ, as in ``pathup generate``: ``pathup.sample.resume.image_options``); made
+    otherwise it is an error unless ``cfg.overwrite``; one with an output missing is made again.
 
     Args:
         pipe: the pipeline (model already on its device).
@@ -116,7 +117,7 @@ def compose_to_folder(pipe: "PathUpPipeline", out: Path, cfg: ComposeConfig, *, 
     for seed in seeds:
         paths = output_paths(out, name, seed, fmt)
         side = paths["image"].with_suffix(".json")
-        if paths["image"].is_file() and side.is_file() and not cfg.overwrite:
+        if all(p.is_file() for p in [*paths.values(), side]) and not cfg.overwrite:  # done: every output there
             want = _settings(pipe, cfg, seed, fixed, layout, legend, {})
             if not _same(read_settings(paths["image"]), want):
                 raise PathUpError(f"{paths['image']} was made with another model, layout or settings; "

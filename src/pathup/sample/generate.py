@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pathup.data.generated import (GENERATE_CONFIG, GENERATE_SETTINGS, UPSCALE_CONFIG,  # noqa: F401 - read
                                    GeneratedImage, class_dirname, read_generated)  # from here too
 from pathup.errors import OptionError, PathUpError
+from pathup.io import plain_text
 from pathup.sample.config import SampleConfig, validate
 from pathup.sample.resume import (check_class_folder, check_upscale_target, class_folder, is_done,  # noqa: F401
                                   settings_fingerprint, settle_class_folder, stored_fingerprint)
@@ -282,7 +283,7 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
     for seed in todo:
         image_path, overview_path = image_paths(out, class_name, seed, fmt)
         jobs.append(ImageJob(class_name, seed, overview_path, {cfg.weight_map: image_path}))
-    _make_images(pipe, cfg, jobs, resume=False, progress=progress, desc=class_name, extra=None)
+    _make_images(pipe, cfg, jobs, resume=False, progress=progress, desc=plain_text(class_name), extra=None)
     result.written.extend(job.images[cfg.weight_map] for job in jobs)
     return result
 

@@ -1,20 +1,30 @@
 """A layout's regions as GeoJSON polygons that QuPath imports as classified annotations.
 
 Traced along pixel edges on the layout grid and mapped through the nearest-neighbour resize, so the
-polygons bound exactly the pixels of the label mask written beside the image.
+polygons bound exactly the pixels of the label mask written beside the image. The work is linear in the
+number of pixels: each boundary edge is visited once, and a hole goes to the polygon of the connected
+region on its inner side (``scipy.ndimage.label``), not by a point-in-polygon search over all polygons
+(which took 32 s for a 512 px noise layout; ``benchmarks/bench_geojson.py`` measures the scaling).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import gc
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from pathup.sample.layout import Layout, edge_positions, nearest_indices
 
 
-def _trace_rings(region: np.ndarray) -> list[list[tuple[int, int]]]:
-    """Closed rings along the pixel edges of a boolean grid's region boundary, (x, y) cell corners.
+# The cell on the right of a boundary edge leaving corner (x, y) in direction (dx, dy), as an offset.
+_RIGHT_CELL = {(1, 0): (0, 0), (0, 1): (-1, 0), (-1, 0): (-1, -1), (0, -1): (0, -1)}
+
+
+def _trace_rings(region: np.ndarray) -> list[tuple[list[tuple[int, int]], tuple[int, int]]]:
+    """Closed rings along the pixel edges of a boolean grid's region boundary, (x, y) cell corners, each
+    with the (x, y) cell of the region on the right of its first edge.
 
     Each boundary edge is directed with the region on its right in image coordinates (y down): outer
     rings run clockwise on screen (positive ``_ring_area``), holes anticlockwise. At a corner touched by
@@ -39,8 +49,12 @@ def _trace_rings(region: np.ndarray) -> list[list[tuple[int, int]]]:
     ys, xs = np.nonzero(inside & ~pad[1:-1, :-2])  # left edge free: (x, y + 1) -> (x, y)
     add(xs, ys + 1, 0, -1)
     rings = []
+    order = list(nxt)  # a ring starts at the first corner (in this order) with an edge left
+    first = 0
     while nxt:
-        start = next(iter(nxt))
+        while order[first] not in nxt:
+            first += 1
+        start = order[first]
         ring = [start]
         cur, prev_dir = start, None
         while True:
@@ -54,11 +68,14 @@ def _trace_rings(region: np.ndarray) -> list[list[tuple[int, int]]]:
             if not outs:
                 del nxt[cur]
             prev_dir = (nb[0] - cur[0], nb[1] - cur[1])
+            if cur == start and len(ring) == 1:
+                dx, dy = _RIGHT_CELL[prev_dir]
+                cell = (start[0] + dx, start[1] + dy)
             cur = nb
             if cur == start:
                 break
             ring.append(cur)
-        rings.append(_simplify(ring))
+        rings.append((_simplify(ring), cell))
     return rings
 
 
@@ -88,42 +105,31 @@ def _ring_area(ring: Sequence[tuple[float, float]]) -> float:
     return a / 2.0
 
 
-def _inside(pt: tuple[float, float], ring: Sequence[tuple[float, float]]) -> bool:
-    from pathup.sample.layout_files import _contains  # the even-odd test the region files use
-
-    return bool(_contains(np.asarray(ring, float), np.asarray([pt], float))[0])
-
-
 def region_polygons(region: np.ndarray, xedges: np.ndarray, yedges: np.ndarray) -> list[list[list[list[int]]]]:
     """Polygons (outer ring then holes, each closed, [x, y] pixel corners) of a boolean layout region.
 
     ``xedges``/``yedges`` map layout cell corners to output pixel corners (``edge_positions``), so the
-    polygons bound exactly the output pixels of the nearest-resized region.
+    polygons bound exactly the output pixels of the nearest-resized region. Polygons come smallest first;
+    each 4-connected part of the region has one outer ring (a ring keeps edge-adjacent cells), and a hole
+    belongs to the part on its inner side: the part of the cell on the right of its first edge.
     """
-    rings = [[(int(xedges[x]), int(yedges[y])) for x, y in ring] for ring in _trace_rings(region)]
-    rings = [_simplify(r) for r in rings if len(r) >= 3 and _ring_area(r) != 0]
-    outers = sorted((r for r in rings if _ring_area(r) > 0), key=_ring_area)  # smallest first
-    polys: list[list[list[tuple[int, int]]]] = [[r] for r in outers]
-    for hole in (r for r in rings if _ring_area(r) < 0):
-        # The middle of the hole's first edge lies on no other ring: the smallest outer ring around it holds it.
-        (x0, y0), (x1, y1) = hole[0], hole[1]
-        probe = ((x0 + x1) / 2, (y0 + y1) / 2)
-        for poly in polys:
-            if _inside_or_on(probe, poly[0]):
-                poly.append(hole)
-                break
-    return [[[list(p) for p in ring + ring[:1]] for ring in poly] for poly in polys]
+    from scipy import ndimage
 
-
-def _inside_or_on(pt: tuple[float, float], ring: Sequence[tuple[float, float]]) -> bool:
-    x, y = pt
-    n = len(ring)
-    for i in range(n):
-        (x0, y0), (x1, y1) = ring[i], ring[(i + 1) % n]
-        if min(x0, x1) <= x <= max(x0, x1) and min(y0, y1) <= y <= max(y0, y1) and (
-                (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)) == 0:
-            return True
-    return _inside(pt, ring)
+    parts, _ = ndimage.label(region)  # 4-connected parts, 1..n
+    xs, ys = [int(v) for v in xedges], [int(v) for v in yedges]
+    rings = []
+    for ring, (cx, cy) in _trace_rings(region):
+        mapped = _simplify([(xs[x], ys[y]) for x, y in ring])
+        area = _ring_area(mapped) if len(mapped) >= 3 else 0.0
+        if area != 0:
+            rings.append((mapped, area, int(parts[cy, cx])))
+    polys: dict[int, list[list[tuple[int, int]]]] = {}
+    for mapped, _area, part in sorted((r for r in rings if r[1] > 0), key=lambda r: r[1]):  # smallest first
+        polys[part] = [mapped]
+    for mapped, area, part in rings:
+        if area < 0 and part in polys:
+            polys[part].append(mapped)
+    return [[[list(p) for p in ring + ring[:1]] for ring in poly] for poly in polys.values()]
 
 
 def geojson_regions(layout: Layout, width: int, height: int) -> dict[str, Any]:
@@ -134,6 +140,24 @@ def geojson_regions(layout: Layout, width: int, height: int) -> dict[str, Any]:
     {"name": class, "color": [r, g, b]}}``. Traced on the layout grid and mapped through the
     nearest-neighbour resize, so the polygons bound exactly the pixels of the label mask.
     """
+    with _gc_paused():
+        return _geojson_regions(layout, width, height)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the many small lists of a FeatureCollection are built:
+    they hold no cycles, and its full passes over them made the work grow faster than the pixels."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _geojson_regions(layout: Layout, width: int, height: int) -> dict[str, Any]:
     gh, gw = layout.labels.shape
     # Along an axis the output shrinks, trace on the output's own rows/columns (identity edges).
     rows = nearest_indices(gh, height) if height < gh else np.arange(gh)

@@ -11,7 +11,6 @@ options ``patch_size`` / ``overlap`` under those names), so folders written befo
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -143,10 +142,28 @@ def check_class_folder(out: Path, class_name: str, cfg: SampleConfig, model: str
 
 
 def clear_class_folder(out: Path, class_name: str) -> None:
-    """Remove ``OUT/<class>`` (its images, overviews and settings) for ``--overwrite``."""
+    """Remove what ``generate`` wrote in ``OUT/<class>`` for ``--overwrite``: each image of the class with
+    its sidecar and the overview (and its sidecar) that the sidecar names, leftover overviews of the class,
+    ``generate_settings.json`` and ``generate_config.yaml``. Anything else there (a user's notes, an image
+    without a sidecar of this class, a sub-folder) stays."""
+    from pathup.data.generated import GENERATE_CONFIG
+
     folder = class_folder(out, class_name)
-    if folder.is_dir():
-        shutil.rmtree(folder)
+    if not folder.is_dir():
+        return
+    overviews = folder / "overview"
+    for side in [*sorted(folder.glob("*.json")), *sorted(overviews.glob("*.json"))]:
+        meta = _read_json(side)
+        if not meta or meta.get("class") != class_name or meta.get("level") not in ("upscaled", "overview"):
+            continue  # not a sidecar that generate wrote for this class
+        named = Path(str(meta.get("overview", "")))
+        for p in [side, *(side.with_suffix(s) for s in (".png", ".tif", ".tiff"))] + (
+                [named, named.with_suffix(".json")] if named.parent.resolve() == overviews.resolve() else []):
+            p.unlink(missing_ok=True)
+    for name in (GENERATE_SETTINGS, GENERATE_CONFIG):
+        (folder / name).unlink(missing_ok=True)
+    if overviews.is_dir() and not any(overviews.iterdir()):
+        overviews.rmdir()
 
 
 def settle_class_folder(out: Path, class_name: str, cfg: SampleConfig, model: str | Path | None = None, *,

@@ -245,6 +245,74 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# Connection limits of the server (a rater sends a few small requests a minute): a request must arrive
+# whole (headers and body) within REQUEST_TIMEOUT_S of its first byte, or of the connection, or the
+# connection is closed (uvicorn has no header timeout: a client trickling header bytes kept its connection
+# open for ever); at most MAX_CONNECTIONS are open at once (more are closed on arrival); from
+# MAX_CONCURRENT requests in progress on, uvicorn answers 503; an idle kept-alive connection closes after
+# KEEP_ALIVE_S; request headers are at most MAX_HEADER_BYTES.
+REQUEST_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 100
+MAX_CONCURRENT = 64
+KEEP_ALIVE_S = 5
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def _protocol_class():
+    """uvicorn's h11 protocol with a whole-request timeout and a cap on open connections."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class LimitedH11Protocol(H11Protocol):
+        _request_timer = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > MAX_CONNECTIONS:
+                log.warning("refused a connection from %s: %d open (the limit)", self.client, MAX_CONNECTIONS)
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._request_timer is None:
+                self._request_timer = self.loop.call_later(REQUEST_TIMEOUT_S, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._request_timer is not None:
+                self._request_timer.cancel()
+                self._request_timer = None
+
+        def _timed_out(self) -> None:
+            self._request_timer = None
+            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY):  # the request has not arrived whole
+                log.info("closed a connection from %s: no whole request within %.0f s", self.client,
+                         REQUEST_TIMEOUT_S)
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state == h11.IDLE:
+                self._arm()  # the first bytes of a request on a kept-alive connection
+            super().data_received(data)
+            if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+                self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return LimitedH11Protocol
+
+
+def server_config(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"):
+    """The ``uvicorn.Config`` of the study server, with the connection limits above."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_protocol_class(),
+                          timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONCURRENT,
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+
+
 def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the study app with uvicorn (blocking). Bind to a public address only behind HTTPS."""
     import uvicorn
@@ -255,4 +323,4 @@ def serve(db_path: str | Path, host: str = "127.0.0.1", port: int = 8000) -> Non
                     "reverse proxy", host)
     if not 0 <= port <= 65535:
         raise OptionError("port", f"must be 0..65535, got {port}")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(app, host, port)).run()

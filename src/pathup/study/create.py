@@ -31,7 +31,7 @@ from typing import Literal
 
 from pathup.config import option
 from pathup.errors import OptionError, PathUpError
-from pathup.io import IMAGE_SUFFIXES, check_writable_dir, load_rgb
+from pathup.io import IMAGE_SUFFIXES, check_apart, check_writable_dir, load_rgb
 from pathup.study.db import ImageRow, StudyDB, files_dir_for, now_iso
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ def create_study(real_dir: str | Path, synthetic_dir: str | Path, per_class: int
     if not 1 <= quality <= 100:
         raise OptionError("quality", f"must be between 1 and 100, got {quality}")
     files_dir = files_dir_for(out_db)
+    check_apart(real_dir, files_dir, "--real")  # (the study's images go to files_dir)
+    check_apart(synthetic_dir, files_dir, "--synthetic")
     check_writable_dir(out_db.parent, "--out")  # before minutes of re-encoding
     for existing in (out_db, files_dir):
         if existing.exists():

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import random
-import re
 import secrets
 import sqlite3
 import threading
@@ -31,8 +30,8 @@ from pathlib import Path
 from typing import Iterator
 
 from pathup.errors import PathUpError
+from pathup.io import CONTROL_CHARS, show_controls
 
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: refused in names, blanked in reports
 
 SCHEMA_VERSION = 1
 MIN_SCORE, MAX_SCORE = 1, 10
@@ -259,8 +258,7 @@ class StudyDB:
         if not name or len(name) > 200:
             raise PathUpError("rater name must be 1 to 200 characters")
         if CONTROL_CHARS.search(name):
-            shown = CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
-            raise PathUpError(f"rater name '{shown}' has control characters "
+            raise PathUpError(f"rater name '{show_controls(name)}' has control characters "
                               "(escape sequences, tabs, newlines); use plain text")
         token = secrets.token_urlsafe(32)
         with self.transaction() as con:

@@ -11,15 +11,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from pathup.io import atomic_write_text
-from pathup.study.db import CONTROL_CHARS, Rating, StudyDB
+from pathup.io import atomic_write_text, markdown_text, plain_text
+from pathup.study.db import Rating, StudyDB
 
 
 @dataclass(frozen=True)
@@ -165,20 +164,12 @@ def build_report(db: StudyDB) -> StudyReport:
                                   [r.score for r in ratings if not r.is_real]))
 
 
-# ANSI escape sequences (CSI ... final byte, OSC ... BEL/ST, two-byte ESC x) and any other control character.
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def plain_text(value: object) -> str:
-    """``value`` safe to print on a terminal: ANSI escapes removed, other control characters (newlines,
-    tabs included) shown as a space."""
-    return CONTROL_CHARS.sub(" ", _ANSI.sub("", str(value)))
-
-
 def markdown_cell(value: object) -> str:
-    """A Markdown table cell: terminal-safe text with ``|`` escaped, so the row keeps its columns."""
-    return plain_text(value).replace("\\", "\\\\").replace("|", "\\|")
+    """A Markdown table cell: terminal-safe, HTML-escaped text with ``|`` escaped (``pathup.io.markdown_text``)."""
+    return markdown_text(value)
 
 
 def csv_cell(value: object) -> object:

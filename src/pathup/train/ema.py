@@ -22,9 +22,9 @@ from pathup.errors import PathUpError
 
 
 class TrainEMA(EMAModel):
-    """diffusers' ``EMAModel`` that knows where its weights live, for Accelerate's checkpoints.
+    """diffusers' ``EMAModel`` that knows where its weights live, for the run's checkpoints.
 
-    Accelerate saves it with the checkpoint (``register_for_checkpointing``) and loads its state on the
+    The checkpoint saves its state (``pathup.train.checkpoint.save_custom_state``) and loads it on the
     CPU; ``load_state_dict`` puts the weights back where they belong and refuses another architecture.
 
     Args:

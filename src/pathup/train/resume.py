@@ -1,10 +1,10 @@
 """Resuming a training run: which checkpoint to continue from, and the checks that it fits this run.
 
 A run continues from its newest complete checkpoint (``pathup.train.checkpoint``) only with ``resume``;
-it is refused when the dataset's classes or prompt levels, the model, or an option that changes what is
-trained (FEL on/off, projection head, EMA, text encoder, prediction type, noise schedule) differ from the
-checkpoint's. Options that only change how the remaining steps run (learning rate, batch size, ...) may
-change.
+it is refused when the dataset's classes, prompt levels or prompt texts (``--descriptions``: the tokenizer
+was built for them), the model, or an option that changes what is trained (FEL on/off, projection head,
+EMA, text encoder, prediction type, noise schedule) differ from the checkpoint's. Options that only change
+how the remaining steps run (learning rate, batch size, ...) may change.
 """
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ def check_model(state: dict[str, Any], cfg: TrainConfig) -> None:
                           "resume with the same model or use a new --out")
 
 
+def check_tokenizer(ldm, table, base: str | Path) -> None:
+    """The model's tokenizer has a token for every word of this run's prompts: a from-scratch run resumed
+    from its ``base/`` after the descriptions changed would spell new words letter by letter (and save a
+    model advertising prompts it cannot read). ``pathup.model.ldm.check_table``, one line naming ``base``."""
+    from pathup.model.ldm import check_table
+
+    check_table(ldm.tokenizer, table, ldm.size, Path(base) / "pathup.json")
+
+
 def check_state(state: dict[str, Any], table, cfg: TrainConfig, run: Path) -> None:
     """The checkpoint's prompt table and fixed options equal this run's."""
     old = state.get("prompts") or {}
@@ -51,6 +60,11 @@ def check_state(state: dict[str, Any], table, cfg: TrainConfig, run: Path) -> No
     if list(old.get("levels", [])) != list(table.levels):
         raise PathUpError(f"the prompt levels {table.levels} differ from the checkpoint's {old.get('levels')} "
                           "(--no-patho-align or --levels changed); use a new --out")
+    if old.get("prompts") is not None and list(old["prompts"]) != table.prompts():
+        changed = next((f"{a!r} was {b!r}" for a, b in zip(table.prompts(), old["prompts"]) if a != b), "")
+        raise PathUpError(f"the prompts differ from the checkpoint's in {run} ({changed}; --descriptions or "
+                          "dataset.json changed): the model was trained for the old ones; resume with the same "
+                          "descriptions or use a new --out")
     for key in FIXED:
         if state["config"].get(key) != getattr(cfg, key):
             raise OptionError(key, f"{getattr(cfg, key)} differs from the checkpoint's "

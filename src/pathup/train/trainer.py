@@ -36,6 +36,7 @@ import torch
 
 from pathup.config import save_config, to_dict, validate
 from pathup.errors import PathUpError
+from pathup.io import FolderLock, check_apart
 from pathup.losses import (FeatureBank, MidBlockFeatures, ProjectionHead, denoising_loss, denoising_target,
                            feature_vector, min_snr_weights)
 from pathup.train import checkpoint as ckpt_io
@@ -69,8 +70,9 @@ class Trainer:
             raise PathUpError("no dataset given (data: a folder written by 'pathup prepare')")
         if cfg.out is None:
             raise PathUpError("no run folder given (out)")
+        check_apart(cfg.data, cfg.out, "--data")
         self.run_dir = Path(cfg.out)
-        self.acc = None
+        self.acc = self.lock = None
 
     # ----------------------------------------------------------------- setup
     def _setup_prompts(self, tiles) -> None:
@@ -123,11 +125,9 @@ class Trainer:
             self.text_encoder = prepared[-2]
         self.ema = TrainEMA(self._ema_target().parameters(), cfg.ema_decay, offload=cfg.ema_offload) \
             if cfg.ema else None
-        acc.register_for_checkpointing(self.lr_sched)
-        if self.ema is not None:
-            acc.register_for_checkpointing(self.ema)
-        if self.bank is not None:
-            acc.register_for_checkpointing(self.bank)
+        # saved and loaded by PathUp without pickle (not Accelerate's register_for_checkpointing; checkpoint.py)
+        self.custom_state = {"lr_schedule": self.lr_sched, "ema": self.ema, "fel_bank": self.bank}
+        self.custom_state = {k: v for k, v in self.custom_state.items() if v is not None}
 
     # ----------------------------------------------------------------- one step
     def _forward(self, images, ids, prompts, g: torch.Generator) -> StepOutput:
@@ -224,8 +224,8 @@ class Trainer:
         cfg, run = self.cfg, self.run_dir
         ckpt = resume.checkpoint_to_resume(run, cfg.resume)
         self.acc = acc = make_accelerator(cfg, run)
-        if acc.is_main_process:
-            run.mkdir(parents=True, exist_ok=True)
+        if acc.is_main_process:  # one training process per run folder (another's checkpoints are not ours)
+            self.lock = FolderLock(run, "pathup train").acquire()
             ckpt_io.clean_partial(run)
         state = ckpt_io.read_state(ckpt) if ckpt else None
         if state is not None:
@@ -236,6 +236,7 @@ class Trainer:
         self.max_steps = cfg.step_cap(len(tiles), acc.num_processes)
         if state is not None:
             resume.check_state(state, self.table, cfg, run)
+        resume.check_tokenizer(self.ldm, self.table, base)
         if acc.is_main_process:
             save_config(cfg, run / "config.yaml")
         self.validation = Validation(self, tiles) if acc.is_main_process else None
@@ -254,7 +255,7 @@ class Trainer:
         start = 0
         if ckpt is not None:
             try:
-                acc.load_state(str(ckpt))
+                ckpt_io.load_checkpoint(acc, ckpt, self.custom_state)
             except PathUpError:
                 raise
             except Exception as err:  # noqa: BLE001 - a checkpoint that does not fit this model
@@ -377,8 +378,8 @@ class Trainer:
 
     def _save_checkpoint(self, step: int, base: str) -> None:
         state = {"step": step, "base": base, "prompts": self.table.to_dict(), "config": to_dict(self.cfg),
-                 "fel_dim": self.bank.dim if self.bank is not None else None, "format": "pathup-train/1"}
-        ckpt_io.save_checkpoint(self.acc, self.run_dir, step, state, self.cfg.keep_checkpoints)
+                 "fel_dim": self.bank.dim if self.bank is not None else None, "format": "pathup-train/2"}
+        ckpt_io.save_checkpoint(self.acc, self.run_dir, step, state, self.cfg.keep_checkpoints, self.custom_state)
 
     def _save_final(self, out: Path, base: str) -> None:
         from pathup.model import LDM, load_ldm, save_ldm
@@ -426,3 +427,5 @@ def train(cfg: TrainConfig) -> Path:
     finally:
         if trainer.acc is not None:
             release(trainer.acc)
+        if trainer.lock is not None:
+            trainer.lock.release()

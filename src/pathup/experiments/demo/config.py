@@ -44,6 +44,8 @@ class DemoConfig:
     device: str = option("auto", "auto, cpu, cuda")
     seed: int = option(0, "seed of every stage")
     progress: bool = option(True, "show progress bars")
+    overwrite: bool = option(False, "start again: remove the demo's earlier results in --out (dataset, training "
+                                    "run, images, metrics) instead of continuing them")
 
 
 # How each shipped sample is tiled (both are small images: a patch tile is a crop at full resolution,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ def _run_demo(cfg: DemoConfig) -> Path:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise OptionError("out", f"{out} exists and is not a folder")
+    if cfg.overwrite:  # only what the demo writes; anything else in --out stays
+        for name in (".stages", "dataset", "run", "generated", "metrics", "report_files"):
+            shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo_config.yaml")
     stages = Stages(out / ".stages", STAGES)

@@ -60,10 +60,11 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
 
 
 def train_model(cfg: DemoConfig, dataset: Path, run_dir: Path) -> dict[str, Any]:
-    """``pathup train`` of the tiny model from scratch (resuming an interrupted run)."""
+    """``pathup train`` of the tiny model from scratch (continuing an interrupted run: its autoencoder in
+    ``base/``, its newest checkpoint)."""
     from pathup.train import TrainConfig, train
 
-    resume = (run_dir / "checkpoints").is_dir()
+    resume = any((run_dir / name).exists() for name in ("base", "checkpoints", "model"))
     tcfg = TrainConfig(data=dataset, out=run_dir, model="tiny", max_steps=cfg.train_steps, vae_steps=cfg.vae_steps,
                        batch_size=cfg.batch_size, fel_beta=cfg.fel_beta, seed=cfg.seed, checkpoint_every=250,
                        keep_checkpoints=1, sample_every=500, num_workers=0, resume=resume, cpu=cfg.device == "cpu",
