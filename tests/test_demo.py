@@ -9,7 +9,7 @@ from pathup.experiments.demo.report import check_links
 
 QUICK = ["--classes", "04_LYMPHO", "07_ADIPOSE", "08_EMPTY", "--vae-steps", "2", "--train-steps", "3",
          "--batch-size", "2", "--steps", "3", "--size", "256", "--latent-patch", "16", "--latent-overlap", "8",
-         "--overviews-per-class", "4", "--repeats", "1", "--device", "cpu", "--no-progress"]
+         "--overviews-per-class", "4", "--repeats", "1", "--device", "cpu", "--encoder-epochs", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,18 @@ def test_demo_writes_a_report_whose_links_exist(demo_dir):
     assert "Kather 2016" in page
     assert "mixed-tissue image from a class map" in page
     assert sorted(p.name for p in (demo_dir / "generated" / "composed").glob("*_mask.png"))
+    # the tissue sections: the autoencoder's strip and numbers, texture-aware beside colour-only features,
+    # the validation curve, real patch tiles beside the large image
+    assert "What the autoencoder keeps" in page and "report_files/validation.png" in page
+    assert "run/samples/autoencoder.png" in page and "CIEDE2000" in page
+    assert "texture-aware and colour-only features side by side" in page and "color-stats" in page
+    assert "encoder" in page and "real_patches.png" in page
 
 
 def test_demo_carries_the_physical_scale_from_the_sample_to_the_large_image(demo_dir):
     """Kather tiles are 0.495 um/px: a 150 px overview region written at 128 px is 0.495 * 150 / 128 um/px;
-    the model records it, and the 256 px large image upscaled from a 128 px overview has half of it."""
+    the model records it. The large image is a field grown outward from noise at the patch level's scale
+    (strength 1): 0.495 um/px, whatever its size, not a magnified overview."""
     import json
 
     from PIL import Image
@@ -56,7 +63,7 @@ def test_demo_carries_the_physical_scale_from_the_sample_to_the_large_image(demo
     assert model["mpp"]["overview"] == pytest.approx(overview_mpp, rel=1e-6)
     large = sorted((demo_dir / "generated" / "large").rglob("*.png"))[0]
     side = json.loads(large.with_suffix(".json").read_text())
-    assert side["mpp"] == pytest.approx(overview_mpp * 128 / 256, rel=1e-6)
+    assert side["mpp"] == pytest.approx(0.495, rel=1e-6) and side["options"]["strength"] == 1.0
     with Image.open(large) as im:
         assert im.info["dpi"][0] == pytest.approx(25400 / side["mpp"], rel=1e-4)
     overview = sorted((demo_dir / "generated" / "overviews").rglob("*.png"))[0]
@@ -122,11 +129,13 @@ def test_report_template_escapes_text_and_formats_metrics():
                              "seed": 0, "overview": "ov.png"},
                    "composed": None, "loss": None, "samples": None, "extractor": "random-cnn", "metrics": rows,
                    "seam": {"pyramid": "1.000", "uniform": "1.500", "pyramid_image": "a.png", "uniform_image": "b.png"},
-                   "settings": '{"a": "<x>"}'})
+                   "settings": '{"a": "<x>"}', "autoencoder": None, "curve": None, "cc_side": None,
+                   "overview_mpp": None, "real_patches": None})
     assert "&lt;b&gt;x&lt;/b&gt;, y" in page and "d&amp;e" in page and "<code>p&lt;</code>" in page
     assert "src='l&#39;.png'" in page  # a quote in a path cannot end the attribute
     assert "<td>0.500 &plusmn; 0.250</td>" in page and "<td>-</td>" in page  # KID absent
     assert "Class-consistency was not measured" in page and "Guidance 1 is" not in page
+    assert "What the autoencoder keeps" not in page and "side by side" not in page
     assert '{&#34;a&#34;: &#34;&lt;x&gt;&#34;}' in page
 
 

@@ -102,6 +102,8 @@ class TrainConfig:
     val_features: str = option("auto", "features of the validation measure (auto: a domain encoder trained on the "
                                         "run's training tiles, RUN/encoder; or any 'pathup evaluate --features' "
                                         "extractor); color-stats is reported beside them")
+    val_encoder_epochs: Optional[int] = option(None, "epochs of the domain encoder of --val-features auto (default: "
+                                                     "'pathup features train''s, about 240 steps)", min=1)
     allow_empty_classes: bool = option(False, "train even when a class of the dataset has no tiles in --split (the model "
                                               "then advertises a class it never saw)")
     progress: bool = option(True, "show progress bars")

@@ -134,7 +134,7 @@ class Validation:
         if not (folder / CONFIG_FILE).is_file():
             log.info("training the domain encoder of the validation measure (%s)", folder)
             train_encoder(EncoderConfig(data=self.cfg.data, out=folder, split=self.cfg.split, heldout=self.real.split,
-                                        seed=self.cfg.seed, device=str(self.device), progress=self.cfg.progress))
+                                        epochs=self.cfg.val_encoder_epochs, seed=self.cfg.seed, device=str(self.device), progress=self.cfg.progress))
         return folder
 
     def _autoencoder(self, vae, resolution: int) -> None:

@@ -13,7 +13,7 @@ STAGES = ("prepare", "train", "generate", "evaluate", "report")
 @accepts_aliases
 @dataclass
 class DemoConfig:
-    """Options of ``pathup demo``; the defaults finish in about 10 minutes on 2 CPU cores."""
+    """Options of ``pathup demo``; the defaults are sized for about 15 minutes on 2 CPU cores."""
 
     out: str = option("pathup-demo", "output folder", metavar="DIR")
     sample: Literal["kather", "breakhis"] = option(
@@ -21,11 +21,13 @@ class DemoConfig:
     classes: list[str] = option(help="classes of the shipped sample to use (default: all of them)",
                                 default_factory=list, metavar="NAME")
     tile_px: int = option(128, "tile size in pixels (the tiny model's resolution)", aliases=("tile_size",))
-    vae_steps: Optional[int] = option(None, "autoencoder training steps (default: pathup train's for the tiny "
-                                            "model, 600)")
-    train_steps: Optional[int] = option(None, "UNet training steps (default: pathup train's for the tiny model, "
-                                              "1000)")
+    vae_steps: int = option(400, "autoencoder training steps (the CPU budget; pathup train's default for tiny is 1000)",
+                            min=0)
+    train_steps: int = option(1000, "UNet training steps (the CPU budget; pathup train's default is --max-steps auto: "
+                                    "until validation stops improving)", min=1)
     batch_size: int = option(8, "training batch size")
+    encoder_epochs: Optional[int] = option(None, "epochs of the domain encoder that measures the demo (default: "
+                                                 "'pathup features train''s)", min=1)
     fel_beta: float = option(0.1, "feature entropy loss weight (0 = off)")
     steps: int = option(20, "sampling steps")
     guidance: float = option(3.0, "classifier-free guidance scale")
@@ -34,12 +36,15 @@ class DemoConfig:
     guidance_compare: list[float] = option(help="guidance scales shown side by side for one class in the report",
                                            default_factory=lambda: [1.0, 3.0, 7.5], metavar="G")
     overviews_per_class: int = option(6, "generated overviews per class (for metrics)")
-    size: int = option(768, "size of the large images in pixels")
-    latent_patch: int = option(32, "latent patch size p of the upscaler")
-    latent_overlap: int = option(16, "latent patch overlap o")
-    strength: float = option(0.8, "upscaling strength")
-    features: str = option("random-cnn", "feature extractor for the metrics (offline by default; 'inception' "
-                                         "needs its weights)")
+    size: Optional[int] = option(None, "size of the large images in pixels (default: the sample's, SAMPLE_LARGE: a "
+                                       "field at the patch level's scale, never a magnified overview)", min=8)
+    latent_patch: Optional[int] = option(None, "latent patch size p of the tracking (default: the sample's)", min=1)
+    latent_overlap: Optional[int] = option(None, "latent patch overlap o (default: half the patch)", min=0)
+    strength: Optional[float] = option(None, "share of the schedule re-run (default: the sample's; 1 = from noise at "
+                                             "the patch level's scale)", min=0, min_exclusive=True, max=1)
+    features: str = option("auto", "feature extractor for the metrics (auto: the domain encoder the training run "
+                                   "trained on the sample's tiles, texture-aware; class-consistency also with "
+                                   "color-stats beside it; 'inception' needs its weights)")
     repeats: int = option(3, "metric repeats over seeds (mean +- std)")
     device: str = option("auto", "auto, cpu, cuda")
     seed: int = option(0, "seed of every stage")
@@ -59,7 +64,25 @@ SAMPLE_TILING = {
     "breakhis": dict(patch_px=128, overview_px=460),
 }
 
+# The demo's large images, at an honest scale (the paper upscales from the overview's scale to the patch
+# level's; pathup.sample.scale). Kather's tiles are single 150 px fields: its overview (150 px at 0.58 um/px)
+# reaches the patch scale (0.495 um/px) at 150 px, so a larger field can only grow outward: strength 1, from
+# noise, every latent patch of the tiles' own size following the patch prompt, at 0.495 um/px. BreakHis
+# overviews (460 px fields written at 128 px) upscale back to their natural width, about 460 px.
+SAMPLE_LARGE = {
+    "kather": dict(size=384, strength=1.0, latent_patch=16),
+    "breakhis": dict(size=464, strength=0.8, latent_patch=32),
+}
+
 SAMPLE_CREDIT = {
     "kather": "Kather 2016 colorectal cancer tiles (CC BY 4.0, Kather et al., Sci Rep 2016)",
     "breakhis": "BreakHis breast biopsy images (CC BY 4.0, Spanhol et al., IEEE TBME 2016)",
 }
+
+
+def large_settings(cfg: DemoConfig) -> dict:
+    """``size``, ``strength``, ``latent_patch``, ``latent_overlap`` of the large images: the options, else the
+    sample's (``SAMPLE_LARGE``; the overlap is half the patch)."""
+    out = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in SAMPLE_LARGE[cfg.sample].items()}
+    out["latent_overlap"] = cfg.latent_overlap if cfg.latent_overlap is not None else out["latent_patch"] // 2
+    return out

@@ -64,6 +64,60 @@ def consistency_view(cc: dict[str, Any] | None, rel: Callable[[Path], str]) -> d
             "plot": rel(Path(plot)) if plot and Path(plot).is_file() else None}
 
 
+def side_by_side(cc: dict[str, Any] | None) -> list[dict[str, str]] | None:
+    """Class-consistency of the generated overviews with each feature set (texture-aware and colour-only)."""
+    if not cc or not cc.get("by_features"):
+        return None
+    rows = []
+    for spec, fr in cc["by_features"].items():
+        r = next(iter(fr["sets"].values()))
+        rows.append({"features": str(fr.get("label", spec)), "generated": f"{r['generated']['accuracy']:.3f}",
+                     "ceiling": f"{r['real_heldout']['accuracy']:.3f}", "ratio": f"{r['ratio']:.0%}",
+                     "above": f"{len(r['above_3x_chance'])}/{len(r['classes'])}"})
+    return rows
+
+
+def autoencoder_view(run_dir: Path, rel: Callable[[Path], str]) -> dict[str, Any] | None:
+    """The autoencoder's report of the training run (``RUN/autoencoder.json``) and its real | reconstruction strip."""
+    report, strip = run_dir / "autoencoder.json", run_dir / "samples" / "autoencoder.png"
+    if not report.is_file():
+        return None
+    ae = json.loads(report.read_text())
+    return {"images": ae["images"], "split": ae["split"], "psnr": f"{ae['psnr']:.1f}", "ssim": f"{ae['ssim']:.3f}",
+            "ciede2000": f"{ae['ciede2000']:.2f}", "border": f"{ae['border_ratio']:.2f}",
+            "strip": rel(strip) if strip.is_file() else None,
+            "consistency": [{"features": Path(k).name if "/" in k else k, "real": f"{v['real']:.3f}",
+                             "reconstructed": f"{v['reconstructed']:.3f}", "ratio": f"{v['ratio']:.0%}"}
+                            for k, v in ae.get("consistency", {}).items()]}
+
+
+def validation_plot(run_dir: Path, dest: Path) -> Path | None:
+    """Class-consistency of the validation images vs step, per feature set, with the real ceilings."""
+    hist = run_dir / "validation.jsonl"
+    if not hist.is_file():
+        return None
+    recs = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+    if not recs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for spec in recs[0]["features"]:
+        name = Path(spec).name if "/" in spec else spec
+        line, = ax.plot([r["step"] for r in recs], [r["features"][spec]["accuracy"] for r in recs], "o-",
+                        label=f"generated ({name})")
+        ax.axhline(recs[0]["features"][spec]["ceiling"], ls="--", color=line.get_color(), label=f"real ceiling ({name})")
+    ax.set_xlabel("step"), ax.set_ylabel("class-consistency"), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest
+
+
 def _composed(gen: Path, rel: Callable[[Path], str]) -> dict[str, Any] | None:
     composed = sorted((gen / "composed").glob("*_overlay.png")) if (gen / "composed").is_dir() else []
     if not composed:
@@ -105,6 +159,13 @@ def write_report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: 
     loss = loss_plot(run_dir, assets / "losses.png")
     big = sorted((gen / "large").rglob("*.png"))[0]
     settings = read_settings(big)
+    size = int(settings["size"][0]) if isinstance(settings.get("size"), list) else cfg.tile_px
+    curve = validation_plot(run_dir, assets / "validation.png")
+    # real patch tiles of the large image's class, shown at their own scale (the patch level's) beside it
+    patch_rows = [(str(settings.get("class")), [dataset / r["path"] for r in rows if r["class"] == settings.get("class")
+                                                and r["level"] == "patch"][:3])]
+    real_patches = image_grid(patch_rows, assets / "real_patches.png") if patch_rows[0][1] else None
+    levels_mpp = json.loads((run_dir / "model" / "pathup.json").read_text()).get("mpp") or {}
     vae_cfg = json.loads((run_dir / "model" / "vae" / "config.json").read_text())
     overlay = grid_overlay(big, assets / "grid_overlay.png", settings, 2 ** (len(vae_cfg["block_out_channels"]) - 1))
     seam, feats = metrics["seam"], metrics["features"]
@@ -117,11 +178,15 @@ def write_report(cfg: DemoConfig, out: Path, dataset: Path, run_dir: Path, gen: 
         "cc": consistency_view(metrics.get("class_consistency"), rel),
         "guidance": None if g_grid is None else {"scales": ", ".join(f"{g:g}" for g in cfg.guidance_compare),
                                                  "cls": classes[0], "image": rel(g_grid)},
-        "large": {"size": cfg.size, "image": rel(big), "overlay": rel(overlay), "cls": str(settings.get("class")),
+        "autoencoder": autoencoder_view(run_dir, rel), "curve": rel(curve) if curve else None,
+        "cc_side": side_by_side(metrics.get("class_consistency")),
+        "overview_mpp": None if levels_mpp.get("overview") is None else f"{float(levels_mpp['overview']):.3g}",
+        "real_patches": rel(real_patches) if real_patches else None,
+        "large": {"size": size, "image": rel(big), "strength": (settings.get("options") or {}).get("strength"), "overlay": rel(overlay), "cls": str(settings.get("class")),
                   "prompt": str(settings.get("prompt")), "seed": settings.get("seed"),
                   "overview": rel(Path(str(big).replace("/large/", "/overviews/"))),
                   "mpp": None if settings.get("mpp") is None else f"{float(settings['mpp']):.3g}",
-                  "fov": None if settings.get("mpp") is None else f"{float(settings['mpp']) * cfg.size:.0f}"},
+                  "fov": None if settings.get("mpp") is None else f"{float(settings['mpp']) * size:.0f}"},
         "composed": _composed(gen, rel), "loss": rel(loss) if loss else None,
         "samples": rel(sample_grids[-1]) if sample_grids else None,
         "extractor": None if feats.get("comparable_with_literature") else str(feats.get("extractor")),

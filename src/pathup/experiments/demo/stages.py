@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pathup.errors import OptionError
-from pathup.experiments.demo.config import SAMPLE_TILING, DemoConfig
+from pathup.experiments.demo.config import SAMPLE_TILING, DemoConfig, large_settings
 from pathup.io import atomic_write_text
 
 
@@ -68,7 +68,7 @@ def train_model(cfg: DemoConfig, dataset: Path, run_dir: Path) -> dict[str, Any]
     tcfg = TrainConfig(data=dataset, out=run_dir, model="tiny", max_steps=cfg.train_steps, vae_steps=cfg.vae_steps,
                        batch_size=cfg.batch_size, fel_beta=cfg.fel_beta, seed=cfg.seed, checkpoint_every=250,
                        keep_checkpoints=1, sample_every=500, num_workers=0, resume=resume, cpu=cfg.device == "cpu",
-                       guidance=cfg.guidance, progress=cfg.progress)
+                       guidance=cfg.guidance, val_encoder_epochs=cfg.encoder_epochs, progress=cfg.progress)
     train(tcfg)
     return {"model": str(run_dir / "model")}
 
@@ -77,8 +77,7 @@ def sample_config(cfg: DemoConfig) -> Any:
     """The ``SampleConfig`` of the demo's images."""
     from pathup.sample.config import SampleConfig
 
-    return SampleConfig(steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, size=cfg.size,
-                        latent_patch=cfg.latent_patch, latent_overlap=cfg.latent_overlap, strength=cfg.strength,
+    return SampleConfig(steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, **large_settings(cfg),
                         device=cfg.device, dtype="fp32")
 
 
@@ -136,7 +135,7 @@ def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]
         from pathup.sample.config import ComposeConfig
 
         ccfg = ComposeConfig(**{**dataclasses.asdict(scfg), "random_layout": min(cfg.compose_classes, len(classes)),
-                                "region_size": max(64, cfg.size // 2), "layout_shape": "blob"})
+                                "region_size": max(64, scfg.size.width // 2), "layout_shape": "blob"})
         res = compose_to_folder(pipe, gen / "composed", ccfg, progress=False)
         written["composed"] = [str(p) for p in res.written + res.skipped]
     return written
@@ -147,12 +146,13 @@ def evaluate_images(cfg: DemoConfig, dataset: Path, gen: Path, mdir: Path) -> di
     large image with and without the weight map."""
     from pathup.metrics.evaluate import EvaluateConfig, evaluate, seam_scores
 
-    common = dict(data=str(dataset), split="all", features=cfg.features, repeats=cfg.repeats, seed=cfg.seed,
+    features = demo_features(cfg, dataset.parent / "run")
+    common = dict(data=str(dataset), split="all", features=features, repeats=cfg.repeats, seed=cfg.seed,
                   num_samples=0, device=cfg.device, progress=cfg.progress, cache=False,
                   overview_size=cfg.tile_px, crop_px=cfg.tile_px)
     overview = evaluate(EvaluateConfig(fake=str(gen / "overviews"), out=str(mdir / "overview.json"),
                                        level="overview", **common))
-    crops = max(1, (cfg.size // cfg.tile_px) ** 2 // 2)
+    crops = max(1, (large_settings(cfg)["size"] // cfg.tile_px) ** 2 // 2)
     patch = evaluate(EvaluateConfig(fake=str(gen / "large"), out=str(mdir / "patch.json"), level="patch",
                                     crops_per_image=crops, **common))
     # The uniform-weight image and its pyramid twin (same class, overview and noise).
@@ -162,3 +162,11 @@ def evaluate_images(cfg: DemoConfig, dataset: Path, gen: Path, mdir: Path) -> di
             "uniform": seam_scores([uniform], None, None, progress=False)[0], "uniform_image": str(uniform)}
     return {"overview": overview["summary"], "patch": patch["summary"], "seam": seam,
             "features": overview["features"], "class_consistency": overview.get("class_consistency")}
+
+
+def demo_features(cfg: DemoConfig, run_dir: Path) -> str:
+    """The metrics' features: ``cfg.features``, or for ``auto`` the domain encoder the training run trained on the
+    sample's tiles (``RUN/encoder``: texture-aware), else ``random-cnn`` when the run has none."""
+    if cfg.features != "auto":
+        return cfg.features
+    return str(run_dir / "encoder") if (run_dir / "encoder" / "encoder.json").is_file() else "random-cnn"
