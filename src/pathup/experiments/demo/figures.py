@@ -1,4 +1,4 @@
-"""The demo report's figures: loss curves, image grids and the latent patch-grid overlay."""
+"""The demo report's figures: loss and validation curves, image grids and the latent patch-grid overlay."""
 
 from __future__ import annotations
 
@@ -7,19 +7,28 @@ from pathlib import Path
 from typing import Any
 
 
-def loss_plot(run_dir: Path, dest: Path) -> Path | None:
-    """The training losses of ``run_dir/losses.jsonl`` on a log scale (None without a loss history)."""
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines history (empty when there is none)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hist = run_dir / "losses.jsonl"
-    if not hist.is_file():
-        return None
-    rows = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+    return plt
+
+
+def loss_plot(run_dir: Path, dest: Path) -> Path | None:
+    """The training losses of ``run_dir/losses.jsonl`` on a log scale (None without a loss history)."""
+    rows = _records(run_dir / "losses.jsonl")
     if not rows:
         return None
+    plt = _pyplot()
     keys = [k for k in rows[0] if k not in ("step", "lr", "time", "stage") and isinstance(rows[0][k], (int, float))]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for k in keys:
@@ -72,4 +81,25 @@ def grid_overlay(image: Path, dest: Path, settings: dict[str, Any], factor: int)
         draw.rectangle([x0, y0, x0 + b.width * factor - 1, y0 + b.height * factor - 1],
                        outline=(255, 230, 0, 200), width=2)
     over.save(dest)
+    return dest
+
+
+def validation_plot(run_dir: Path, dest: Path) -> Path | None:
+    """Class-consistency of the validation images vs step, per feature set, with the real ceilings."""
+    recs = _records(run_dir / "validation.jsonl")
+    if not recs:
+        return None
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for spec in recs[0]["features"]:
+        name = Path(spec).name if "/" in spec else spec
+        line, = ax.plot([r["step"] for r in recs], [r["features"][spec]["accuracy"] for r in recs], "o-",
+                        label=f"generated ({name})")
+        ax.axhline(recs[0]["features"][spec]["ceiling"], ls="--", color=line.get_color(), label=f"real ceiling ({name})")
+    ax.set_xlabel("step"), ax.set_ylabel("class-consistency"), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
     return dest

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from pathup.errors import PathUpError
 from pathup.experiments.demo.config import SAMPLE_CREDIT, DemoConfig
-from pathup.experiments.demo.figures import grid_overlay, image_grid, loss_plot
+from pathup.experiments.demo.figures import grid_overlay, image_grid, loss_plot, validation_plot
 from pathup.io import atomic_write_text
 
 
@@ -89,33 +89,6 @@ def autoencoder_view(run_dir: Path, rel: Callable[[Path], str]) -> dict[str, Any
             "consistency": [{"features": Path(k).name if "/" in k else k, "real": f"{v['real']:.3f}",
                              "reconstructed": f"{v['reconstructed']:.3f}", "ratio": f"{v['ratio']:.0%}"}
                             for k, v in ae.get("consistency", {}).items()]}
-
-
-def validation_plot(run_dir: Path, dest: Path) -> Path | None:
-    """Class-consistency of the validation images vs step, per feature set, with the real ceilings."""
-    hist = run_dir / "validation.jsonl"
-    if not hist.is_file():
-        return None
-    recs = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
-    if not recs:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    for spec in recs[0]["features"]:
-        name = Path(spec).name if "/" in spec else spec
-        line, = ax.plot([r["step"] for r in recs], [r["features"][spec]["accuracy"] for r in recs], "o-",
-                        label=f"generated ({name})")
-        ax.axhline(recs[0]["features"][spec]["ceiling"], ls="--", color=line.get_color(), label=f"real ceiling ({name})")
-    ax.set_xlabel("step"), ax.set_ylabel("class-consistency"), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(dest, dpi=110)
-    plt.close(fig)
-    return dest
 
 
 def _composed(gen: Path, rel: Callable[[Path], str]) -> dict[str, Any] | None:
