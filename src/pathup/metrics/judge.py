@@ -48,7 +48,7 @@ class RealSet:
 
     @classmethod
     def load(cls, data: str | Path, *, split: str, val_split: str, level: str | None, resolution: int,
-             max_train: int = 2000, max_held: int = 400, seed: int = 0) -> "RealSet | None":
+             max_train: int = 1000, max_held: int = 400, seed: int = 0) -> "RealSet | None":
         """Tiles of ``level`` (None: all levels) from a prepared dataset; None when there is no held-out split.
 
         At most ``max_train`` training and ``max_held`` held-out tiles, drawn at random (seeded),
