@@ -1,19 +1,28 @@
 """Patch-wise timestep tracking (Algorithm 1) against diffusers' img2img pipeline and invariances."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from pathup.model import build_ldm
 from pathup.model.ldm import make_scheduler
+from pathup.model.registry import MODEL_SIZES
 from pathup.sample.tracking import guided_denoiser, img2img_timesteps, tracked_img2img
 from pathup.errors import PathUpError
 
 GUIDANCE = 3.0
 
+# diffusers' img2img pipeline takes an ``image`` of 4 channels as latents (a hard-coded check): the reference
+# tests compare with it on the tiny architecture with Stable Diffusion's 4 latent channels
+C = 4
+TINY4 = dataclasses.replace(MODEL_SIZES["tiny"], vae={**MODEL_SIZES["tiny"].vae, "latent_channels": C},
+                            unet={**MODEL_SIZES["tiny"].unet, "in_channels": C, "out_channels": C})
+
 
 @pytest.fixture(scope="module")
 def tiny():
-    ldm = build_ldm("tiny", seed=0)
+    ldm = build_ldm(TINY4, seed=0)
     with torch.no_grad():
         cond = ldm.encode_prompts(["ductal carcinoma, patch"])
         uncond = ldm.encode_prompts([""])
@@ -41,7 +50,7 @@ def _diffusers_img2img(ldm, cond, uncond, name, x0, seed, steps, strength):
 @pytest.mark.parametrize("name", ["ddim", "dpm++", "euler", "ddpm"])
 def test_one_patch_equals_diffusers_img2img(tiny, name):
     ldm, cond, uncond = tiny
-    x0 = torch.randn(1, 4, 14, 11, generator=torch.Generator().manual_seed(5))
+    x0 = torch.randn(1, C, 14, 11, generator=torch.Generator().manual_seed(5))
     ref = _diffusers_img2img(ldm, cond, uncond, name, x0, seed=3, steps=6, strength=0.7)
     ours = tracked_img2img(guided_denoiser(ldm.unet, cond, uncond, GUIDANCE), x0, make_scheduler(name),
                            steps=6, strength=0.7, generator=torch.Generator().manual_seed(3),
@@ -58,11 +67,11 @@ def test_dpm_non_overlapping_patches_equal_independent_img2img(tiny):
     This fails if the patches shared one multistep scheduler state (DPM-Solver++ keeps a history).
     """
     ldm, cond, uncond = tiny
-    x0 = torch.randn(1, 4, 12, 24, generator=torch.Generator().manual_seed(1))
+    x0 = torch.randn(1, C, 12, 24, generator=torch.Generator().manual_seed(1))
     halves = [x0[..., :12], x0[..., 12:]]
     refs = [_diffusers_img2img(ldm, cond, uncond, "dpm++", h, seed=10 + k, steps=8, strength=0.8)
             for k, h in enumerate(halves)]
-    noise = torch.cat([torch.randn(1, 4, 12, 12, generator=torch.Generator().manual_seed(10 + k))
+    noise = torch.cat([torch.randn(1, C, 12, 12, generator=torch.Generator().manual_seed(10 + k))
                        for k in range(2)], dim=-1)
     den = guided_denoiser(ldm.unet, cond, uncond, GUIDANCE)
     for mode, batch in [("per-patch", 1), ("per-patch", 2), ("per-chunk", 2)]:
@@ -80,7 +89,7 @@ def _per_sample(denoiser):
 @pytest.mark.parametrize("name", ["ddim", "dpm++"])
 def test_patch_batch_invariance(tiny, name):
     ldm, cond, uncond = tiny
-    x0 = torch.randn(1, 4, 16, 22, generator=torch.Generator().manual_seed(2))
+    x0 = torch.randn(1, C, 16, 22, generator=torch.Generator().manual_seed(2))
     den = guided_denoiser(ldm.unet, cond, uncond, 2.0)
     kw = dict(steps=5, strength=0.6, patch=12, overlap=6)  # 2 x 3 = 6 patches, 3 steps
 
@@ -101,7 +110,7 @@ def test_patch_batch_invariance(tiny, name):
 
 def test_uniform_and_pyramid_differ(tiny):
     ldm, cond, uncond = tiny
-    x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    x0 = torch.randn(1, C, 16, 16, generator=torch.Generator().manual_seed(4))
     den = guided_denoiser(ldm.unet, cond, uncond, GUIDANCE)
 
     def run(wm, strength):
@@ -155,7 +164,7 @@ def test_ddpm_step_noise_std_is_right_where_patches_overlap(weight_map, mode):
     from pathup.sample.grid import patch_grid
     from pathup.sample.tracking import track_patches
 
-    x = torch.zeros(1, 4, 48, 48)
+    x = torch.zeros(1, C, 48, 48)
     sched = make_scheduler("ddpm")
     ts = img2img_timesteps(sched, 10, 0.5)[:1]  # one step at t > 0
     kw = dict(patch=32, overlap=16, weight_map=weight_map, step_mode=mode, patch_batch=2)
@@ -176,7 +185,7 @@ def test_ddpm_step_noise_std_is_right_where_patches_overlap(weight_map, mode):
 def test_ddpm_noise_does_not_depend_on_patch_batch():
     from pathup.sample.tracking import track_patches
 
-    x = torch.randn(1, 4, 20, 28, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(1, C, 20, 28, generator=torch.Generator().manual_seed(3))
     sched = make_scheduler("ddpm")
     ts = img2img_timesteps(sched, 6, 0.7)
 
@@ -202,7 +211,7 @@ def test_pndm_strength_runs_img2img_steps_of_diffusers(tiny):
     assert len(ours) == len(ref) == 41 and int(ours[0]) == 801
     assert torch.equal(ours, ref)
     # And the whole one-patch run equals diffusers' img2img with that scheduler.
-    x0 = torch.randn(1, 4, 10, 12, generator=torch.Generator().manual_seed(5))
+    x0 = torch.randn(1, C, 10, 12, generator=torch.Generator().manual_seed(5))
     pipe = _img2img_pipe(ldm, make_scheduler("pndm", {**config, "skip_prk_steps": True}))
     with torch.no_grad():
         want = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, image=x0, strength=0.8,

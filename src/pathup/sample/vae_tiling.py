@@ -96,7 +96,7 @@ def decode_tiled(decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.
 
 
 def encode_tiled(encode: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray, *, tile: int = 64,
-                 overlap: int = 16, factor: int = 8, latent_channels: int = 4,
+                 overlap: int = 16, factor: int = 8, latent_channels: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  progress: bool = False) -> torch.Tensor:
     """Encode an 8-bit RGB image in overlapping tiles into a latent canvas (X_0 of Algorithm 1).
@@ -107,7 +107,7 @@ def encode_tiled(encode: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndar
         tile: tile size in latent positions (``tile * factor`` pixels).
         overlap: overlap in latent positions; latents are blended over ``overlap`` positions.
         factor: the autoencoder's spatial factor.
-        latent_channels: channels of the latent.
+        latent_channels: channels of the latent (default: those of the first encoded tile).
         device: where the latent canvas and the tiles go.
         dtype: dtype of the returned canvas.
         progress: show a progress bar over tiles.
@@ -122,7 +122,8 @@ def encode_tiled(encode: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndar
     height, width = out_h // factor, out_w // factor
     rows, cols = axis_starts(height, tile, overlap), axis_starts(width, tile, overlap)
     th, tw = min(tile, height), min(tile, width)
-    num = torch.zeros(1, latent_channels, height, width, device=device, dtype=torch.float32)  # (1, C, H, W)
+    num = None if latent_channels is None else \
+        torch.zeros(1, latent_channels, height, width, device=device, dtype=torch.float32)  # (1, C, H, W)
     den = torch.zeros(height, width, device=device, dtype=torch.float32)  # (H, W)
     bar = tqdm(total=len(rows) * len(cols), desc="encoding", leave=False, disable=not progress)
     for r, top in enumerate(rows):
@@ -130,6 +131,8 @@ def encode_tiled(encode: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndar
             crop = pixels[top * factor:(top + th) * factor, left * factor:(left + tw) * factor]
             with torch.no_grad():
                 z = encode(from_uint8(crop).to(device)).float()  # (1, C, th, tw)
+            if num is None:
+                num = torch.zeros(1, z.shape[1], height, width, device=device, dtype=torch.float32)  # (1, C, H, W)
             w = ramp_weights(th, tw, overlap, top=r > 0, bottom=r < len(rows) - 1, left=c > 0,
                              right=c < len(cols) - 1, device=device)  # (th, tw)
             num[:, :, top:top + th, left:left + tw] += z * w
