@@ -185,3 +185,22 @@ def test_max_steps_option_takes_a_number_or_auto(capsys):
         from_dict(TrainConfig, {"max_steps": 0})
     assert TrainConfig(data="d", out="o").resolved().max_steps == "auto"
     assert TrainConfig(data="d", out="o", model="some/folder").resolved().max_steps == 50000
+
+
+def test_spectral_l1_against_numpy_and_in_the_autoencoder_loss():
+    from pathup.losses import autoencoder_loss, spectral_l1
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 16, 12, generator=g), torch.rand(2, 3, 16, 12, generator=g)
+    ref = np.abs(np.fft.rfft2(a.numpy() - b.numpy(), norm="ortho")).mean()  # linear: F(a) - F(b) = F(a - b)
+    assert spectral_l1(a, b).item() == pytest.approx(float(ref), rel=1e-5)
+    assert spectral_l1(a, a).item() == 0.0
+    # a blur keeps the pixel mean (and much of the L1) but loses high frequencies: the spectral term sees it
+    vae = _tiny_vae()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    plain, rec, kl = autoencoder_loss(vae, x, generator=torch.Generator().manual_seed(2))
+    both, rec2, kl2 = autoencoder_loss(vae, x, spectral_weight=0.5, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(2))).sample
+    assert rec2 == rec and kl2 == kl
+    assert (both - plain).item() == pytest.approx(0.5 * spectral_l1(recon, x).item(), rel=1e-4)

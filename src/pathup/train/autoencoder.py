@@ -22,13 +22,15 @@ SEED_OFFSET = 7919  # the autoencoder stage's random streams differ from the UNe
 class AutoencoderObjective(torch.nn.Module):
     """Wraps the VAE so that its loss runs inside ``forward`` (needed for DDP's gradient sync)."""
 
-    def __init__(self, vae, kl_weight: float) -> None:
+    def __init__(self, vae, kl_weight: float, spectral_weight: float = 0.0) -> None:
         super().__init__()
         self.vae = vae
         self.kl_weight = kl_weight
+        self.spectral_weight = spectral_weight
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        return autoencoder_loss(self.vae, images, kl_weight=self.kl_weight, generator=generator)
+        return autoencoder_loss(self.vae, images, kl_weight=self.kl_weight, spectral_weight=self.spectral_weight,
+                                generator=generator)
 
 
 def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -> float:
@@ -42,7 +44,7 @@ def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -
     seed = cfg.seed + SEED_OFFSET
     if cfg.vae_steps > 0:
         vae.train().requires_grad_(True)
-        objective = AutoencoderObjective(vae, cfg.vae_kl_weight)
+        objective = AutoencoderObjective(vae, cfg.vae_kl_weight, cfg.vae_spectral_weight)
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
         objective, opt = accelerator.prepare(objective, opt)
         sampler = StepBatches(len(dataset), cfg.vae_batch_size, 1, seed, 0, cfg.vae_steps,
