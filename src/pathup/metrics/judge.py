@@ -138,11 +138,15 @@ def autoencoder_report(vae, real: RealSet, judge: Judge | None, *, device: str |
     report = summarise(real.held_images, recon, real.held_labels)
     report["split"], report["level"] = real.split, real.level
     if judge is not None:
-        rec = judge.judge(recon, real.held_labels)
-        report["consistency"] = {spec: {"reconstructed": r["accuracy"], "real": r["ceiling"],
-                                        "ratio": r["ratio"], "fd": r["fd"],
-                                        "per_class": r["per_class"]} for spec, r in rec.items()}
+        report["consistency"] = reconstruction_consistency(judge, recon, real.held_labels)
     return report, strip(real.held_images, recon)
+
+
+def reconstruction_consistency(judge: Judge, recon: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """``{spec: {"reconstructed", "real", "ratio", "fd", "per_class"}}``: class-consistency of reconstructed
+    held-out tiles beside that of the real tiles (the judge's ceiling), per feature set."""
+    return {spec: {"reconstructed": r["accuracy"], "real": r["ceiling"], "ratio": r["ratio"], "fd": r["fd"],
+                   "per_class": r["per_class"]} for spec, r in judge.judge(recon, labels).items()}
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:
@@ -220,7 +224,7 @@ def evaluate_reconstruction(model: str | Path, data: str | Path, *, split: str =
     first = next(p for p, s in zip(paths, splits) if s == split)
     size = min(open_rgb(first).size)
     real = RealSet.load(data, split=train_split, val_split=split, level=level, resolution=size,
-                        max_held=max_tiles, seed=seed)
+                        max_train=1000 if features else 1, max_held=max_tiles, seed=seed)  # training tiles: the classifier
     judge = None
     if features:
         if features_weights is not None:

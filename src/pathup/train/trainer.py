@@ -27,6 +27,7 @@ during UNet training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -312,26 +313,12 @@ class Trainer:
     # ----------------------------------------------------------------- outputs
     def _sample_grid(self, step: int) -> None:
         from pathup.io import atomic_path
-        from pathup.train.sampling import ddim_sample, image_grid
+        from pathup.train.sampling import image_grid
 
-        unet = self.acc.unwrap_model(self.unet)
         table = self.table
         prompts = table.prompts()
-        target = self._ema_target()
-        was_training = target.training
-        target.eval()
-        try:
-            with averaged_weights(self.ema, target), torch.no_grad():
-                emb_table = self._prompt_embeddings()  # (P + 1, L, D)
-                cond = emb_table[[self.prompt_index[p] for p in prompts]]  # (N, L, D)
-                with self.acc.autocast():
-                    lat = ddim_sample(unet, self.ldm.scheduler, cond, emb_table[self.empty_index][None],
-                                      (unet.config.in_channels, self.latent_size, self.latent_size),
-                                      steps=self.cfg.sample_steps, guidance_scale=self.cfg.guidance,
-                                      generator=torch.Generator().manual_seed(self.cfg.seed))
-                    imgs = self.ldm.decode_latents(lat.to(self.weight_dtype))  # (N, 3, R, R)
-        finally:
-            target.train(was_training)
+        with self._ema_eval():
+            imgs = self._sample_images(prompts, 1, self.cfg.seed, chunk=len(prompts))  # (N, 3, R, R)
         out = self.run_dir / "samples" / f"step-{step:08d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as tmp:
@@ -341,35 +328,42 @@ class Trainer:
             legend.write_text(json.dumps({"rows": table.classes, "columns": table.levels or ["class only"],
                                           "prompts": prompts}, indent=2))
 
+    @contextlib.contextmanager
+    def _ema_eval(self):
+        """Within the block the trained modules hold the EMA weights, in eval mode, without gradients."""
+        target = self._ema_target()
+        was_training = target.training
+        target.eval()
+        try:
+            with averaged_weights(self.ema, target), torch.no_grad():
+                yield target
+        finally:
+            target.train(was_training)
+
     def _validate(self, step: int) -> bool:
         """Validate on the main process (``Validation.run``); True (on every process) when --max-steps auto stops."""
         stop = False
         if self.validation is not None:
-            target = self._ema_target()
-            was_training = target.training
-            target.eval()
-            try:
-                with averaged_weights(self.ema, target), torch.no_grad():
-                    stop = self.validation.run(step, self._sample_images, target)
-            finally:
-                target.train(was_training)
+            with self._ema_eval() as target:
+                stop = self.validation.run(step, self._sample_images, target)
         if self.acc.num_processes > 1:
             from accelerate.utils import broadcast
 
             stop = bool(broadcast(torch.tensor([int(stop)], device=self.acc.device)).item())
         return stop and self.cfg.max_steps == "auto"
 
-    def _sample_images(self, prompts: list[str], per_prompt: int, seed: int) -> torch.Tensor:
-        """``per_prompt`` images of each prompt from the current weights (DDIM, ``--guidance``): (N, 3, R, R)."""
+    def _sample_images(self, prompts: list[str], per_prompt: int, seed: int, chunk: int = 16) -> torch.Tensor:
+        """``per_prompt`` images of each prompt from the current weights (DDIM, ``--guidance``), ``chunk`` at a
+        time, chunk ``i`` from the noise of seed ``seed + i``: (N, 3, R, R)."""
         from pathup.train.sampling import ddim_sample
 
         unet = self.acc.unwrap_model(self.unet)
         emb_table = self._prompt_embeddings()  # (P + 1, L, D)
         cond = emb_table[[self.prompt_index[p] for p in prompts for _ in range(per_prompt)]]  # (N, L, D)
         out = []
-        for i in range(0, len(cond), 16):
+        for i in range(0, len(cond), chunk):
             with self.acc.autocast():
-                lat = ddim_sample(unet, self.ldm.scheduler, cond[i:i + 16], emb_table[self.empty_index][None],
+                lat = ddim_sample(unet, self.ldm.scheduler, cond[i:i + chunk], emb_table[self.empty_index][None],
                                   (unet.config.in_channels, self.latent_size, self.latent_size),
                                   steps=self.cfg.sample_steps, guidance_scale=self.cfg.guidance,
                                   generator=torch.Generator().manual_seed(seed + i))

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from pathup.metrics.judge import (Judge, RealSet, autoencoder_report, validation_features, images_to_uint8, report_lines,
-                                  save_png)
+from pathup.metrics.judge import (Judge, RealSet, autoencoder_report, images_to_uint8, reconstruction_consistency,
+                                  report_lines, save_png, validation_features)
+from pathup.metrics.reconstruction import reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ class Validation:
         try:
             report, picture = autoencoder_report(vae, held, None, device=self.device)
             # class-consistency of the reconstructions: the validation level's tiles, beside the real ones
-            report["consistency"] = autoencoder_report(vae, self.real, self.judge,
-                                                       device=self.device)[0]["consistency"]
+            recon = reconstruct(vae, self.real.held_images, device=self.device)
+            report["consistency"] = reconstruction_consistency(self.judge, recon, self.real.held_labels)
         finally:
             vae.to(was)
         from pathup.io import atomic_write_text
