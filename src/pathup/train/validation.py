@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def tracker_values(prefix: str, report: dict[str, Any]) -> dict[str, float]:
-    """Flat ``{name: number}`` of a report for the experiment trackers (``prefix/psnr``, ``prefix/cc_<spec>``...)."""
+    """Flat ``{name: number}`` of a report for the experiment trackers: ``prefix/psnr``..., and per feature set
+    ``prefix/<features>/accuracy`` (``reconstructed``, ``ratio``, ``fd``); a folder's features (the domain
+    encoder) are named ``domain``."""
     vals = {f"{prefix}/{k}": float(report[k]) for k in ("psnr", "ssim", "ciede2000", "border_ratio") if k in report}
     for spec, r in report.get("consistency", report.get("features", {})).items():
         name = "domain" if "/" in spec else spec
