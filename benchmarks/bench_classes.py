@@ -2,7 +2,7 @@
 
 Prepares a shipped sample (Kather 2016 colorectal by default, or BreakHis) with a held-out split by
 slide / patient, or takes a prepared dataset (``--dataset``, e.g. the 1,200 Kather development tiles),
-trains the ``tiny`` model with ``pathup train``'s defaults (``--train-arg`` overrides one option), generates
+trains the ``tiny`` model (``--size``) with ``pathup train``'s defaults (``--train-arg`` overrides one option), generates
 overviews per class at several guidance scales, and reports against real held-out tiles:
 
 * the autoencoder's ceiling (``RUN/autoencoder.json``): PSNR, CIEDE2000, border / centre error, and the
@@ -22,7 +22,8 @@ Usage (2 CPU cores: 20-60 minutes, depending on the data set and where ``--max-s
     python benchmarks/bench_classes.py --sample breakhis --out runs/bench_classes_breakhis
     python benchmarks/bench_classes.py --out runs/x --train-arg lr=1e-3 --train-arg max_steps=1500
     python benchmarks/bench_classes.py --model runs/bench_classes/run/model --out runs/again   # no training
-Writes OUT/classes.json, OUT/classes.md and OUT/curve.png.
+Writes OUT/classes.json, OUT/classes.md, OUT/curve.png and OUT/grid.png (generated above real held-out
+tiles, per class, at the last guidance scale).
 """
 
 from __future__ import annotations
@@ -89,9 +90,13 @@ def main() -> None:
                     help="experiment: start from this run's base/ (trained autoencoder) instead of training one")
     ap.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="override one TrainConfig option (repeatable)")
+    ap.add_argument("--size", default="tiny", help="model size to train from scratch (pathup.model.MODEL_SIZES)")
     ap.add_argument("--unet-arg", action="append", default=[], metavar="KEY=VALUE",
-                    help="experiment: override one UNet config entry of the tiny size (repeatable), e.g. "
+                    help="experiment: override one UNet config entry of --size (repeatable), e.g. "
                          "addition_embed_type=text")
+    ap.add_argument("--vae-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="experiment: override one autoencoder config entry of --size (repeatable), e.g. "
+                         "latent_channels=16 (with --unet-arg in_channels=16 --unet-arg out_channels=16)")
     ap.add_argument("--per-class", type=int, default=10, help="generated overviews per class and guidance")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.5])
     ap.add_argument("--steps", type=int, default=20, help="sampling steps")
@@ -107,14 +112,17 @@ def main() -> None:
     from pathup.metrics.consistency import measure
     from pathup.train import TrainConfig, train
 
-    if args.unet_arg:
+    if args.unet_arg or args.vae_arg:
         import yaml
 
         from pathup.model import registry
 
-        over = {k.strip(): yaml.safe_load(v) for k, _, v in (a.partition("=") for a in args.unet_arg)}
-        registry.MODEL_SIZES["tiny"] = dataclasses.replace(registry.MODEL_SIZES["tiny"],
-                                                           unet={**registry.MODEL_SIZES["tiny"].unet, **over})
+        def entries(texts):
+            return {k.strip(): yaml.safe_load(v) for k, _, v in (a.partition("=") for a in texts)}
+
+        size = registry.MODEL_SIZES[args.size]
+        registry.MODEL_SIZES[args.size] = dataclasses.replace(size, unet={**size.unet, **entries(args.unet_arg)},
+                                                              vae={**size.vae, **entries(args.vae_arg)})
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     dataset = args.dataset or out / "dataset"
@@ -126,7 +134,7 @@ def main() -> None:
     model = args.model
     cfg = None
     if model is None:
-        cfg = TrainConfig(data=dataset, out=out / "run", model="tiny", num_workers=0, seed=args.seed)
+        cfg = TrainConfig(data=dataset, out=out / "run", model=args.size, num_workers=0, seed=args.seed)
         for text in args.train_arg:
             cfg = apply_override(text, cfg)
         t0 = time.perf_counter()
@@ -152,10 +160,30 @@ def main() -> None:
     res["autoencoder"] = json.loads((run / "autoencoder.json").read_text()) if (run / "autoencoder.json").is_file() \
         else None
     res["curve"] = curve(run / "validation.jsonl", out / "curve.png")
+    res["grid"] = str(side_by_side(dataset, folders[-1], out / "grid.png", per_row=6))
     text = report(args, res, folders, model)
     (out / "classes.md").write_text(text)
     (out / "classes.json").write_text(json.dumps(res, indent=2, default=float))
     print(text)
+
+
+def side_by_side(dataset: Path, folder: Path, png: Path, per_row: int = 6) -> Path:
+    """Per class, a row of generated overviews (``folder``, one guidance scale) above a row of real held-out
+    overview tiles of the dataset, at the same size (``png``)."""
+    import csv
+
+    from pathup.data.generated import class_dirname
+    from pathup.experiments.demo.figures import image_grid
+
+    rows = [r for r in csv.DictReader((dataset / "manifest.csv").open())
+            if r["level"] == "overview" and r["split"] != "train"]
+    classes = sorted({r["class"] for r in rows})
+    grid = []
+    for c in classes:
+        made = sorted((folder / class_dirname(c)).glob("*.png"))[:per_row]
+        real = [dataset / r["path"] for r in rows if r["class"] == c][:per_row]
+        grid += [(f"{c} generated", made), (f"{c} real", real)]
+    return image_grid([(name, paths) for name, paths in grid if paths], png)
 
 
 def curve(history: Path, png: Path) -> list[dict] | None:

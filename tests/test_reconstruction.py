@@ -173,6 +173,22 @@ def test_max_steps_auto_stops_when_validation_stops_improving(tmp_path, heldout,
     assert (run / "checkpoints" / "checkpoint-00000006").is_dir()
 
 
+def test_time_limit_validates_the_last_weights_and_stops(tmp_path, heldout, monkeypatch):
+    from pathup.train import TrainConfig, train, trainer
+    from test_train import FAST
+
+    clock = iter(range(0, 10_000, 25))  # every read of the clock is 25 s later: 3 reads pass a 1-minute limit
+    monkeypatch.setattr(trainer, "_clock", lambda: float(next(clock)))
+    run = tmp_path / "timed"
+    train(TrainConfig(data=heldout, out=run, max_steps=50, time_limit=1, val_every=2, val_per_class=1,
+                      val_features="random-cnn", vae_eval_tiles=0, **FAST))
+    recs = [json.loads(x) for x in (run / "validation.jsonl").read_text().splitlines()]
+    # reads at 0 (start), 25 (step 1), 50 (2), 75 (3: over 60 s): step 3 is validated although 3 % 2 != 0
+    assert [r["step"] for r in recs] == [2, 3]
+    assert (run / "checkpoints" / "checkpoint-00000003").is_dir()
+    assert (run / "model" / "model_index.json").is_file()
+
+
 def test_max_steps_option_takes_a_number_or_auto(capsys):
     from pathup.config import from_dict
     from pathup.train import TrainConfig

@@ -46,6 +46,9 @@ class TrainConfig:
                                      "--min-steps, at most 100000 steps)", min=0, min_exclusive=True)
     min_steps: int = option(1000, "with --max-steps auto: train at least this many steps before stopping", min=0)
     patience: int = option(4, "with --max-steps auto: stop after this many validations without improvement", min=1)
+    time_limit: float = option(0.0, "stop the diffusion stage after this many minutes of wall-clock time in this "
+                                    "invocation (after a last validation; the best validated weights are kept as "
+                                    "with --max-steps auto); 0 = no limit", metavar="MINUTES", min=0)
     batch_size: Optional[int] = option(None, "tiles per device per micro-batch (default: 8 from scratch, 4 fine-tuning)", min=1)
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step", min=1)
     lr: Optional[float] = option(None, "AdamW learning rate (default: 2e-4 from scratch, 5e-6 fine-tuning)", min=0, min_exclusive=True)

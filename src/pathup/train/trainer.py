@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,6 +51,7 @@ from pathup.train.ema import TrainEMA, averaged_weights
 from pathup.train.validation import Validation
 
 log = logging.getLogger(__name__)
+_clock = time.monotonic  # the clock of --time-limit (a test replaces it)
 
 
 class StepOutput(NamedTuple):
@@ -275,6 +277,7 @@ class Trainer:
         batches = iter(loader(tiles, sampler, cfg.num_workers))
         last_saved = start if ckpt is not None else -1
         final_step = max(start, self.max_steps)
+        started = _clock()
         with tqdm(total=self.max_steps, initial=start, desc="train", dynamic_ncols=True,
                   disable=not (acc.is_main_process and cfg.progress)) as bar:
             for step in range(start, self.max_steps):
@@ -287,15 +290,23 @@ class Trainer:
                 if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process:
                     self._sample_grid(done)
                 stop = False
-                if cfg.val_every and (done % cfg.val_every == 0 or done == self.max_steps):
+                validated = bool(cfg.val_every and (done % cfg.val_every == 0 or done == self.max_steps))
+                if validated:
                     stop = self._validate(done)
+                out_of_time = not stop and self._out_of_time(done, started)
+                if out_of_time and cfg.val_every and not validated:
+                    self._validate(done)  # the last weights are measured too before the stop
+                stop = stop or out_of_time
                 if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or stop:
                     self._save_checkpoint(done, base)
                     last_saved = done
                 if stop:
                     final_step = done
-                    bar.write(f"stopped at step {done}: no better validation measure in the last {cfg.patience} "
-                              f"validations (best at step {self.validation.history.best['step'] if self.validation else '?'})")
+                    best = self.validation.history.best if self.validation else None
+                    why = (f"the time limit of {cfg.time_limit:g} minutes" if out_of_time else
+                           f"no better validation measure in the last {cfg.patience} validations")
+                    bar.write(f"stopped at step {done}: {why}"
+                              + (f" (best at step {best['step']})" if best else ""))
                     break
         if last_saved != final_step:
             self._save_checkpoint(final_step, base)
@@ -309,6 +320,22 @@ class Trainer:
             self.capture.remove()
         acc.free_memory()
         return out
+
+    def _out_of_time(self, done: int, started: float) -> bool:
+        """True (on every process: the main process's clock decides) once ``--time-limit`` minutes have passed.
+
+        Checked every 10 steps under several processes, so that they agree without a sync at every step."""
+        limit = self.cfg.time_limit
+        if not limit:
+            return False
+        if self.acc.num_processes > 1:
+            if done % 10:
+                return False
+            from accelerate.utils import broadcast
+
+            over = torch.tensor([int(_clock() - started > 60 * limit)], device=self.acc.device)
+            return bool(broadcast(over).item())
+        return _clock() - started > 60 * limit
 
     # ----------------------------------------------------------------- outputs
     def _sample_grid(self, step: int) -> None:
