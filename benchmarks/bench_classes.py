@@ -62,6 +62,7 @@ def generate(model: Path, out: Path, guidance: float, per_class: int, steps: int
     from pathup.sample.writers import save_png
 
     pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None)
+    pipe.to("cuda" if torch.cuda.is_available() else "cpu")  # the noise comes from CPU generators either way
     pipe.set_progress_bar_config(disable=True)
     table = PromptTable.from_dict(json.loads((model / "pathup.json").read_text())["prompts"])
     res = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor

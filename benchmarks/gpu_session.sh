@@ -2,10 +2,11 @@
 # One prepared GPU run for a session that is lent a GPU machine (the workplace's `device` tool; 15 minutes of
 # device time in all, so every part has its own time limit and the parts run side by side on the one GPU).
 #
-# Parts (PARTS, default "prepare tiny small speed compose gputests"):
+# Parts (PARTS, default "prepare tiny tiny8k small speed compose gputests"):
 #   prepare   the 1,200 Kather development tiles, held-out slide (benchmarks/prepare_dev.py)
 #   tiny      issue 21: the tiny model, pathup train's recipe with a longer budget (autoencoder VAE_STEPS, the
 #             diffusion stage TIME_LIMIT minutes, validation on 16 images per class), then bench_classes' measures
+#   tiny8k    the same with twice the autoencoder steps
 #   small     issue 21: the small size with the same recipe (16-channel latent, whole 128 px tiles), bf16
 #   speed     issue 19: benchmarks/bench_speed.py at 2048 px on the CPU-trained k1200 tiny model (carried)
 #   compose   issue 21: one 2048 px composed image (random 4-class layout) from the tiny model of `tiny`
@@ -28,13 +29,13 @@ work=${WORK:-/tmp/gpu_work}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-$PWD/src}
 py=${PY:-python3}
-parts=${PARTS:-prepare tiny small speed compose gputests}
+parts=${PARTS:-prepare tiny tiny8k small speed compose gputests}
 has() { [[ " $parts " == *" $1 "* ]]; }
 if [[ -n "${DRY:-}" ]]; then  # the same commands with CPU-sized budgets
   dev=cpu; vae=20; svae=10; tlimit=0.3; stlimit=0.3; per=2; venc=1; every=20; size=256; threads=1
   speedargs="--size 256 --classes 01_TUMOR --seeds 1"
 else
-  dev=cuda; vae=${VAE_STEPS:-4000}; svae=${SMALL_VAE_STEPS:-2000}; tlimit=${TIME_LIMIT:-4}
+  dev=cuda; vae=${VAE_STEPS:-4000}; svae=${SMALL_VAE_STEPS:-2000}; tlimit=${TIME_LIMIT:-3}
   stlimit=${SMALL_TIME_LIMIT:-4}; per=16; venc=0; every=500; size=2048; threads=3
   speedargs=${SPEED_ARGS:-"--size 2048"}
 fi
@@ -56,26 +57,9 @@ encarg=()
 common=(--dataset "$data" --guidance 1 3 --per-class "$per" --features auto color-stats
         --train-arg val_per_class="$per" --train-arg val_every="$every" --train-arg max_epochs=1000
         --train-arg patience=1000 --train-arg progress=false "${encarg[@]}")
-if has tiny; then
-  run tiny 600 $py benchmarks/bench_classes.py --out "$work/tiny" --size tiny "${common[@]}" \
-    --train-arg vae_steps="$vae" --train-arg time_limit="$tlimit" &
-fi
-if has small; then
-  run small 600 $py benchmarks/bench_classes.py --out "$work/small" --size small "${common[@]}" \
-    --vae-arg latent_channels=16 --unet-arg in_channels=16 --unet-arg out_channels=16 \
-    --train-arg resolution=128 $([[ $dev == cuda ]] && echo --train-arg mixed_precision=bf16) \
-    --train-arg vae_steps="$svae" --train-arg time_limit="$stlimit" &
-fi
-if has speed && [[ -f benchmarks/bench_speed.py ]]; then
-  run speed 420 $py benchmarks/bench_speed.py --model .gpu/k1200cpu/model --features .gpu/k1200cpu/encoder \
-    --data "$data" --device "$dev" --out "$work/speed" $speedargs &
-fi
-if has gputests && [[ $dev == cuda ]]; then
-  run gputests 150 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_sample_gpu.py &
-fi
-wait
-if has compose && [[ -f "$work/tiny/run/model/model_index.json" ]]; then
-  run compose 120 $py -m pathup compose --model "$work/tiny/run/model" --random-layout 4 --size "$size" \
+compose() {  # one 2048 px image composed from a random 4-class layout, from the tiny model of `tiny`
+  [[ -f "$work/tiny/run/model/model_index.json" ]] || return
+  run compose 90 $py -m pathup compose --model "$work/tiny/run/model" --random-layout 4 --size "$size" \
     --strength 1 --latent-patch 16 --latent-overlap 8 --steps 30 --guidance 3 --device "$dev" \
     --out "$work/compose"
   $py - "$work/compose" <<'EOF'
@@ -83,14 +67,34 @@ import sys
 from pathlib import Path
 from PIL import Image
 Image.MAX_IMAGE_PIXELS = None
-for p in Path(sys.argv[1]).glob("*.png"):
-    if "overlay" in p.name or "mask" in p.name or "preview" in p.name:
-        continue
+for p in Path(sys.argv[1]).glob("*_s0.png"):
     im = Image.open(p).convert("RGB")
     im.save(p.with_suffix(".q90.jpg"), quality=90)
     im.crop((0, 0, min(768, im.width), min(768, im.height))).save(p.with_suffix(".crop.png"))
 EOF
+}
+if has tiny; then
+  (run tiny "${TINY_S:-400}" $py benchmarks/bench_classes.py --out "$work/tiny" --size tiny "${common[@]}" \
+    --train-arg vae_steps="$vae" --train-arg time_limit="$tlimit"; has compose && compose) &
 fi
+if has tiny8k; then  # the same with twice the autoencoder steps: does PSNR keep rising?
+  run tiny8k "${OTHER_S:-460}" $py benchmarks/bench_classes.py --out "$work/tiny8k" --size tiny "${common[@]}" \
+    --train-arg vae_steps="$((2 * vae))" --train-arg time_limit="$tlimit" &
+fi
+if has small; then
+  run small "${OTHER_S:-460}" $py benchmarks/bench_classes.py --out "$work/small" --size small "${common[@]}" \
+    --vae-arg latent_channels=16 --unet-arg in_channels=16 --unet-arg out_channels=16 \
+    --train-arg resolution=128 $([[ $dev == cuda ]] && echo --train-arg mixed_precision=bf16) \
+    --train-arg vae_steps="$svae" --train-arg time_limit="$stlimit" &
+fi
+if has speed && [[ -f benchmarks/bench_speed.py ]]; then
+  run speed "${OTHER_S:-460}" $py benchmarks/bench_speed.py --model .gpu/k1200cpu/model --features .gpu/k1200cpu/encoder \
+    --data "$data" --device "$dev" --out "$work/speed" $speedargs &
+fi
+if has gputests && [[ $dev == cuda ]]; then
+  run gputests 150 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_sample_gpu.py &
+fi
+wait
 if has legacy && [[ $dev == cuda ]]; then
   run upscale 200 $py benchmarks/bench_upscale.py --size sd15 --device cuda --dtype bf16 --steps 5 \
     --repeats 2 --skip-one-at-a-time --compile --memory --json "$work/upscale.json"
