@@ -84,6 +84,8 @@ def test_generate_tiff(model_dir, tmp_path):
     (["--class", "benign", "--patch-batch", "0"], "--patch-batch must be 'auto' or a positive integer"),
     (["--class", "benign", "--strength", "0.1", "--steps", "2"], "re-runs no step"),
     (["--class", "benign", "--num", "0"], "--num must be at least 1"),
+    (["--class", "benign", "--cache-interval", "0"], "--cache-interval must be at least 1, got 0"),
+    (["--class", "benign", "--token-merging", "1"], "--token-merging must be in [0, 1), got 1.0"),
 ])
 def test_generate_bad_inputs(model_dir, tmp_path, capsys, argv, message):
     out = tmp_path / "out"

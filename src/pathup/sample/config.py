@@ -59,6 +59,12 @@ class SampleConfig:
     step_mode: Literal["per-patch", "per-chunk"] = option(
         "per-patch", "one scheduler per patch (Algorithm 1) or per UNet chunk (same result for deterministic "
         "samplers, fewer kernel launches)")
+    cache_interval: int = option(
+        1, "DeepCache (Ma et al. 2024) in the upscale: the whole UNet every N-th step, the shallow branch with "
+        "each patch's cached deep features between; 1: off", min=1, metavar="N")
+    token_merging: float = option(
+        0.0, "ToMe (tomesd) ratio of tokens merged in the UNet's finest self-attention during the upscale, in "
+        "[0, 1); 0: off; needs pip install 'pathup[speed]'", min=0, max=1, max_exclusive=True, metavar="RATIO")
     vae_tile: int = option(0, "autoencoder tile in latent positions; 0: twice the UNet's sample size", min=0)
     vae_overlap: int = option(0, "autoencoder tile overlap; 0: a quarter tile", min=0)
     negative_prompt: str = option("", "unconditional prompt for guidance")

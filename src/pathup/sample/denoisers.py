@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from pathup.errors import PathUpError
+from pathup.sample.deepcache import DeepCache
 
 # (x (B, C, h, w) scaled model input, t (scalar tensor)) -> model output (B, C, h, w), float32
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,16 +42,22 @@ class RegionDenoiser:
         guidance: guidance scale g (``<= 1``: conditional passes only).
         masks: soft masks on the latent canvas, (K, H, W), non-negative, summing to 1 per position;
             None with one prompt.
+        cache_interval: DeepCache's N (``pathup.sample.deepcache``): the whole UNet at steps 0, N, 2N, ...
+            of a run, the shallow branch with each row's cached deep features between; 1: off (the UNet
+            runs as it always did). Each batch row has its own entry, keyed by its patch box and branch
+            (``"uncond"`` or the prompt index), so the result does not depend on ``patch_batch``.
 
     Attributes:
-        evaluations: UNet samples evaluated so far (batch items; the cost measure of ``pathup compose``).
+        evaluations: full UNet samples evaluated so far (batch items; the cost measure of ``pathup compose``).
+        cached_evaluations: samples evaluated through the shallow branch only (``cache_interval > 1``);
+            each costs a fraction of a full one (measured in ``benchmarks/_speed_levers.py``).
     """
 
     takes_boxes = True
 
     def __init__(self, unet: torch.nn.Module, conds: Sequence[torch.Tensor] | torch.Tensor,
                  uncond: torch.Tensor | None = None, guidance: float = 7.5,
-                 masks: torch.Tensor | None = None) -> None:
+                 masks: torch.Tensor | None = None, cache_interval: int = 1) -> None:
         self.unet = unet
         self.conds = [c.reshape(1, *c.shape[-2:]) for c in conds]  # K x (1, L, D)
         if not self.conds:
@@ -64,7 +71,22 @@ class RegionDenoiser:
         self.use_cfg = uncond is not None and guidance > 1.0
         self.masks = masks
         self.evaluations = 0
+        self.cached_evaluations = 0
         self._present: dict[Any, list[int]] = {}
+        self.set_cache_interval(cache_interval)
+
+    @property
+    def cache_interval(self) -> int:
+        """DeepCache's N (1: off)."""
+        return self.cache.interval
+
+    def set_cache_interval(self, interval: int) -> None:
+        """Use DeepCache with interval ``interval`` from the next run on (1: off); clears the cache."""
+        self.cache = DeepCache(self.unet, interval)
+
+    def reset_cache(self) -> None:
+        """Forget the cached deep features (``track_patches`` calls it before a run)."""
+        self.cache.reset()
 
     @property
     def cross_dim(self) -> tuple[int, int]:
@@ -81,9 +103,18 @@ class RegionDenoiser:
             self._present[box] = [c for c, h in enumerate(hit) if h]
         return self._present[box]
 
-    def _unet(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        self.evaluations += x.shape[0]
-        return self.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0].float()
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, keys: Sequence[Any] = (),
+              full: bool = True) -> torch.Tensor:
+        """The UNet on one batch; with the cache on, a full evaluation stores and a cached one reads the
+        deep features of ``keys`` (one per row)."""
+        if self.cache.interval == 1:
+            self.evaluations += x.shape[0]
+            return self.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0].float()
+        if full:
+            self.evaluations += x.shape[0]
+            return self.cache.full(x, t, emb, keys).float()
+        self.cached_evaluations += x.shape[0]
+        return self.cache.cached(x, t, emb, keys).float()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, boxes: Sequence[Any] | None = None) -> torch.Tensor:
@@ -103,9 +134,13 @@ class RegionDenoiser:
             torch.cat([self.conds[c] for _, c in pairs])]
         allx = torch.cat(parts_x)  # (B + P, C, h, w) with guidance, (P, ...) without
         emb = torch.cat(parts_e).to(dtype)  # (B + P, L, D)
+        # Cache keys, one per row: the patch (its box; its row without boxes) and the branch.
+        where = [box if box is not None else ("row", k) for k, box in enumerate(boxes)]
+        keys = ([(w, "uncond") for w in where] if self.use_cfg else []) + [(where[k], c) for k, c in pairs]
+        full = self.cache.interval == 1 or self.cache.is_full(t)
         # Memory stays that of plain generation (2 B samples per UNet call) however many prompts a patch sees.
         limit = 2 * b if self.use_cfg else b
-        out = torch.cat([self._unet(allx[i:i + limit], t, emb[i:i + limit])
+        out = torch.cat([self._unet(allx[i:i + limit], t, emb[i:i + limit], keys[i:i + limit], full)
                          for i in range(0, allx.shape[0], limit)])  # (B + P, C, h, w) float32
         if self.use_cfg:
             e_u, e_c = out[:b], out[b:]
@@ -127,7 +162,7 @@ class RegionDenoiser:
 
 
 def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None = None,
-                    guidance: float = 7.5) -> RegionDenoiser:
+                    guidance: float = 7.5, cache_interval: int = 1) -> RegionDenoiser:
     """A denoiser with classifier-free guidance: ``e_u + g * (e_c - e_u)``.
 
     The unconditional and conditional inputs go through the UNet in one batch of ``2 B`` (as in
@@ -139,7 +174,8 @@ def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Ten
         cond: prompt embeddings, (1, L, D).
         uncond: empty-prompt embeddings, (1, L, D), or None.
         guidance: guidance scale g.
+        cache_interval: DeepCache's N (1: off); see ``RegionDenoiser``.
     """
-    return RegionDenoiser(unet, [cond], uncond, guidance)
+    return RegionDenoiser(unet, [cond], uncond, guidance, cache_interval=cache_interval)
 
 

@@ -38,6 +38,7 @@ from pathup.sample.config import (SampleConfig, Size, check_options, config_from
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings, to_pil
 from pathup.sample.scale import model_mpp, output_mpp
+from pathup.sample.tome import token_merging as merging_tokens
 from pathup.sample.tracking import auto_patch_batch, guided_denoiser, tracked_img2img
 from pathup.sample.vae_tiling import decode_tiled, encode_tiled
 
@@ -229,9 +230,9 @@ class PathUpPipeline(DiffusionPipeline):
                 size: Any = 2048, seed: int = 0, steps: int = 50, guidance: float = 7.5,
                 scheduler: str | None = "ddim", strength: float = 0.8, latent_patch: int = 64,
                 latent_overlap: int = 32, weight_map: str = "pyramid", patch_batch: int | str = "auto",
-                step_mode: str = "per-patch", vae_tile: int = 0, vae_overlap: int = 0,
-                negative_prompt: str = "", output_type: str = "pil", denoiser: Any = None,
-                **older_names: Any) -> Any:
+                step_mode: str = "per-patch", cache_interval: int = 1, token_merging: float = 0.0,
+                vae_tile: int = 0, vae_overlap: int = 0, negative_prompt: str = "", output_type: str = "pil",
+                denoiser: Any = None, **older_names: Any) -> Any:
         """Upscale a reference overview (PathUp Algorithm 1): resize, encode, noise, track patches, decode.
 
         Args:
@@ -244,17 +245,23 @@ class PathUpPipeline(DiffusionPipeline):
             steps, guidance, scheduler, strength: sampling settings.
             latent_patch, latent_overlap, weight_map, patch_batch, step_mode: see ``track_patches``
                 (p and o of Algorithm 1, in latent positions; ``patch_size`` / ``overlap``: older names).
+            cache_interval: DeepCache's N in the tracking steps (``pathup.sample.deepcache``): the whole UNet
+                every N-th step, each patch's cached deep features between; 1: off.
+            token_merging: ToMe ratio in the UNet's finest self-attention during the tracking steps
+                (``pathup.sample.tome``; needs ``tomesd``); 0: off. The UNet is unpatched afterwards.
             vae_tile, vae_overlap: autoencoder tiling in latent positions (0: automatic).
             negative_prompt: unconditional prompt.
             output_type: ``pil``, ``np`` (uint8 (H, W, 3)) or ``latent`` ((1, C, h, w)).
             denoiser: a ready ``RegionDenoiser`` (``pathup compose``: several prompts blended by masks)
-                instead of the prompt's guided one; None for plain generation.
+                instead of the prompt's guided one (its cache interval is set to ``cache_interval``); None
+                for plain generation.
         """
         from PIL import Image
 
         latent_patch, latent_overlap = _older_names(older_names, latent_patch, latent_overlap)
         check_options(seed=seed, steps=steps, guidance=guidance, strength=strength, latent_patch=latent_patch,
-                      latent_overlap=latent_overlap, vae_tile=vae_tile, vae_overlap=vae_overlap)
+                      latent_overlap=latent_overlap, vae_tile=vae_tile, vae_overlap=vae_overlap,
+                      cache_interval=cache_interval, token_merging=token_merging)
         ldm = self.ldm
         width, height = as_size(size)  # cfg.size (upscale_with) is parsed already
         text = self._resolve_prompt(class_name, prompt, "patch")
@@ -271,7 +278,11 @@ class PathUpPipeline(DiffusionPipeline):
                           progress=self.progress)  # (1, C, h, w) float32
         if denoiser is None:
             cond, uncond = text_embeddings(ldm, text, negative_prompt)
-            denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance)
+            denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance, cache_interval=cache_interval)
+        elif getattr(denoiser, "cache_interval", 1) != cache_interval:
+            if not hasattr(denoiser, "set_cache_interval"):
+                raise PathUpError("cache_interval > 1 needs a RegionDenoiser as the denoiser")
+            denoiser.set_cache_interval(cache_interval)
         pb = parse_patch_batch(patch_batch)
         if pb == "auto":
             n = len(patch_grid(x0.shape[2], x0.shape[3], latent_patch, latent_overlap))
@@ -279,10 +290,11 @@ class PathUpPipeline(DiffusionPipeline):
             pb = auto_patch_batch(ldm.unet, n, (ph, pw), guidance=guidance > 1.0,
                                   cross_dim=denoiser.cross_dim)
         # 2-5. Noise to the start timestep and run patch-wise timestep tracking.
-        z = tracked_img2img(denoiser, x0, self.fresh_scheduler(scheduler), steps=steps, strength=strength,
-                            generator=torch.Generator().manual_seed(int(seed)), patch=latent_patch,
-                            overlap=latent_overlap, weight_map=weight_map, patch_batch=pb, step_mode=step_mode,
-                            progress=self.progress)  # (1, C, h, w)
+        with merging_tokens(ldm.unet, token_merging):  # tomesd's patch, removed after the run (0: none)
+            z = tracked_img2img(denoiser, x0, self.fresh_scheduler(scheduler), steps=steps, strength=strength,
+                                generator=torch.Generator().manual_seed(int(seed)), patch=latent_patch,
+                                overlap=latent_overlap, weight_map=weight_map, patch_batch=pb,
+                                step_mode=step_mode, progress=self.progress)  # (1, C, h, w)
         if output_type == "latent":
             return z
         # 6. I_h = D(X_0), decoded in tiles, cropped to the requested size.
@@ -296,8 +308,9 @@ class PathUpPipeline(DiffusionPipeline):
         return self.upscale(image, prompt=prompt, size=cfg.size, seed=seed, steps=cfg.steps, guidance=cfg.guidance,
                             scheduler=cfg.scheduler, strength=cfg.strength, latent_patch=cfg.latent_patch,
                             latent_overlap=cfg.latent_overlap, weight_map=cfg.weight_map,
-                            patch_batch=cfg.patch_batch, step_mode=cfg.step_mode, vae_tile=cfg.vae_tile,
-                            vae_overlap=cfg.vae_overlap, negative_prompt=cfg.negative_prompt,
+                            patch_batch=cfg.patch_batch, step_mode=cfg.step_mode,
+                            cache_interval=cfg.cache_interval, token_merging=cfg.token_merging,
+                            vae_tile=cfg.vae_tile, vae_overlap=cfg.vae_overlap, negative_prompt=cfg.negative_prompt,
                             output_type=output_type, denoiser=denoiser)
 
     def image_mpp(self, cfg: SampleConfig) -> float | None:
@@ -353,9 +366,9 @@ class PathUpPipeline(DiffusionPipeline):
             generator: a ``torch.Generator`` standing for ``seed``: its ``initial_seed()`` is used (as
                 ``torch.Generator().manual_seed(s)`` gives ``s``), so the images are those of that seed.
             **options: any ``SampleConfig`` field (size, seed, steps, guidance, scheduler, strength,
-                latent_patch, latent_overlap, weight_map, patch_batch, step_mode, vae_tile, vae_overlap,
-                negative_prompt, mpp); ``size`` may also be an int or a (width, height) tuple; the older
-                names ``patch_size`` and ``overlap`` are accepted.
+                latent_patch, latent_overlap, weight_map, patch_batch, step_mode, cache_interval,
+                token_merging, vae_tile, vae_overlap, negative_prompt, mpp); ``size`` may also be an int or a
+                (width, height) tuple; the older names ``patch_size`` and ``overlap`` are accepted.
 
         Raises:
             PathUpError: an invalid option, an unknown ``output_type``, or an option given in both spellings

@@ -139,8 +139,9 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
         output_type: ``np`` (uint8 (H, W, 3)), ``pil`` or ``latent``.
 
     Returns:
-        The image with its mask, overview and UNet evaluation counts (``unet``: ``overview``, ``upscale``,
-        ``total``, the same for ``generate`` at this size, ``ratio`` and ``upscale_ratio`` to it, and
+        The image with its mask, overview and UNet evaluation counts (``unet``: ``overview``, ``upscale``
+        (full evaluations), ``upscale_cached`` (DeepCache's shallow ones, ``cache_interval > 1``), ``total``,
+        the same for ``generate`` at this size, ``ratio`` and ``upscale_ratio`` to it (full evaluations), and
         ``patches_by_classes``: how many latent patches see 1, 2, ... classes).
     """
 
@@ -174,7 +175,9 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
     for box in boxes:
         key = str(len(denoiser.present(box)))
         by_classes[key] = by_classes.get(key, 0) + 1
+    # With --cache-interval N > 1 "upscale" counts full evaluations; "upscale_cached" the shallow ones (DeepCache).
     unet = {"overview": int(ov_evals), "upscale": int(denoiser.evaluations),
+            "upscale_cached": int(denoiser.cached_evaluations),
             "total": int(ov_evals + denoiser.evaluations),
             "generate": {"overview": gen_overview, "upscale": gen_upscale, "total": gen_overview + gen_upscale},
             "ratio": (ov_evals + denoiser.evaluations) / (gen_overview + gen_upscale),

@@ -20,6 +20,8 @@ which patches it denoises and blends the guided noise predictions of several pro
 soft class masks (MultiDiffusion's region rule, Bar-Tal et al. 2023, "MultiDiffusion: Fusing Diffusion
 Paths for Controlled Image Generation", ICML). It evaluates, per patch, only the prompts whose mask is
 non-zero under it; plain generation is its one-prompt case (``guided_denoiser``), so there is one loop.
+A ``RegionDenoiser`` may cache deep UNet features across steps, one entry per patch and branch (DeepCache,
+``cache_interval``; ``pathup.sample.deepcache``); ``track_patches`` clears that cache before a run.
 The denoisers live in ``pathup.sample.denoisers``, the canvas step noise in ``pathup.sample.step_noise``
 and the UNet batch size in ``pathup.sample.batching`` (their names stay importable from here).
 
@@ -168,6 +170,8 @@ def track_patches(denoiser: Denoiser | RegionDenoiser, x: torch.Tensor, schedule
     group_of = {k: g for g, members in enumerate(groups) for k in members}
     step_kw = _step_kwargs(scheduler, generator, eta)
 
+    if hasattr(denoiser, "reset_cache"):  # DeepCache (RegionDenoiser): no deep features carried between runs
+        denoiser.reset_cache()
     x = x.clone()
     steps = tqdm(timesteps, desc="denoising", leave=False, disable=not progress)
     for i, t in enumerate(steps):
