@@ -34,11 +34,11 @@ SCHEDULER_SETTINGS: dict[str, dict[str, Any]] = {
     "dpm++-karras": {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
 }
 
-# Schedulers that refuse a zero-terminal-SNR schedule (``rescale_betas_zero_snr``), with the reason.
+# Schedulers that refuse a zero-terminal-SNR schedule (``rescale_betas_zero_snr``), with the reason. The others
+# run it; note that ``dpm++-karras`` then spaces its sigmas from the terminal sigma (about 4096 after diffusers'
+# rescaling), so several of its first steps sit near pure noise (img2img's strength cuts most of them).
 NO_ZERO_SNR = {
     "pndm": "diffusers' PNDM has no zero-terminal-SNR option",
-    "dpm++-karras": "Karras sigmas start from the terminal sigma (about 4096 after rescaling), "
-                    "so most steps would sit at pure noise",
 }
 
 
