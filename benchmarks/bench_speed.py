@@ -25,7 +25,7 @@ Quality numbers on few images are noisy: the report gives the number of tiles, t
 (the classifier on held-out real tiles) and the FD of as many held-out real tiles as there are generated ones
 to all held-out tiles (the FD floor at that sample size).
 
-Usage (2 CPU cores, about 20 minutes; tiny model, 512 px, 3 classes x 2 seeds, 9 latent patches)::
+Usage (2 CPU cores, about 12 minutes; tiny model, 512 px, 3 classes x 2 seeds, 9 latent patches)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --model /work/exp/bench/k1200/run/model \\
         --dataset /work/exp/k1200 --out runs/bench_speed
