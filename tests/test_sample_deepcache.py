@@ -105,6 +105,31 @@ def test_batch_invariance_with_caching(model, guidance):
     assert (_run(den, batch=4, name="dpm++") - base).abs().max().item() <= 1e-5
 
 
+def test_caching_with_a_guidance_interval_that_begins_between_full_steps(model):
+    """Guidance switching on at a cached step: the unconditional rows have no stored features yet, so they
+    (and only they) run the whole UNet there; the result still does not depend on the patch batch."""
+    from pathup.sample.denoisers import noise_levels
+
+    ldm, conds, uncond = model
+    alphas = make_scheduler("ddim").alphas_cumprod
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(KW["steps"])
+    sig = noise_levels(alphas)  # the denoiser's own table of sigma_t
+    ts = sched.timesteps[-8:]  # the 8 upscale steps (strength 0.8 of 10)
+    lo, hi = float(sig[int(ts[-1])]), float(sig[int(ts[4])])  # guided at steps 4, 5, 6 (4 is a cached step)
+    outs, dens = [], []
+    for batch in (1, 4, None):
+        den = guided_denoiser(ldm.unet, conds[0], uncond, 3.0, cache_interval=3, guidance_interval=(lo, hi),
+                              alphas_cumprod=alphas)
+        outs.append(_run(den, batch=batch))
+        dens.append(den)
+    for other in outs[1:]:
+        assert (other - outs[0]).abs().max().item() <= 1e-5
+    # steps 0..7, full at 0, 3, 6; guided at 4, 5, 6: conditional rows 6 patches x (3 full + 5 cached);
+    # unconditional rows: full at 4 (nothing stored yet) and 6 (a full step), cached at 5 (stored at 4)
+    assert dens[0].evaluations == 6 * (3 + 2) and dens[0].cached_evaluations == 6 * (5 + 1)
+
+
 def test_cache_is_reset_between_runs(model):
     ldm, conds, uncond = model
     den = guided_denoiser(ldm.unet, conds[0], uncond, 3.0, cache_interval=3)

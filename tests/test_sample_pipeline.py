@@ -85,7 +85,10 @@ def test_diffusers_argument_names_give_the_same_images(pipe):
     theirs = pipe("benign", width=48, height=40, generator=torch.Generator().manual_seed(5), num_inference_steps=2,
                   guidance_scale=2.0, output_type="np", **grid)
     assert ours.images[0].shape == (40, 48, 3) and np.array_equal(ours.images[0], theirs.images[0])
-    assert ours.settings == theirs.settings
+    def same(settings):  # the seconds of each stage are clock readings: everything else must match
+        return [{k: v for k, v in s.items() if k != "seconds"} for s in settings]
+
+    assert same(ours.settings) == same(theirs.settings)
     pt = pipe("benign", width=48, height=40, seed=5, steps=2, guidance_scale=2.0, output_type="pt", **grid).images[0]
     assert pt.shape == (3, 40, 48) and pt.dtype == torch.float32 and 0 <= pt.min() and pt.max() <= 1
     assert np.array_equal((pt * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), ours.images[0])

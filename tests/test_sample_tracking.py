@@ -47,7 +47,7 @@ def _diffusers_img2img(ldm, cond, uncond, name, x0, seed, steps, strength):
                     generator=torch.Generator().manual_seed(seed), output_type="latent").images
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpm++", "euler", "ddpm"])
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "euler", "ddpm", "unipc", "dpm++-karras"])
 def test_one_patch_equals_diffusers_img2img(tiny, name):
     ldm, cond, uncond = tiny
     x0 = torch.randn(1, C, 14, 11, generator=torch.Generator().manual_seed(5))
@@ -61,21 +61,23 @@ def test_one_patch_equals_diffusers_img2img(tiny, name):
     assert (ours - x0).abs().max() > 0.1  # it did denoise
 
 
-def test_dpm_non_overlapping_patches_equal_independent_img2img(tiny):
+@pytest.mark.parametrize("name", ["dpm++", "unipc", "dpm++-karras"])
+def test_multistep_non_overlapping_patches_equal_independent_img2img(tiny, name):
     """With o = 0 each patch evolves alone: both halves must equal diffusers' img2img on that half.
 
-    This fails if the patches shared one multistep scheduler state (DPM-Solver++ keeps a history).
+    This fails if the patches shared one multistep scheduler state (DPM-Solver++ and UniPC keep a history;
+    UniPC's corrector also keeps the last sample).
     """
     ldm, cond, uncond = tiny
     x0 = torch.randn(1, C, 12, 24, generator=torch.Generator().manual_seed(1))
     halves = [x0[..., :12], x0[..., 12:]]
-    refs = [_diffusers_img2img(ldm, cond, uncond, "dpm++", h, seed=10 + k, steps=8, strength=0.8)
+    refs = [_diffusers_img2img(ldm, cond, uncond, name, h, seed=10 + k, steps=8, strength=0.8)
             for k, h in enumerate(halves)]
     noise = torch.cat([torch.randn(1, C, 12, 12, generator=torch.Generator().manual_seed(10 + k))
                        for k in range(2)], dim=-1)
     den = guided_denoiser(ldm.unet, cond, uncond, GUIDANCE)
     for mode, batch in [("per-patch", 1), ("per-patch", 2), ("per-chunk", 2)]:
-        ours = tracked_img2img(den, x0, make_scheduler("dpm++"), steps=8, strength=0.8, noise=noise,
+        ours = tracked_img2img(den, x0, make_scheduler(name), steps=8, strength=0.8, noise=noise,
                                patch=12, overlap=0, patch_batch=batch, step_mode=mode)
         ref = torch.cat(refs, dim=-1)
         assert (ours - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item()), (mode, batch)
@@ -86,7 +88,7 @@ def _per_sample(denoiser):
     return lambda x, t: torch.cat([denoiser(x[i:i + 1], t) for i in range(x.shape[0])])
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpm++"])
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "unipc"])
 def test_patch_batch_invariance(tiny, name):
     ldm, cond, uncond = tiny
     x0 = torch.randn(1, C, 16, 22, generator=torch.Generator().manual_seed(2))

@@ -305,7 +305,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[s
             kwargs["choices"] = list(typing.get_args(tp))
             kwargs["type"] = type(typing.get_args(tp)[0])
         elif origin in (list, tuple):
-            kwargs["nargs"] = "+"
+            kwargs["nargs"] = f.metadata.get("nargs", "+")
             inner = (typing.get_args(tp) or (str,))[0]
             kwargs["type"] = inner if inner in (int, float, str) else str
         elif tp in (int, float, str):

@@ -15,7 +15,8 @@ processes (process i takes every num_processes-th seed). Images already written 
 present) are skipped, so an interrupted run resumes where it stopped. A folder made with another model
 or other image-changing settings is an error (naming the folder and the setting) unless ``--overwrite``
 replaces its images. The images carry the model's physical scale (``pathup.json``'s ``mpp``) unless
-``--mpp`` sets it.
+``--mpp`` sets it. Each sidecar records the image's UNet evaluations and seconds per stage (overview,
+encode, tracking, decode); the run ends with one line summing them over the images it made.
 
 A thin wrapper over ``pathup.sample.generate.generate_to_folder`` (argument parsing, the process share
 under ``accelerate launch``, printing).
@@ -68,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
     skipped = len(result.skipped)
     print(f"pathup generate: wrote {len(result.written)} image(s) to {class_folder(out, args.class_name)}"
           + (f", skipped {skipped} already there" if skipped else ""))
+    if result.written:
+        print(f"pathup generate: {result.costs.summary()}")
     return 0

@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"pathup upscale: {target} already exists; nothing to do")
         return 0
     pipe = load_pipeline(model, cfg)
-    upscale_to_file(pipe, args.image, args.class_name, out, cfg, image=image, checked=True)  # upscale_path checked cfg
+    result = upscale_to_file(pipe, args.image, args.class_name, out, cfg, image=image, checked=True)  # checked above
     print(f"pathup upscale: wrote {target}")
+    if result.written:
+        print(f"pathup upscale: {result.costs.summary()}")
     return 0

@@ -70,7 +70,7 @@ class ExperimentConfig:
     split: str = option("all", "split of the real tiles (train, val, test, all)")
     steps: int = option(50, "sampling steps (overview and upscaling)", min=1)
     guidance: float = option(7.5, "classifier-free guidance scale", min=0, max=100)
-    scheduler: str = option("ddim", "sampler (ddim, dpm++, euler, pndm, ddpm)")
+    scheduler: str = option("ddim", "sampler (ddim, ddpm, dpm++, dpm++-karras, euler, pndm, unipc)")
     strength: float = option(0.8, "upscaling: share of the schedule re-run", min=0, min_exclusive=True, max=1)
     latent_patch: int = option(0, "upscaling: latent patch size (0: the UNet's sample size)", min=0)
     latent_overlap: Optional[int] = option(None, "upscaling: latent overlap (default: half the patch)", min=0)

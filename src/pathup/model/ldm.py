@@ -26,21 +26,42 @@ from pathup.prompts import LEVELS, PromptTable
 
 log = logging.getLogger(__name__)
 
-SCHEDULERS = ("ddim", "ddpm", "dpm++", "euler", "pndm")
+SCHEDULERS = ("ddim", "ddpm", "dpm++", "dpm++-karras", "euler", "pndm", "unipc")
+
+# Settings a short name fixes whatever the model's scheduler config says (the rest, betas etc., is the model's).
+SCHEDULER_SETTINGS: dict[str, dict[str, Any]] = {
+    # DPM-Solver++ 2M with Karras et al. 2022's sigma spacing (Eq. 5, rho = 7).
+    "dpm++-karras": {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+}
+
+# Schedulers that refuse a zero-terminal-SNR schedule (``rescale_betas_zero_snr``), with the reason. The others
+# run it; note that ``dpm++-karras`` then spaces its sigmas from the terminal sigma (about 4096 after diffusers'
+# rescaling), so several of its first steps sit near pure noise (img2img's strength cuts most of them).
+NO_ZERO_SNR = {
+    "pndm": "diffusers' PNDM has no zero-terminal-SNR option",
+}
 
 
 def make_scheduler(name: str, config: dict[str, Any] | None = None):
-    """A diffusers noise scheduler by short name, reusing ``config`` (betas etc.) when given."""
+    """A diffusers noise scheduler by short name, reusing ``config`` (betas etc.) when given.
+
+    ``unipc`` is diffusers' ``UniPCMultistepScheduler`` (Zhao et al. 2023, UniPC, B(h) = expm1(h)), with
+    its defaults (order 2 predictor-corrector); ``dpm++-karras`` is DPM-Solver++ 2M on Karras sigmas
+    (``SCHEDULER_SETTINGS``). A zero-terminal-SNR model (``rescale_betas_zero_snr``) refuses the
+    schedulers of ``NO_ZERO_SNR`` in one line.
+    """
     from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
-                           EulerDiscreteScheduler, PNDMScheduler)
+                           EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
 
     classes = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm++": DPMSolverMultistepScheduler,
-               "euler": EulerDiscreteScheduler, "pndm": PNDMScheduler}
+               "dpm++-karras": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+               "pndm": PNDMScheduler, "unipc": UniPCMultistepScheduler}
     if name not in classes:
         raise PathUpError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
-    if name == "pndm" and config is not None and config.get("rescale_betas_zero_snr"):
-        raise PathUpError("scheduler 'pndm' does not support this model's zero-terminal-SNR noise schedule; "
-                          "allowed: ddim, ddpm, dpm++, euler")
+    if name in NO_ZERO_SNR and config is not None and config.get("rescale_betas_zero_snr"):
+        allowed = ", ".join(s for s in SCHEDULERS if s not in NO_ZERO_SNR)
+        raise PathUpError(f"scheduler {name!r} does not support this model's zero-terminal-SNR noise schedule "
+                          f"({NO_ZERO_SNR[name]}); allowed: {allowed}")
     if config is None:
         config = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                       beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
@@ -48,7 +69,7 @@ def make_scheduler(name: str, config: dict[str, Any] | None = None):
     # diffusers' private keys: "_use_default_values" lists the options that took their default when the config
     # was made, and from_config resets those to the default again, silently dropping a change made to them
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    return classes[name].from_config(config)
+    return classes[name].from_config({**config, **SCHEDULER_SETTINGS.get(name, {})})
 
 
 @dataclass
@@ -228,8 +249,10 @@ def _load_scheduler_config(src: str) -> dict[str, Any]:
 
 def _scheduler_short_name(cfg: dict[str, Any]) -> str:
     cls = str(cfg.get("_class_name", "DDIMScheduler"))
-    return {"DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpm++",
-            "EulerDiscreteScheduler": "euler", "PNDMScheduler": "pndm"}.get(cls, "ddim")
+    if cls == "DPMSolverMultistepScheduler" and cfg.get("use_karras_sigmas"):
+        return "dpm++-karras"
+    return {"DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpm++", "EulerDiscreteScheduler": "euler",
+            "PNDMScheduler": "pndm", "UniPCMultistepScheduler": "unipc"}.get(cls, "ddim")
 
 
 def save_ldm(ldm: LDM, path: str | Path) -> Path:

@@ -7,6 +7,7 @@ Kept free of torch imports so that ``pathup --help`` stays fast.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple, Optional
 
@@ -46,7 +47,12 @@ class SampleConfig:
 
     steps: int = option(50, "inference steps of the full schedule", min=1)
     guidance: float = option(7.5, "classifier-free guidance scale (0-100; <= 1: none)", min=0, max=MAX_GUIDANCE)
-    scheduler: Literal["ddim", "dpm++", "euler", "pndm", "ddpm"] = option("ddim", "sampler")
+    scheduler: Literal["ddim", "dpm++", "dpm++-karras", "unipc", "euler", "pndm", "ddpm"] = option(
+        "ddim", "sampler (dpm++-karras: DPM-Solver++ 2M on Karras sigmas; unipc: UniPC multistep)")
+    guidance_interval: Optional[tuple[float, float]] = option(
+        None, "apply guidance only where the noise level sigma = sqrt((1 - alphabar_t) / alphabar_t) is in "
+        "(LO, HI] (Kynkaanniemi et al. 2024); elsewhere one conditional UNet pass per patch; default: every step",
+        metavar=("LO", "HI"), nargs=2, min=0)
     seed: int = option(0, "seed of the first image; image i uses seed + i", min=0, max=MAX_SEED)
     size: Size = option(Size(2048, 2048), "output size in pixels: N (square) or WxH", metavar="N|WxH")
     latent_patch: int = option(64, "latent patch size p (64 = 512 px)", min=1, aliases=("patch_size",))
@@ -132,10 +138,11 @@ def as_size(value: Any, name: str = "size") -> Size:
 
 
 def stored_options(cfg: Any, **values: Any) -> dict[str, Any]:
-    """``cfg``'s options as sidecars store them: older names of renamed options, ``size`` as text."""
+    """``cfg``'s options as sidecars store them: older names of renamed options, ``size`` as text, tuples
+    (``guidance_interval``) as lists (as JSON reads them back, so a stored folder compares equal)."""
     from dataclasses import asdict
 
-    options = {STORED_NAMES.get(k, k): v for k, v in asdict(cfg).items()}
+    options = {STORED_NAMES.get(k, k): list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     options["size"] = str(cfg.size)
     options.update(values)
     return options
@@ -187,9 +194,32 @@ def validate(cfg: SampleConfig) -> SampleConfig:
                                             f"got {cfg.latent_overlap}")
     if cfg.vae_tile and cfg.vae_overlap >= cfg.vae_tile:
         raise OptionError("vae_overlap", f"must be smaller than the autoencoder tile {cfg.vae_tile}, got {cfg.vae_overlap}")
+    cfg.guidance_interval = parse_guidance_interval(cfg.guidance_interval)
     if isinstance(cfg, ComposeConfig) and cfg.layout_shape not in ("voronoi", "blob"):
         raise OptionError("layout_shape", f"must be voronoi or blob, got {cfg.layout_shape!r}")
     return cfg
+
+
+def parse_guidance_interval(value: Any) -> tuple[float, float] | None:
+    """``None`` (guidance at every step) or ``(lo, hi)``: finite floats with ``0 <= lo < hi`` (a large ``hi``
+    such as 1e4 reaches the top of any schedule but a zero-terminal-SNR one).
+
+    Raises:
+        OptionError: naming ``guidance_interval``, for anything but two numbers in that order.
+    """
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (str, bytes)) or len(value) != 2 or any(isinstance(v, bool) for v in value):
+            raise TypeError
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise OptionError("guidance_interval", f"must be two noise levels LO HI with 0 <= LO < HI, "
+                                               f"got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi):
+        raise OptionError("guidance_interval", f"must be two finite noise levels LO HI with 0 <= LO < HI, "
+                                               f"got {lo} {hi}")
+    return lo, hi
 
 
 def check_options(**values: object) -> None:

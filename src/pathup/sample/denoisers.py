@@ -1,7 +1,9 @@
 """Denoisers for patch-wise timestep tracking: classifier-free guidance and MultiDiffusion's region rule.
 
-``guided_denoiser`` is classifier-free guidance ``e_u + g * (e_c - e_u)`` (one prompt);
-``RegionDenoiser`` blends the guided predictions of several prompts per position by soft class masks
+``guided_denoiser`` is classifier-free guidance ``e_u + g * (e_c - e_u)`` (one prompt), optionally only
+inside a limited interval of noise levels (Kynkaanniemi et al. 2024, "Applying guidance in a limited
+interval improves sample and distribution quality in diffusion models": ``lo < sigma_t <= hi``, elsewhere
+the conditional prediction alone, one UNet pass per patch); ``RegionDenoiser`` blends the guided predictions of several prompts per position by soft class masks
 (Bar-Tal et al. 2023, "MultiDiffusion", Eq. 5 with per-pixel masks) inside PathUp's Algorithm 1
 (section 3.2), evaluating per patch only the prompts whose mask is non-zero under it.
 """
@@ -20,6 +22,43 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepMode = Literal["per-patch", "per-chunk"]
 
 
+def noise_levels(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The noise level of every training timestep, ``sigma_t = sqrt((1 - alphabar_t) / alphabar_t)``, (T,) float64.
+
+    The variance-exploding parametrisation (Karras et al. 2022, Eq. 2 with ``x / sqrt(alphabar)``) in which
+    Kynkaanniemi et al. 2024 state their guidance intervals; it does not depend on the sampler. A
+    zero-terminal-SNR schedule (``alphabar_T = 0``) gives ``inf`` there.
+    """
+    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()  # (T,)
+    return ((1 - ab) / ab).sqrt()
+
+
+def noise_level(sigmas: torch.Tensor, t: Any) -> float:
+    """``sigma`` at timestep ``t`` of a ``noise_levels`` table; a fractional ``t`` (Euler's timesteps)
+    interpolates linearly between the neighbouring training timesteps (as Euler's own sigmas do)."""
+    tf = float(t)
+    lo = min(max(int(tf), 0), len(sigmas) - 1)
+    hi = min(lo + 1, len(sigmas) - 1)
+    w = tf - lo
+    if w <= 0 or hi == lo:
+        return float(sigmas[lo])
+    return float((1 - w) * sigmas[lo] + w * sigmas[hi])
+
+
+def in_interval(sigma: float, interval: tuple[float, float] | None) -> bool:
+    """Whether guidance applies at noise level ``sigma``: ``lo < sigma <= hi`` (always with no interval)."""
+    return interval is None or interval[0] < sigma <= interval[1]
+
+
+def guided_steps(timesteps: Any, alphas_cumprod: torch.Tensor, guidance: float,
+                 interval: tuple[float, float] | None, *, has_uncond: bool = True) -> int:
+    """How many of ``timesteps`` run the unconditional pass (guidance on and ``sigma_t`` in ``interval``)."""
+    if not has_uncond or guidance <= 1.0:
+        return 0
+    sigmas = noise_levels(alphas_cumprod)
+    return sum(in_interval(noise_level(sigmas, t), interval) for t in timesteps)
+
+
 class RegionDenoiser:
     """Guided noise prediction of one or several prompts, blended per position by soft masks.
 
@@ -35,6 +74,12 @@ class RegionDenoiser:
     With one prompt and no masks it is plain classifier-free guidance (``guided_denoiser``); a one-prompt
     call builds the very same UNet batch as plain generation, so the two give bit-equal results.
 
+    Guidance interval (Kynkaanniemi et al. 2024, Sec. 3): with ``guidance_interval=(lo, hi)`` a step at
+    timestep ``t`` is guided only when ``lo < sigma_t <= hi`` (``noise_levels``); outside it the prediction
+    is the conditional one, ``e_c`` (guidance scale 1), and the unconditional pass is not run: a patch under
+    ``n`` prompts then costs ``n`` UNet evaluations. The decision depends on ``t`` alone, so all patches of a
+    step take the same branch and the result stays independent of the patch batch.
+
     Args:
         unet: a diffusers ``UNet2DConditionModel`` (or any module with that call signature).
         conds: prompt embeddings, one (1, L, D) tensor per prompt (or a (K, L, D) tensor).
@@ -46,6 +91,9 @@ class RegionDenoiser:
             of a run, the shallow branch with each row's cached deep features between; 1: off (the UNet
             runs as it always did). Each batch row has its own entry, keyed by its patch box and branch
             (``"uncond"`` or the prompt index), so the result does not depend on ``patch_batch``.
+        guidance_interval: ``(lo, hi)`` noise levels between which guidance applies; None: every step.
+        alphas_cumprod: the model's training schedule ``alphabar_t``, (T,) (a diffusers scheduler's
+            ``alphas_cumprod``); needed with ``guidance_interval``.
 
     Attributes:
         evaluations: full UNet samples evaluated so far (batch items; the cost measure of ``pathup compose``).
@@ -57,7 +105,9 @@ class RegionDenoiser:
 
     def __init__(self, unet: torch.nn.Module, conds: Sequence[torch.Tensor] | torch.Tensor,
                  uncond: torch.Tensor | None = None, guidance: float = 7.5,
-                 masks: torch.Tensor | None = None, cache_interval: int = 1) -> None:
+                 masks: torch.Tensor | None = None, cache_interval: int = 1,
+                 guidance_interval: tuple[float, float] | None = None,
+                 alphas_cumprod: torch.Tensor | None = None) -> None:
         self.unet = unet
         self.conds = [c.reshape(1, *c.shape[-2:]) for c in conds]  # K x (1, L, D)
         if not self.conds:
@@ -70,6 +120,10 @@ class RegionDenoiser:
         self.guidance = float(guidance)
         self.use_cfg = uncond is not None and guidance > 1.0
         self.masks = masks
+        self.guidance_interval = None if guidance_interval is None else tuple(map(float, guidance_interval))
+        if self.guidance_interval is not None and alphas_cumprod is None:
+            raise PathUpError("a guidance interval needs the model's alphas_cumprod to know each step's noise level")
+        self.sigmas = None if alphas_cumprod is None else noise_levels(alphas_cumprod)  # (T,)
         self.evaluations = 0
         self.cached_evaluations = 0
         self._present: dict[Any, list[int]] = {}
@@ -103,18 +157,34 @@ class RegionDenoiser:
             self._present[box] = [c for c, h in enumerate(hit) if h]
         return self._present[box]
 
+    def guides(self, t: Any) -> bool:
+        """Whether the step at timestep ``t`` runs classifier-free guidance (``use_cfg`` and, with an interval,
+        ``sigma_t`` inside it)."""
+        if not self.use_cfg or self.guidance_interval is None:
+            return self.use_cfg
+        return in_interval(noise_level(self.sigmas, t), self.guidance_interval)
+
     def _unet(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, keys: Sequence[Any] = (),
               full: bool = True) -> torch.Tensor:
         """The UNet on one batch; with the cache on, a full evaluation stores and a cached one reads the
-        deep features of ``keys`` (one per row)."""
+        deep features of ``keys`` (one per row). A row without stored features on a cached step (the
+        unconditional branch when a guidance interval begins between two full steps) runs the whole UNet."""
         if self.cache.interval == 1:
             self.evaluations += x.shape[0]
             return self.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0].float()
         if full:
             self.evaluations += x.shape[0]
             return self.cache.full(x, t, emb, keys).float()
-        self.cached_evaluations += x.shape[0]
-        return self.cache.cached(x, t, emb, keys).float()
+        fresh = [r for r, k in enumerate(keys) if k not in self.cache.features]
+        if not fresh:
+            self.cached_evaluations += x.shape[0]
+            return self.cache.cached(x, t, emb, keys).float()
+        kept = [r for r in range(x.shape[0]) if r not in set(fresh)]
+        out = torch.empty((x.shape[0], *x.shape[1:]), dtype=torch.float32, device=x.device)
+        out[fresh] = self._unet(x[fresh], t, emb[fresh], [keys[r] for r in fresh], True)
+        if kept:
+            out[kept] = self._unet(x[kept], t, emb[kept], [keys[r] for r in kept], False)
+        return out
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, boxes: Sequence[Any] | None = None) -> torch.Tensor:
@@ -126,23 +196,24 @@ class RegionDenoiser:
             boxes = [None] * b
         dtype = self.unet.dtype
         xin = x.to(dtype)  # (B, C, h, w)
+        use_cfg = self.guides(t)  # one decision per step: every patch of the step takes the same branch
         present = [self.present(box) for box in boxes]
         pairs = [(k, c) for k in range(b) for c in present[k]]  # one conditional pass per (patch, prompt)
         rows = [k for k, _ in pairs]
-        parts_x = ([xin] if self.use_cfg else []) + [xin[rows]]
-        parts_e = ([self.uncond.expand(b, -1, -1)] if self.use_cfg else []) + [
+        parts_x = ([xin] if use_cfg else []) + [xin[rows]]
+        parts_e = ([self.uncond.expand(b, -1, -1)] if use_cfg else []) + [
             torch.cat([self.conds[c] for _, c in pairs])]
         allx = torch.cat(parts_x)  # (B + P, C, h, w) with guidance, (P, ...) without
         emb = torch.cat(parts_e).to(dtype)  # (B + P, L, D)
         # Cache keys, one per row: the patch (its box; its row without boxes) and the branch.
         where = [box if box is not None else ("row", k) for k, box in enumerate(boxes)]
-        keys = ([(w, "uncond") for w in where] if self.use_cfg else []) + [(where[k], c) for k, c in pairs]
+        keys = ([(w, "uncond") for w in where] if use_cfg else []) + [(where[k], c) for k, c in pairs]
         full = self.cache.interval == 1 or self.cache.is_full(t)
         # Memory stays that of plain generation (2 B samples per UNet call) however many prompts a patch sees.
-        limit = 2 * b if self.use_cfg else b
+        limit = 2 * b if use_cfg else b
         out = torch.cat([self._unet(allx[i:i + limit], t, emb[i:i + limit], keys[i:i + limit], full)
                          for i in range(0, allx.shape[0], limit)])  # (B + P, C, h, w) float32
-        if self.use_cfg:
+        if use_cfg:
             e_u, e_c = out[:b], out[b:]
             guided = e_u[rows] + self.guidance * (e_c - e_u[rows])  # (P, C, h, w)
         else:
@@ -162,7 +233,9 @@ class RegionDenoiser:
 
 
 def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None = None,
-                    guidance: float = 7.5, cache_interval: int = 1) -> RegionDenoiser:
+                    guidance: float = 7.5, cache_interval: int = 1,
+                    guidance_interval: tuple[float, float] | None = None,
+                    alphas_cumprod: torch.Tensor | None = None) -> RegionDenoiser:
     """A denoiser with classifier-free guidance: ``e_u + g * (e_c - e_u)``.
 
     The unconditional and conditional inputs go through the UNet in one batch of ``2 B`` (as in
@@ -175,7 +248,10 @@ def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Ten
         uncond: empty-prompt embeddings, (1, L, D), or None.
         guidance: guidance scale g.
         cache_interval: DeepCache's N (1: off); see ``RegionDenoiser``.
+        guidance_interval: ``(lo, hi)``: guidance only where ``lo < sigma_t <= hi`` (None: every step).
+        alphas_cumprod: the training schedule, needed with ``guidance_interval``.
     """
-    return RegionDenoiser(unet, [cond], uncond, guidance, cache_interval=cache_interval)
+    return RegionDenoiser(unet, [cond], uncond, guidance, cache_interval=cache_interval,
+                          guidance_interval=guidance_interval, alphas_cumprod=alphas_cumprod)
 
 

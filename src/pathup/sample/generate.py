@@ -5,7 +5,8 @@ the process share under ``accelerate launch`` and prints. Layout (other stages r
 ``pathup.data.generated``)::
 
     OUT/<class>/<class>_s<seed>.png          (or .tiff from 8192 px / format="tiff")
-    OUT/<class>/<class>_s<seed>.json         settings: class, prompts, seed, model, every option, mpp, "level": "upscaled"
+    OUT/<class>/<class>_s<seed>.json         settings: class, prompts, seed, model, every option, mpp, "level": "upscaled",
+                                             unet_evaluations and seconds per stage (pathup.sample.costs)
     OUT/<class>/overview/<class>_s<seed>.png (+ .json with "level": "overview")
     OUT/<class>/generate_config.yaml         the resolved options of the last run
     OUT/<class>/generate_settings.json       the class, model and image-changing options of the folder
@@ -47,6 +48,7 @@ from pathup.data.generated import (GENERATE_CONFIG, GENERATE_SETTINGS, UPSCALE_C
 from pathup.errors import OptionError, PathUpError
 from pathup.io import plain_text
 from pathup.sample.config import SampleConfig, validate
+from pathup.sample.costs import Costs
 from pathup.sample.resume import (check_class_folder, check_upscale_target, class_folder, is_done,  # noqa: F401
                                   settings_fingerprint, settle_class_folder, stored_fingerprint)
 
@@ -70,10 +72,12 @@ def check_output_size(cfg: SampleConfig) -> None:
 
 @dataclass
 class GenerateResult:
-    """What a call wrote and what it found already done (paths of the large images)."""
+    """What a call wrote and what it found already done (paths of the large images), and what the images
+    made by this call cost (UNet evaluations and seconds by stage, summed; ``pathup.sample.costs``)."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    costs: Costs = field(default_factory=Costs)
 
 
 def seeds_for_process(seed: int, num: int, index: int, count: int) -> list[int]:
@@ -203,25 +207,45 @@ def _make_images(pipe: "PathUpPipeline", cfg: SampleConfig, jobs: list[ImageJob]
             return {**pipe.settings(job.class_name, c, seed=job.seed, prompts=prompts, source="generated"),
                     **(extra or {})}
 
+        overview_costs = Costs()
         if resume and is_done(job.overview):
             overview = open_image(job.overview)  # pixel limit from the header; one line if unreadable
+            overview_costs = stored_costs(job.overview)  # what it cost when it was made
             result.skipped.append(job.overview)
         else:
-            overview = pipe.overview(prompt=prompts["overview"], seed=job.seed, steps=cfg.steps,
-                                     guidance=cfg.guidance, scheduler=cfg.scheduler,
-                                     negative_prompt=cfg.negative_prompt)
-            save_with_scale(save_png, overview, job.overview, {**settings(cfg), "level": "overview"}, overview_mpp)
+            overview = pipe.overview_with(prompts["overview"], cfg, job.seed, costs=overview_costs)
+            result.costs.add(overview_costs)
+            save_with_scale(save_png, overview, job.overview,
+                            {**settings(cfg), "level": "overview", **overview_costs.to_dict()}, overview_mpp)
             result.written.append(job.overview)
         for weight_map, path in job.images.items():
             if resume and is_done(path):
                 result.skipped.append(path)
                 continue
             wcfg = cfg if weight_map == cfg.weight_map else dataclasses.replace(cfg, weight_map=weight_map)
-            image = pipe.upscale_with(overview, prompts["patch"], wcfg, job.seed)
-            save_with_scale(save_image, image, path,
-                            {**settings(wcfg), "level": "upscaled", "overview": str(job.overview)}, mpp)
+            costs = Costs()
+            image = pipe.upscale_with(overview, prompts["patch"], wcfg, job.seed, costs=costs)
+            result.costs.add(costs)
+            costs = overview_costs.copy().add(costs)  # the image's whole cost: its overview and its upscale
+            save_with_scale(save_image, image, path, {**settings(wcfg), "level": "upscaled",
+                                                      "overview": str(job.overview), **costs.to_dict()}, mpp)
             result.written.append(path)
     return result
+
+
+def stored_costs(image: Path) -> Costs:
+    """The ``overview`` stage's costs recorded in an image's sidecar (empty for sidecars written before)."""
+    from pathup.data.generated import read_json
+    from pathup.sample.writers import sidecar_path
+
+    meta = read_json(sidecar_path(image)) or {}
+    costs = Costs()
+    evals, secs = meta.get("unet_evaluations"), meta.get("seconds")
+    if isinstance(evals, dict) and isinstance(evals.get("overview"), int):
+        costs.unet_evaluations["overview"] = evals["overview"]
+    if isinstance(secs, dict) and isinstance(secs.get("overview"), (int, float)):
+        costs.seconds["overview"] = float(secs["overview"])
+    return costs
 
 
 def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: SampleConfig, *,
@@ -283,8 +307,9 @@ def generate_to_folder(pipe: "PathUpPipeline", class_name: str, out: Path, cfg: 
     for seed in todo:
         image_path, overview_path = image_paths(out, class_name, seed, fmt)
         jobs.append(ImageJob(class_name, seed, overview_path, {cfg.weight_map: image_path}))
-    _make_images(pipe, cfg, jobs, resume=False, progress=progress, desc=plain_text(class_name), extra=None)
+    made = _make_images(pipe, cfg, jobs, resume=False, progress=progress, desc=plain_text(class_name), extra=None)
     result.written.extend(job.images[cfg.weight_map] for job in jobs)
+    result.costs = made.costs
     return result
 
 
@@ -341,9 +366,10 @@ def upscale_to_file(pipe: "PathUpPipeline", image_path: str | Path, class_name: 
     if check_upscale_target(target, image_path, class_name, cfg, pipe.model_name):
         return GenerateResult(skipped=[target])
     save_config(cfg, Path(out) / UPSCALE_CONFIG)
-    result = pipe.upscale_with(image, prompts["patch"], cfg, cfg.seed)
+    costs = Costs()
+    result = pipe.upscale_with(image, prompts["patch"], cfg, cfg.seed, costs=costs)
     settings = pipe.settings(class_name, cfg, seed=cfg.seed, prompts={"patch": prompts["patch"]},
-                             source=str(Path(image_path).resolve()))
+                             source=str(Path(image_path).resolve()), costs=costs)
     save_with_scale(save_image, result, target, {**settings, "level": "upscaled", "overview": str(image_path)},
                     pipe.image_mpp(cfg))
-    return GenerateResult(written=[target])
+    return GenerateResult(written=[target], costs=costs)

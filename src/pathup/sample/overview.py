@@ -2,7 +2,9 @@
 
 Text-to-image with the class's ``overview`` prompt at the model's training resolution, through
 diffusers' own ``StableDiffusionPipeline`` built from the model's components (the reference
-text-to-image sampler; PathUp changes nothing here).
+text-to-image sampler; PathUp changes nothing here). Options diffusers' pipeline cannot do (a guidance
+interval, Kynkaanniemi et al. 2024) run PathUp's own loop instead: ``tracked_text2img`` with one patch
+covering the canvas, which without them is diffusers' text-to-image (tested against it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def text_embeddings(ldm: Any, prompt: str, negative_prompt: str = "") -> tuple[t
 
 def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50, guidance: float = 7.5,
                       seed: int = 0, negative_prompt: str = "", height: int | None = None,
-                      width: int | None = None, progress: bool = True) -> torch.Tensor:
+                      width: int | None = None, progress: bool = True,
+                      guidance_interval: tuple[float, float] | None = None, device: Any = None) -> torch.Tensor:
     """Generate the reference overview with the model's text-to-image sampler.
 
     Args:
@@ -40,6 +43,9 @@ def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50,
         height: image height in pixels (default: the model's training resolution).
         width: image width in pixels (default: the model's training resolution).
         progress: show diffusers' progress bar.
+        guidance_interval: ``(lo, hi)``: guidance only where ``lo < sigma_t <= hi`` (PathUp's own loop,
+            ``own_overview``); None: every step (diffusers' pipeline).
+        device: where the own loop's latents live (None: the UNet's device).
 
     Returns:
         Images in [0, 1], (1, 3, H, W), float32 on the CPU.
@@ -50,6 +56,10 @@ def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50,
         raise OptionError("steps", f"must be at least 1, got {steps}")
     res = ldm.resolution
     height, width = height or res, width or res
+    if guidance_interval is not None:
+        return own_overview(ldm, prompt, scheduler=scheduler, steps=steps, guidance=guidance, seed=seed,
+                            negative_prompt=negative_prompt, height=height, width=width, progress=progress,
+                            guidance_interval=guidance_interval, device=device)
     pipe = StableDiffusionPipeline(vae=ldm.vae, text_encoder=ldm.text_encoder, tokenizer=ldm.tokenizer,
                                    unet=ldm.unet, scheduler=copy.deepcopy(scheduler), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -61,6 +71,33 @@ def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50,
                    num_inference_steps=steps, guidance_scale=guidance, generator=generator,
                    output_type="pt")
     return out.images.float().cpu()  # (1, 3, H, W) in [0, 1]
+
+
+def own_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int, guidance: float, seed: int,
+                 negative_prompt: str, height: int, width: int, progress: bool = True,
+                 guidance_interval: tuple[float, float] | None = None, device: Any = None) -> torch.Tensor:
+    """The overview by PathUp's own loop: ``tracked_text2img`` with one patch covering the latent canvas.
+
+    Without a guidance interval it equals diffusers' text-to-image (same initial noise from a CPU generator
+    seeded with ``seed``, same scheduler steps, same guided batch); the arguments are ``generate_overview``'s.
+
+    Returns:
+        Images in [0, 1], (1, 3, H, W), float32 on the CPU.
+    """
+    from pathup.sample.denoisers import guided_denoiser
+    from pathup.sample.tracking import tracked_text2img
+
+    f = ldm.vae_scale_factor
+    h, w = height // f, width // f
+    cond, uncond = text_embeddings(ldm, prompt, negative_prompt)
+    denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance, guidance_interval=guidance_interval,
+                               alphas_cumprod=scheduler.alphas_cumprod)
+    channels = int(ldm.unet.config.in_channels)
+    z = tracked_text2img(denoiser, (1, channels, h, w), scheduler, steps=steps,
+                         generator=torch.Generator().manual_seed(int(seed)), device=device or ldm.unet.device,
+                         patch=max(h, w), overlap=0, progress=progress)  # (1, C, h, w)
+    with torch.no_grad():
+        return (ldm.decode_latents(z).float() / 2 + 0.5).clamp(0, 1).cpu()  # (1, 3, H, W)
 
 
 def to_pil(image: Any) -> "Image.Image":  # noqa: F821

@@ -33,8 +33,9 @@ from pathup.device import resolve_device
 from pathup.errors import PathUpError
 from pathup.model.ldm import LDM, make_scheduler
 from pathup.prompts import build_prompt
-from pathup.sample.config import (SampleConfig, Size, check_options, config_from_options, parse_patch_batch,
-                                  as_size, parse_size, stored_options, validate)
+from pathup.sample.config import (SampleConfig, Size, check_options, config_from_options, parse_guidance_interval,
+                                  parse_patch_batch, as_size, parse_size, stored_options, validate)
+from pathup.sample.costs import Costs, count_unet, timed
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings, to_pil
 from pathup.sample.scale import model_mpp, output_mpp
@@ -217,13 +218,23 @@ class PathUpPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------- stages
     def overview(self, class_name: str | None = None, *, prompt: str | None = None, seed: int = 0,
                  steps: int = 50, guidance: float = 7.5, scheduler: str | None = "ddim",
-                 negative_prompt: str = "") -> Any:
-        """Step 1: the reference overview at the model's training resolution (PIL image)."""
+                 negative_prompt: str = "", guidance_interval: tuple[float, float] | None = None,
+                 costs: Costs | None = None) -> Any:
+        """Step 1: the reference overview at the model's training resolution (PIL image).
+
+        ``guidance_interval``: guidance only where ``lo < sigma_t <= hi`` (``SampleConfig``); ``costs``: filled
+        with the stage's UNet evaluations and seconds (``overview``).
+        """
         check_options(seed=seed, steps=steps, guidance=guidance)
+        interval = parse_guidance_interval(guidance_interval)
         text = self._resolve_prompt(class_name, prompt, "overview")
-        img = generate_overview(self.ldm, text, scheduler=self.fresh_scheduler(scheduler), steps=steps,
-                                guidance=guidance, seed=seed, negative_prompt=negative_prompt,
-                                progress=self.progress)
+        with timed(costs, "overview", self._execution_device), count_unet(self.ldm.unet) as evaluations:
+            img = generate_overview(self.ldm, text, scheduler=self.fresh_scheduler(scheduler), steps=steps,
+                                    guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                                    progress=self.progress, guidance_interval=interval,
+                                    device=self._execution_device)
+        if costs is not None:
+            costs.unet_evaluations["overview"] = costs.unet_evaluations.get("overview", 0) + evaluations[0]
         return to_pil(img)
 
     def upscale(self, image: Any, class_name: str | None = None, *, prompt: str | None = None,
@@ -232,7 +243,8 @@ class PathUpPipeline(DiffusionPipeline):
                 latent_overlap: int = 32, weight_map: str = "pyramid", patch_batch: int | str = "auto",
                 step_mode: str = "per-patch", cache_interval: int = 1, token_merging: float = 0.0,
                 vae_tile: int = 0, vae_overlap: int = 0, negative_prompt: str = "", output_type: str = "pil",
-                denoiser: Any = None, **older_names: Any) -> Any:
+                denoiser: Any = None, guidance_interval: tuple[float, float] | None = None,
+                costs: Costs | None = None, **older_names: Any) -> Any:
         """Upscale a reference overview (PathUp Algorithm 1): resize, encode, noise, track patches, decode.
 
         Args:
@@ -255,6 +267,10 @@ class PathUpPipeline(DiffusionPipeline):
             denoiser: a ready ``RegionDenoiser`` (``pathup compose``: several prompts blended by masks)
                 instead of the prompt's guided one (its cache interval is set to ``cache_interval``); None
                 for plain generation.
+            guidance_interval: ``(lo, hi)``: guidance only where ``lo < sigma_t <= hi`` (Kynkaanniemi et al.
+                2024; None: every step). A given ``denoiser`` brings its own.
+            costs: filled with UNet evaluations (``tracking``) and seconds (``encode``, ``tracking``,
+                ``decode``) of this call.
         """
         from PIL import Image
 
@@ -262,7 +278,9 @@ class PathUpPipeline(DiffusionPipeline):
         check_options(seed=seed, steps=steps, guidance=guidance, strength=strength, latent_patch=latent_patch,
                       latent_overlap=latent_overlap, vae_tile=vae_tile, vae_overlap=vae_overlap,
                       cache_interval=cache_interval, token_merging=token_merging)
+        interval = parse_guidance_interval(guidance_interval)
         ldm = self.ldm
+        device = self._execution_device
         width, height = as_size(size)  # cfg.size (upscale_with) is parsed already
         text = self._resolve_prompt(class_name, prompt, "patch")
         if output_type not in ("pil", "np", "latent"):
@@ -273,12 +291,15 @@ class PathUpPipeline(DiffusionPipeline):
         pixels = np.pad(np.asarray(ref), ((0, hp - height), (0, wp - width), (0, 0)), mode="symmetric")
         tile, tile_overlap = self.vae_tiles(vae_tile, vae_overlap)
         # 1. X_0 = E(I_ref), encoded in tiles (on the execution device: with CPU offload the modules wait on the CPU).
-        x0 = encode_tiled(ldm.encode_images, pixels, tile=tile, overlap=tile_overlap, factor=f,
-                          latent_channels=int(ldm.vae.config.latent_channels), device=self._execution_device,
-                          progress=self.progress)  # (1, C, h, w) float32
+        with timed(costs, "encode", device):
+            x0 = encode_tiled(ldm.encode_images, pixels, tile=tile, overlap=tile_overlap, factor=f,
+                              latent_channels=int(ldm.vae.config.latent_channels), device=device,
+                              progress=self.progress)  # (1, C, h, w) float32
+        sched = self.fresh_scheduler(scheduler)
         if denoiser is None:
             cond, uncond = text_embeddings(ldm, text, negative_prompt)
-            denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance, cache_interval=cache_interval)
+            denoiser = guided_denoiser(ldm.unet, cond, uncond, guidance, cache_interval=cache_interval,
+                                       guidance_interval=interval, alphas_cumprod=sched.alphas_cumprod)
         elif getattr(denoiser, "cache_interval", 1) != cache_interval:
             if not hasattr(denoiser, "set_cache_interval"):
                 raise PathUpError("cache_interval > 1 needs a RegionDenoiser as the denoiser")
@@ -290,20 +311,28 @@ class PathUpPipeline(DiffusionPipeline):
             pb = auto_patch_batch(ldm.unet, n, (ph, pw), guidance=guidance > 1.0,
                                   cross_dim=denoiser.cross_dim)
         # 2-5. Noise to the start timestep and run patch-wise timestep tracking.
-        with merging_tokens(ldm.unet, token_merging):  # tomesd's patch, removed after the run (0: none)
-            z = tracked_img2img(denoiser, x0, self.fresh_scheduler(scheduler), steps=steps, strength=strength,
+        before, before_cached = denoiser.evaluations, getattr(denoiser, "cached_evaluations", 0)
+        with timed(costs, "tracking", device), merging_tokens(ldm.unet, token_merging):  # tomesd, removed after
+            z = tracked_img2img(denoiser, x0, sched, steps=steps, strength=strength,
                                 generator=torch.Generator().manual_seed(int(seed)), patch=latent_patch,
                                 overlap=latent_overlap, weight_map=weight_map, patch_batch=pb,
                                 step_mode=step_mode, progress=self.progress)  # (1, C, h, w)
+        if costs is not None:
+            costs.unet_evaluations["tracking"] = (costs.unet_evaluations.get("tracking", 0)
+                                                  + denoiser.evaluations - before)
+            cached = getattr(denoiser, "cached_evaluations", 0) - before_cached
+            if cached:
+                costs.cached_evaluations["tracking"] = costs.cached_evaluations.get("tracking", 0) + cached
         if output_type == "latent":
             return z
         # 6. I_h = D(X_0), decoded in tiles, cropped to the requested size.
-        out = decode_tiled(ldm.decode_latents, z, tile=tile, overlap=tile_overlap, factor=f,
-                           progress=self.progress)[:height, :width]  # (H, W, 3) uint8
+        with timed(costs, "decode", device):
+            out = decode_tiled(ldm.decode_latents, z, tile=tile, overlap=tile_overlap, factor=f,
+                               progress=self.progress)[:height, :width]  # (H, W, 3) uint8
         return out if output_type == "np" else Image.fromarray(out, "RGB")
 
     def upscale_with(self, image: Any, prompt: str, cfg: SampleConfig, seed: int, *, output_type: str = "np",
-                     denoiser: Any = None) -> Any:
+                     denoiser: Any = None, costs: Costs | None = None) -> Any:
         """``upscale`` with every option from ``cfg`` (``cfg.seed`` is not used: ``seed`` is)."""
         return self.upscale(image, prompt=prompt, size=cfg.size, seed=seed, steps=cfg.steps, guidance=cfg.guidance,
                             scheduler=cfg.scheduler, strength=cfg.strength, latent_patch=cfg.latent_patch,
@@ -311,7 +340,14 @@ class PathUpPipeline(DiffusionPipeline):
                             patch_batch=cfg.patch_batch, step_mode=cfg.step_mode,
                             cache_interval=cfg.cache_interval, token_merging=cfg.token_merging,
                             vae_tile=cfg.vae_tile, vae_overlap=cfg.vae_overlap, negative_prompt=cfg.negative_prompt,
-                            output_type=output_type, denoiser=denoiser)
+                            output_type=output_type, denoiser=denoiser,
+                            guidance_interval=cfg.guidance_interval, costs=costs)
+
+    def overview_with(self, prompt: str, cfg: SampleConfig, seed: int, *, costs: Costs | None = None) -> Any:
+        """``overview`` with every option from ``cfg`` (``cfg.seed`` is not used: ``seed`` is)."""
+        return self.overview(prompt=prompt, seed=seed, steps=cfg.steps, guidance=cfg.guidance,
+                             scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt,
+                             guidance_interval=cfg.guidance_interval, costs=costs)
 
     def image_mpp(self, cfg: SampleConfig) -> float | None:
         """Microns per pixel of an image generated at ``cfg.size``: ``cfg.mpp``; else at strength 1 (from
@@ -334,8 +370,9 @@ class PathUpPipeline(DiffusionPipeline):
         return check_scale(self.mpp, int(self.ldm.resolution), cfg.size.width, self.image_mpp(cfg))
 
     def settings(self, class_name: str | None, cfg: SampleConfig, *, seed: int,
-                 prompts: dict[str, str], source: str | None = None) -> dict[str, Any]:
-        """Everything needed to reproduce one image (stored beside it; older option names, as before)."""
+                 prompts: dict[str, str], source: str | None = None, costs: Costs | None = None) -> dict[str, Any]:
+        """Everything needed to reproduce one image (stored beside it; older option names, as before), and with
+        ``costs`` what it cost: ``unet_evaluations`` and ``seconds`` by stage (``pathup.sample.costs``)."""
         from pathup import __version__
 
         settings = {"class": class_name, "prompt": prompts.get("patch"), "overview_prompt": prompts.get("overview"),
@@ -344,6 +381,8 @@ class PathUpPipeline(DiffusionPipeline):
         mpp = self.image_mpp(cfg)
         if mpp is not None:
             settings["mpp"] = mpp
+        if costs is not None:
+            settings.update(costs.to_dict())
         return settings
 
     def __call__(self, class_name: str | None = None, *, prompt: str | None = None,
@@ -367,8 +406,8 @@ class PathUpPipeline(DiffusionPipeline):
                 ``torch.Generator().manual_seed(s)`` gives ``s``), so the images are those of that seed.
             **options: any ``SampleConfig`` field (size, seed, steps, guidance, scheduler, strength,
                 latent_patch, latent_overlap, weight_map, patch_batch, step_mode, cache_interval,
-                token_merging, vae_tile, vae_overlap, negative_prompt, mpp); ``size`` may also be an int or a
-                (width, height) tuple; the older names ``patch_size`` and ``overlap`` are accepted.
+                token_merging, vae_tile, vae_overlap, negative_prompt, guidance_interval, mpp); ``size`` may also
+                be an int or a (width, height) tuple; the older names ``patch_size`` and ``overlap`` are accepted.
 
         Raises:
             PathUpError: an invalid option, an unknown ``output_type``, or an option given in both spellings
@@ -387,17 +426,17 @@ class PathUpPipeline(DiffusionPipeline):
         for i in bar:
             seed = cfg.seed + i
             ref = image
+            costs = Costs()
             if ref is None:
-                ref = self.overview(prompt=prompts["overview"], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
-                                    scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
+                ref = self.overview_with(prompts["overview"], cfg, seed, costs=costs)
             result = self.upscale_with(ref, prompts["patch"], cfg, seed,
-                                       output_type="np" if output_type == "pt" else output_type)
+                                       output_type="np" if output_type == "pt" else output_type, costs=costs)
             if output_type == "pt":
                 result = torch.from_numpy(result).permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1]
             out.images.append(result)
             out.overviews.append(to_pil(ref))
             out.settings.append(self.settings(class_name, cfg, seed=seed, prompts=prompts,
-                                              source="generated" if image is None else "given"))
+                                              source="generated" if image is None else "given", costs=costs))
         return out
 
     def compose(self, layout: Any = None, *, legend: Any = None, num_images: int = 1, output_type: str = "pil",

@@ -100,15 +100,14 @@ def compose_overview(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfi
     from pathup.sample.overview import to_pil
     from pathup.sample.tracking import RegionDenoiser, tracked_text2img
 
+    from pathup.sample.costs import Costs
+
     ldm = pipe.ldm
     classes = layout.classes
-    per_step = 2 if cfg.guidance > 1.0 else 1
     if len(classes) == 1:
-        sched = pipe.fresh_scheduler(cfg.scheduler)
-        sched.set_timesteps(cfg.steps)
-        image = pipe.overview(classes[0], seed=seed, steps=cfg.steps, guidance=cfg.guidance,
-                              scheduler=cfg.scheduler, negative_prompt=cfg.negative_prompt)
-        return image, per_step * len(sched.timesteps)
+        costs = Costs()
+        image = pipe.overview_with(pipe.prompts_for(classes[0])["overview"], cfg, seed, costs=costs)
+        return image, costs.unet_evaluations["overview"]
     n = int(ldm.unet.config.sample_size)
     width, height = cfg.size
     labels = resize_labels(layout.labels, n, n)
@@ -116,9 +115,11 @@ def compose_overview(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfi
     feather = int(round(feather_width(cfg) * scale))
     masks = soft_masks(labels, len(classes), feather, device=pipe._execution_device)
     conds, uncond, _ = class_embeddings(pipe, classes, "overview", cfg.negative_prompt)
-    denoiser = RegionDenoiser(ldm.unet, conds, uncond, cfg.guidance, masks)
+    sched = pipe.fresh_scheduler(cfg.scheduler)
+    denoiser = RegionDenoiser(ldm.unet, conds, uncond, cfg.guidance, masks,
+                              guidance_interval=cfg.guidance_interval, alphas_cumprod=sched.alphas_cumprod)
     channels = int(ldm.unet.config.in_channels)
-    z = tracked_text2img(denoiser, (1, channels, n, n), pipe.fresh_scheduler(cfg.scheduler), steps=cfg.steps,
+    z = tracked_text2img(denoiser, (1, channels, n, n), sched, steps=cfg.steps,
                          generator=torch.Generator().manual_seed(int(seed)), device=pipe._execution_device, patch=n,
                          overlap=0, progress=pipe.progress)
     with torch.no_grad():
@@ -145,6 +146,7 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
         ``patches_by_classes``: how many latent patches see 1, 2, ... classes).
     """
 
+    from pathup.sample.denoisers import guided_steps
     from pathup.sample.grid import patch_grid
     from pathup.sample.tracking import RegionDenoiser, img2img_timesteps
 
@@ -161,16 +163,18 @@ def compose_image(pipe: "PathUpPipeline", layout: "Layout", cfg: ComposeConfig, 
     feather = feather_width(cfg)
     masks = soft_masks(latent_labels(labels, (hl, wl), f), len(classes), feather, device=pipe._execution_device)
     conds, uncond, prompts = class_embeddings(pipe, classes, "patch", cfg.negative_prompt)
-    denoiser = RegionDenoiser(ldm.unet, conds, uncond, cfg.guidance, masks)
+    alphas = pipe.fresh_scheduler(cfg.scheduler).alphas_cumprod
+    denoiser = RegionDenoiser(ldm.unet, conds, uncond, cfg.guidance, masks,
+                              guidance_interval=cfg.guidance_interval, alphas_cumprod=alphas)
     image = pipe.upscale_with(overview, prompts[0], cfg, seed, output_type=output_type, denoiser=denoiser)
-    # What plain generation at this size costs: 1 + 1 evaluations per patch and step with guidance.
-    per = 2 if cfg.guidance > 1.0 else 1
+    # What plain generation at this size costs: 1 + 1 evaluations per patch and guided step, 1 per unguided one.
     boxes = patch_grid(hl, wl, cfg.latent_patch, cfg.latent_overlap)
-    n_steps = len(img2img_timesteps(pipe.fresh_scheduler(cfg.scheduler), cfg.steps, cfg.strength))
+    up_steps = img2img_timesteps(pipe.fresh_scheduler(cfg.scheduler), cfg.steps, cfg.strength)
     sched = pipe.fresh_scheduler(cfg.scheduler)
     sched.set_timesteps(cfg.steps)
-    gen_overview = per * len(sched.timesteps)
-    gen_upscale = per * len(boxes) * n_steps
+    gen_overview = len(sched.timesteps) + guided_steps(sched.timesteps, alphas, cfg.guidance, cfg.guidance_interval)
+    gen_upscale = len(boxes) * (len(up_steps) + guided_steps(up_steps, alphas, cfg.guidance,
+                                                              cfg.guidance_interval))
     by_classes: dict[str, int] = {}
     for box in boxes:
         key = str(len(denoiser.present(box)))
