@@ -22,6 +22,7 @@
 # The device command:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src || exit; bash benchmarks/gpu_session.sh
+#   (then `PACK_ONLY=1 bash benchmarks/gpu_session.sh` packs what a run stopped by an outer timeout left)
 # A dry run on the CPU with tiny budgets: DRY=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh
 set -u
 out=${OUT:-gpu_results}
@@ -31,17 +32,31 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-$PWD/src}
 py=${PY:-python3}
 parts=${PARTS:-prepare tiny tiny8k small speed compose gputests}
 has() { [[ " $parts " == *" $1 "* ]]; }
+dryargs=()
 if [[ -n "${DRY:-}" ]]; then  # the same commands with CPU-sized budgets
   dev=cpu; vae=20; svae=10; tlimit=0.3; stlimit=0.3; per=2; venc=1; every=20; size=256; threads=1
-  speedargs="--size 256 --classes 01_TUMOR --seeds 1"
+  dryargs=(--train-arg vae_eval_tiles=16)
+  speedargs="--size 256 --latent-patch 16 --latent-overlap 8 --classes 1 --seeds 1 --schedulers ddim unipc --sweep-steps 10"
 else
   dev=cuda; vae=${VAE_STEPS:-4000}; svae=${SMALL_VAE_STEPS:-2000}; tlimit=${TIME_LIMIT:-3}
   stlimit=${SMALL_TIME_LIMIT:-4}; per=16; venc=0; every=500; size=2048; threads=3
-  speedargs=${SPEED_ARGS:-"--size 2048"}
+  speedargs=${SPEED_ARGS:-"--size 2048 --latent-patch 16 --latent-overlap 8 --classes 3 --seeds 1 --schedulers ddim unipc dpm++-karras euler --sweep-steps 10 20 30"}
 fi
 export OMP_NUM_THREADS=$threads
 (nvidia-smi --query-gpu=name,memory.total --format=csv; $py -c "import torch, sys; print(sys.version.split()[0], \
 torch.__version__, torch.cuda.is_available())") > "$out/env.txt" 2>&1
+pack() {  # what comes back (also alone: PACK_ONLY=1, after a run stopped by an outer time limit)
+  # the tiny model and its encoder (about 15 MB), the composed image when under the 16 MB a file may have
+  [[ -d "$work/tiny/run/model" ]] && tar -cf "$out/tiny_model.tar" -C "$work/tiny/run" model encoder
+  for f in "$work"/compose/*_s0.png; do [[ -f $f && $(stat -c %s "$f") -lt 16000000 ]] && cp "$f" "$out/"; done
+  # what comes back: one archive of the small files (reports, curves, logs, sample grids, previews)
+  (cd "$work" && find . \( -name "*.md" -o -name "*.json" -o -name "*.jsonl" -o -name "*.log" -o -name "*.png" \
+     -o -name "*.jpg" -o -name "*.yaml" -o -name "*.geojson" \) -size -6M -not -path "*/tiles/*" \
+     -not -path "*/generated/*" -not -path "*/checkpoints/*" -not -path "*/tensorboard/*" -print0 \
+     | tar --null -czf "$out/results.tar.gz" -T -)
+  ls -la "$out"
+}
+[[ -n "${PACK_ONLY:-}" ]] && { pack; exit 0; }
 run() {  # run NAME SECONDS CMD...: a time limit per part, so one hang does not eat the budget
   local name=$1 limit=$2; shift 2
   echo "== $name start $(date +%T)"
@@ -56,7 +71,7 @@ encarg=()
 [[ -n "$venc" && "$venc" != 0 ]] && encarg=(--train-arg "val_encoder_epochs=$venc")
 common=(--dataset "$data" --guidance 1 3 --per-class "$per" --features auto color-stats
         --train-arg val_per_class="$per" --train-arg val_every="$every" --train-arg max_epochs=1000
-        --train-arg patience=1000 --train-arg progress=false "${encarg[@]}")
+        --train-arg patience=1000 --train-arg progress=false "${encarg[@]}" "${dryargs[@]}")
 compose() {  # one 2048 px image composed from a random 4-class layout, from the tiny model of `tiny`
   [[ -f "$work/tiny/run/model/model_index.json" ]] || return
   run compose 90 $py -m pathup compose --model "$work/tiny/run/model" --random-layout 4 --size "$size" \
@@ -88,8 +103,8 @@ if has small; then
     --train-arg vae_steps="$svae" --train-arg time_limit="$stlimit" &
 fi
 if has speed && [[ -f benchmarks/bench_speed.py ]]; then
-  run speed "${OTHER_S:-460}" $py benchmarks/bench_speed.py --model .gpu/k1200cpu/model --features .gpu/k1200cpu/encoder \
-    --data "$data" --device "$dev" --out "$work/speed" $speedargs &
+  run speed "${OTHER_S:-460}" $py benchmarks/bench_speed.py --model .gpu/k1200cpu/model \
+    --encoder .gpu/k1200cpu/encoder --dataset "$data" --device "$dev" --out "$work/speed" $speedargs &
 fi
 if has gputests && [[ $dev == cuda ]]; then
   run gputests 150 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_sample_gpu.py &
@@ -100,12 +115,4 @@ if has legacy && [[ $dev == cuda ]]; then
     --repeats 2 --skip-one-at-a-time --compile --memory --json "$work/upscale.json"
   run train 150 $py benchmarks/bench_train.py --device cuda --size sd15 --batch-sizes 4 16 --steps 10
 fi
-# the tiny model and its encoder (about 15 MB), the composed image when under the 16 MB a file may have
-[[ -d "$work/tiny/run/model" ]] && tar -cf "$out/tiny_model.tar" -C "$work/tiny/run" model encoder
-for f in "$work"/compose/*_s0.png; do [[ -f $f && $(stat -c %s "$f") -lt 16000000 ]] && cp "$f" "$out/"; done
-# what comes back: one archive of the small files (reports, curves, logs, sample grids, previews)
-(cd "$work" && find . \( -name "*.md" -o -name "*.json" -o -name "*.jsonl" -o -name "*.log" -o -name "*.png" \
-   -o -name "*.jpg" -o -name "*.yaml" -o -name "*.geojson" \) -size -6M -not -path "*/tiles/*" \
-   -not -path "*/generated/*" -not -path "*/checkpoints/*" -not -path "*/tensorboard/*" -print0 \
-   | tar --null -czf "$out/results.tar.gz" -T -)
-ls -la "$out"
+pack
