@@ -94,6 +94,47 @@ def test_zero_terminal_snr_models(name):
         assert torch.isfinite(out).all()
 
 
+def test_karras_sigmas_on_a_zero_snr_model_run_every_step_once(tiny):
+    """Karras sigmas on a zero-terminal-SNR schedule repeat the first timestep at 25+ steps; diffusers'
+    text-to-image then starts at the second position and steps past the end (IndexError). PathUp's loops start
+    at index 0: every timestep is run once, the overview as the hand-written loop from index 0."""
+    from pathup.sample.overview import generate_overview, repeats_first_timestep
+
+    ldm, cond, uncond = tiny
+    zsnr = dict(make_scheduler("ddim").config, rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                timestep_spacing="trailing")
+    sched = make_scheduler("dpm++-karras", zsnr)
+    probe = make_scheduler("dpm++-karras", zsnr)
+    probe.set_timesteps(30)
+    assert probe.timesteps[0] == probe.timesteps[1] and repeats_first_timestep(sched, 30)
+    assert not repeats_first_timestep(sched, 10) and not repeats_first_timestep(make_scheduler("ddim", zsnr), 30)
+    with pytest.raises(IndexError):  # the diffusers behaviour this guards against
+        _sd_pipe(ldm, make_scheduler("dpm++-karras", zsnr))(
+            prompt_embeds=cond, negative_prompt_embeds=uncond, height=16, width=16, num_inference_steps=30,
+            guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(0), output_type="latent")
+    n = int(ldm.unet.config.sample_size)
+    calls = []
+
+    def den(x, t):
+        calls.append(int(t))
+        return 0.1 * x
+
+    out = tracked_text2img(den, (1, C, n, n), sched, steps=30, generator=torch.Generator().manual_seed(1),
+                           patch=n, overlap=0)
+    assert calls == probe.timesteps.tolist() and torch.isfinite(out).all()
+    # the reference: diffusers' scheduler stepped by hand from index 0
+    ref = make_scheduler("dpm++-karras", zsnr)
+    ref.set_timesteps(30)
+    ref.set_begin_index(0)
+    x = torch.randn(1, C, n, n, generator=torch.Generator().manual_seed(1)) * ref.init_noise_sigma
+    for t in ref.timesteps:
+        x = ref.step(0.1 * ref.scale_model_input(x, t), t, x, return_dict=False)[0]
+    assert _close(out, x)
+    img = generate_overview(ldm, "ductal carcinoma, overview", scheduler=sched, steps=30, guidance=GUIDANCE,
+                            progress=False)
+    assert img.shape == (1, 3, n * ldm.vae_scale_factor, n * ldm.vae_scale_factor) and torch.isfinite(img).all()
+
+
 # ------------------------------------------------------------------------------------------ guidance interval
 def _sigma(alphas, t):
     ab = float(alphas[int(t)])

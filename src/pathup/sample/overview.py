@@ -44,7 +44,8 @@ def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50,
         width: image width in pixels (default: the model's training resolution).
         progress: show diffusers' progress bar.
         guidance_interval: ``(lo, hi)``: guidance only where ``lo < sigma_t <= hi`` (PathUp's own loop,
-            ``own_overview``); None: every step (diffusers' pipeline).
+            ``own_overview``); None: every step (diffusers' pipeline, unless the schedule repeats its first
+            timestep: ``repeats_first_timestep``).
         device: where the own loop's latents live (None: the UNet's device).
 
     Returns:
@@ -56,7 +57,7 @@ def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50,
         raise OptionError("steps", f"must be at least 1, got {steps}")
     res = ldm.resolution
     height, width = height or res, width or res
-    if guidance_interval is not None:
+    if guidance_interval is not None or repeats_first_timestep(scheduler, steps):
         return own_overview(ldm, prompt, scheduler=scheduler, steps=steps, guidance=guidance, seed=seed,
                             negative_prompt=negative_prompt, height=height, width=width, progress=progress,
                             guidance_interval=guidance_interval, device=device)
@@ -71,6 +72,21 @@ def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50,
                    num_inference_steps=steps, guidance_scale=guidance, generator=generator,
                    output_type="pt")
     return out.images.float().cpu()  # (1, 3, H, W) in [0, 1]
+
+
+def repeats_first_timestep(scheduler: Any, steps: int) -> bool:
+    """Whether ``scheduler`` set for ``steps`` steps begins with a repeated timestep.
+
+    Karras sigmas on a zero-terminal-SNR model (PathUp's own models: sigma_max about 4096) crowd the first
+    steps near t = 999, and rounding repeats timesteps there. diffusers' text-to-image pipeline finds its first
+    step by the timestep's value, and for a repeated value it takes the second position (the img2img rule): it
+    then runs one step past the schedule's end (an IndexError from ``dpm++-karras`` at 25 or more steps).
+    ``generate_overview`` runs such schedules by its own loop, which starts at index 0.
+    """
+    probe = copy.deepcopy(scheduler)
+    probe.set_timesteps(steps)
+    ts = probe.timesteps
+    return len(ts) > 1 and bool(ts[0] == ts[1])
 
 
 def own_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int, guidance: float, seed: int,

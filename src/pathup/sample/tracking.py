@@ -270,6 +270,8 @@ def tracked_text2img(denoiser: Denoiser | RegionDenoiser, shape: tuple[int, int,
         raise OptionError("steps", f"must be at least 1, got {steps}")
     scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(steps, device=device)
+    if hasattr(scheduler, "set_begin_index"):  # from the first step, also when the schedule repeats its first
+        scheduler.set_begin_index(0)           # timestep (Karras sigmas on a zero-terminal-SNR model)
     x = randn_tensor(tuple(shape), generator=generator, device=torch.device(device or "cpu"), dtype=torch.float32)
     x = x * scheduler.init_noise_sigma
     return track_patches(denoiser, x, scheduler, scheduler.timesteps, generator=generator, **track_kwargs)
