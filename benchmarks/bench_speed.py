@@ -12,14 +12,14 @@ pipeline) under several settings, all in one run, and measures for each:
   the real training tiles, ``pathup.metrics.judge.Judge``) and the Frechet distance of those features to the
   held-out tiles; and the seam score of the whole images on their patch grid (``pathup.metrics.seam``).
 
-Settings: (a) the reference, today's defaults (DDIM 50 steps, guidance 7.5 at every step); (b) the sweep,
+Settings: (a) the reference, the paper's setting (DDIM 50 steps, guidance 7.5 at every step, pathup's default
+before this benchmark chose UniPC); (b) the sweep,
 ``--schedulers`` x ``--sweep-steps``; (c) each lever alone and all together against the reference: the solver
 and step count (``--solver-lever``, default: the cheapest sweep point that meets the quality targets), the
-guidance interval (``--interval LO HI``, guidance only where lo < sigma <= hi) and, when ``SampleConfig`` has
-them (another branch adds them), ``cache_interval`` and ``token_merging``; else they are reported as not
-available. Ratios are against the reference of the same run. The targets of the issue: <= 1/3 of the
-reference's UNet evaluations and wall time, class-consistency within 0.02, FD within 5 %, seam score within
-0.05, outside-UNet share <= 3 % of a step.
+guidance interval (``--interval LO HI``, guidance only where lo < sigma <= hi), DeepCache
+(``--cache-interval``) and token merging (``--token-merging``; needs ``tomesd``). Ratios are against the
+reference of the same run. The targets of the issue: <= 1/3 of the reference's UNet evaluations and wall time,
+class-consistency within 0.02, FD within 5 %, seam score within 0.05, outside-UNet share <= 3 % of a step.
 
 Quality numbers on few images are noisy: the report gives the number of tiles, the real-vs-real ceiling
 (the classifier on held-out real tiles) and the FD of as many held-out real tiles as there are generated ones
@@ -27,8 +27,14 @@ to all held-out tiles (the FD floor at that sample size).
 
 Usage (2 CPU cores, about 12 minutes; tiny model, 512 px, 3 classes x 2 seeds, 9 latent patches)::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --model /work/exp/bench/k1200/run/model \\
-        --dataset /work/exp/k1200 --out runs/bench_speed
+    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --model runs/k1200/model --dataset data/k1200 \\
+        --out runs/bench_speed
+
+The README's "How fast" numbers (1024 px, 225 latent patches per image; about 40 minutes on 1 CPU thread)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --model runs/k1200/model --dataset data/k1200 \\
+        --size 1024 --latent-patch 16 --latent-overlap 8 --classes 3 --seeds 1 --threads 1 \\
+        --schedulers ddim unipc dpm++-karras euler --sweep-steps 10 15 20 30 --out runs/bench_speed_1024
 
 On a GPU (the issue's sweep at 2048 px, the paper's 64/32 latent patches)::
 
@@ -36,7 +42,8 @@ On a GPU (the issue's sweep at 2048 px, the paper's 64/32 latent patches)::
         --latent-patch 64 --latent-overlap 32 --classes all --seeds 4 --sweep-steps 10 15 20 30 50 \\
         --schedulers ddim dpm++-karras unipc euler --out runs/bench_speed_gpu
 
-Writes OUT/speed.json, OUT/speed.md and OUT/curve.png (quality and UNet evaluations vs steps per solver).
+Writes OUT/speed.json, OUT/speed.md, OUT/curve.png (quality and UNet evaluations vs steps per solver) and
+OUT/examples.png (the centre of each setting's first image at full resolution).
 """
 
 from __future__ import annotations
@@ -196,8 +203,10 @@ def main() -> None:
                     help="the guidance interval lever (Kynkaanniemi et al. 2024's EDM2 interval by default)")
     ap.add_argument("--cache-interval", type=int, default=2, help="the cache lever's value (when available)")
     ap.add_argument("--token-merging", type=float, default=0.5, help="the token-merging lever's ratio (when available)")
-    ap.add_argument("--step-mode", default="per-patch", choices=["per-patch", "per-chunk"],
-                    help="scheduler state per patch (the default) or per UNet chunk, for every setting")
+    ap.add_argument("--step-mode", default="per-chunk", choices=["per-patch", "per-chunk"],
+                    help="scheduler steps per UNet chunk (the default, as pathup generate) or per patch, for every setting")
+    ap.add_argument("--crop", type=int, default=256,
+                    help="side of the centre crop of each setting's first image in OUT/examples.png (full resolution)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_speed"))
@@ -242,15 +251,17 @@ def main() -> None:
     names = {fl.name for fl in dataclasses.fields(SampleConfig)}
     clock = UnetClock(pipe.ldm.unet, device)
     rows: dict[str, dict[str, Any]] = {}
+    examples: dict[str, np.ndarray] = {}  # the first image of each setting, its centre at full resolution
 
     def measure(name: str, **opts: Any) -> dict[str, Any]:
-        same = next((row for row in rows.values() if row["options"] == _plain(opts)), None)
+        same = next((key for key, row in rows.items() if row["options"] == _plain(opts)), None)
         if same is not None:  # the same options already measured in this run (a lever that is a sweep point)
-            rows[name] = same
-            return same
+            rows[name], examples[name] = rows[same], examples[same]
+            return rows[name]
         cfg = validate(dataclasses.replace(base, **opts))
         t = time.perf_counter()
         r = run_setting(pipe, cfg, classes, seeds, clock)
+        examples[name] = centre_crop(r["images"][0], args.crop)
         q = quality(judge, spec, r.pop("images"), r.pop("labels"), res, grid)
         rows[name] = {"options": _plain(opts), **r, **q}
         print(f"{name:>28}: {r['evaluations']:6d} evals, {r['wall']:7.1f} s, outside-UNet "
@@ -306,6 +317,7 @@ def main() -> None:
               "bench_seconds": time.perf_counter() - t_start}
     clock.close()
     curve(result, args, out / "curve.png")
+    example_grid(examples, result, args, out / "examples.png")
     text = report(result, args)
     (out / "speed.md").write_text(text)
     (out / "speed.json").write_text(json.dumps(result, indent=2, default=float))
@@ -336,6 +348,47 @@ def curve(result: dict[str, Any], args: argparse.Namespace, png: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{Path(result['model']).parent.name}: {result['size']} px, {len(result['classes'])} classes x "
                  f"{len(result['seeds'])} seeds, {ref['tiles']} tiles per setting", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def centre_crop(image: np.ndarray, side: int) -> np.ndarray:
+    """The centre ``side`` x ``side`` pixels of an (H, W, 3) image in [0, 1] (or all of it when smaller), uint8."""
+    h, w = image.shape[:2]
+    side_h, side_w = min(side, h), min(side, w)
+    y, x = (h - side_h) // 2, (w - side_w) // 2
+    crop = image[y:y + side_h, x:x + side_w]
+    return crop if crop.dtype == np.uint8 else (np.clip(crop, 0, 1) * 255).round().astype(np.uint8)
+
+
+def example_grid(examples: dict[str, np.ndarray], result: dict[str, Any], args: argparse.Namespace, png: Path) -> None:
+    """Centre crops of each setting's first image at full resolution: a row per solver over the swept steps,
+    then the reference and the levers; each titled with its UNet evaluations and consistency vs the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, comps = result["runs"], result["vs_reference"]
+    sweep_name = lambda sched, s: "reference ddim 50" if (sched, s) == ("ddim", 50) else f"{sched} {s}"
+    grid_rows = [[sweep_name(sched, s) for s in args.sweep_steps] for sched in args.schedulers]
+    levers = ["reference ddim 50"] + [("levers combined" if lv == "combined" else f"lever {lv}")
+                                      for lv in result["levers"]]
+    grid_rows.append(levers)
+    ncols = max(len(r) for r in grid_rows)
+    fig, axes = plt.subplots(len(grid_rows), ncols, figsize=(2.4 * ncols, 2.6 * len(grid_rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, names in enumerate(grid_rows):
+        for j, name in enumerate(names):
+            if name not in examples:
+                continue
+            axes[i, j].imshow(examples[name])
+            axes[i, j].set_title(f"{name}\n{comps[name]['evaluations']:.2f}x evals, cons {runs[name]['consistency']:.2f}",
+                                 fontsize=7)
+    fig.suptitle(f"centre {args.crop} px of the first image ({result['classes'][0]}, seed {result['seeds'][0]}) "
+                 f"at full resolution, {result['size']} px images", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

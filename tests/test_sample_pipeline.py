@@ -194,7 +194,7 @@ def test_sidecar_and_fingerprint_keep_the_stored_names(pipe, tmp_path):
     from pathup.sample.generate import generate_to_folder, pending_seeds
     from pathup.sample.resume import model_key
 
-    cfg = SampleConfig(size="64", steps=2, latent_patch=8, latent_overlap=4, guidance=2.0)
+    cfg = SampleConfig(size="64", steps=2, latent_patch=8, latent_overlap=4, guidance=2.0, scheduler="ddim")
     settings = pipe.settings("benign", cfg, seed=0, prompts={})
     assert settings["options"]["patch_size"] == 8 and settings["options"]["overlap"] == 4
     assert settings["options"]["size"] == "64" and settings["size"] == [64, 64] and "latent_patch" not in settings["options"]
@@ -207,13 +207,17 @@ def test_sidecar_and_fingerprint_keep_the_stored_names(pipe, tmp_path):
         "negative_prompt": "", "format": "png"}}
     (folder / "generate_settings.json").write_text(json.dumps(old))
     assert pending_seeds(tmp_path / "gen", "benign", cfg, model="tiny-test") == ([0], [])
-    other = SampleConfig(size="64", steps=2, latent_patch=6, latent_overlap=4, guidance=2.0)
+    other = SampleConfig(size="64", steps=2, latent_patch=6, latent_overlap=4, guidance=2.0, scheduler="ddim")
     with pytest.raises(PathUpError, match="--latent-patch 8 there, 6 now"):
         pending_seeds(tmp_path / "gen", "benign", other, model="tiny-test")
     result = generate_to_folder(pipe, "benign", tmp_path / "gen", cfg, progress=False)
     assert len(result.written) == 1
     stored = json.loads((folder / "generate_settings.json").read_text())
-    assert {k: stored["options"][k] for k in old["options"]} == old["options"]
+    # step_mode changes no image (per-chunk became the default): a per-patch folder resumes, and it is no
+    # longer part of the stored settings, like patch_batch.
+    assert "step_mode" not in stored["options"]
+    assert {k: stored["options"][k] for k in old["options"] if k != "step_mode"} == \
+        {k: v for k, v in old["options"].items() if k != "step_mode"}
 
 
 # ------------------------------------------------------------------------------------------ --model

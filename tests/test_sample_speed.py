@@ -234,7 +234,7 @@ def test_overview_own_loop_equals_diffusers(pipe):
 
 
 KW = dict(size=(96, 64), steps=4, strength=0.75, latent_patch=8, latent_overlap=4, guidance=GUIDANCE,
-          output_type="np", seed=1)
+          output_type="np", seed=1, scheduler="ddim")
 
 
 @pytest.mark.parametrize("interval", [None, "upper"])
@@ -282,3 +282,39 @@ def test_generate_records_costs_and_prints_them(tiny, tmp_path, capsys):
         main(argv[:-7] + ["--guidance-interval", "1"])  # argparse: LO HI, two numbers
     assert main(argv[:-7] + ["--guidance-interval", "3", "1"]) == 2
     assert "--guidance-interval" in capsys.readouterr().err
+
+
+def test_region_denoiser_embeddings_follow_each_batch_layout():
+    """The prompt embeddings, built once per chunk layout and reused, are the right rows for every call:
+    guided predictions by hand (``e = x * value of the row's embedding``) for patches under one prompt and
+    for patches that straddle two masks, whatever the chunk and in any order of calls."""
+    from pathup.sample.denoisers import RegionDenoiser
+
+    class Fake(torch.nn.Module):
+        dtype = torch.float32
+
+        def forward(self, x, t, encoder_hidden_states=None, return_dict=False):
+            return (x * encoder_hidden_states[:, 0, 0].view(-1, 1, 1, 1),)
+
+    values, g = (2.0, 3.0), 4.0
+    conds = [torch.full((1, 3, 2), v) for v in values]
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :, :4] = 1.0
+    masks[1, :, 4:] = 1.0
+    boxes = patch_grid(8, 8, 4, 2)  # 3 x 3 patches; the middle column straddles both masks
+    assert len(boxes) == 9
+    x = torch.randn(9, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    want = torch.empty_like(x)
+    for k, box in enumerate(boxes):
+        m = masks[(slice(None), *box.slices)]  # (2, 4, 4)
+        guided = [x[k] * (1.0 + g * (v - 1.0)) for v in values]  # e_u = x * 1, e_c = x * v
+        want[k] = m[0] * guided[0] + m[1] * guided[1]
+    den = RegionDenoiser(Fake(), conds, torch.ones(1, 3, 2), g, masks=masks)
+    t = torch.tensor(10)
+    for chunks in ([range(9)], [range(4), range(4, 9)], [range(9)], [range(5), range(5, 9)]):
+        got = torch.cat([den(x[list(c)], t, [boxes[k] for k in c]) for c in chunks])
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    one = RegionDenoiser(Fake(), conds[1:], torch.ones(1, 3, 2), g)  # one prompt, no masks: the fast path
+    for c in (range(9), range(3)):
+        torch.testing.assert_close(one(x[list(c)], t), x[list(c)] * (1.0 + g * (values[1] - 1.0)),
+                                   rtol=1e-6, atol=1e-5)

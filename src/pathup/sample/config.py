@@ -16,6 +16,10 @@ from pathup.errors import OptionError, PathUpError
 
 MAX_GUIDANCE = 100.0  # beyond this classifier-free guidance only saturates (and overflows in fp16/bf16)
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+# The sampler and step count by measurement (benchmarks/bench_speed.py, README "How fast"): the cheapest point of
+# the sweep that keeps class-consistency, Frechet distance and the seam score of DDIM 50 (the paper's setting).
+DEFAULT_SCHEDULER = "unipc"
+DEFAULT_STEPS = 10
 
 # Stored names of renamed options: sidecars and generate_settings.json keep the spelling of the folders
 # written before the rename, so an old folder resumes and readers of sidecars (the seam score) still work.
@@ -45,10 +49,11 @@ class Size(NamedTuple):
 class SampleConfig:
     """Generation settings (PathUp section 3.2, Algorithm 1; the paper's defaults)."""
 
-    steps: int = option(50, "inference steps of the full schedule", min=1)
+    steps: int = option(DEFAULT_STEPS, "inference steps of the full schedule (the paper: 50 with ddim)", min=1)
     guidance: float = option(7.5, "classifier-free guidance scale (0-100; <= 1: none)", min=0, max=MAX_GUIDANCE)
     scheduler: Literal["ddim", "dpm++", "dpm++-karras", "unipc", "euler", "pndm", "ddpm"] = option(
-        "ddim", "sampler (dpm++-karras: DPM-Solver++ 2M on Karras sigmas; unipc: UniPC multistep)")
+        DEFAULT_SCHEDULER, "sampler (unipc: UniPC multistep; dpm++-karras: DPM-Solver++ 2M on Karras sigmas; "
+        "ddim: the paper's)")
     guidance_interval: Optional[tuple[float, float]] = option(
         None, "apply guidance only where the noise level sigma = sqrt((1 - alphabar_t) / alphabar_t) is in "
         "(LO, HI] (Kynkaanniemi et al. 2024); elsewhere one conditional UNet pass per patch; default: every step",
@@ -63,8 +68,8 @@ class SampleConfig:
     patch_batch: str = option("auto", "patches per UNet call: auto (from free memory) or N; never changes the image",
                               metavar="auto|N")
     step_mode: Literal["per-patch", "per-chunk"] = option(
-        "per-patch", "one scheduler per patch (Algorithm 1) or per UNet chunk (same result for deterministic "
-        "samplers, fewer kernel launches)")
+        "per-chunk", "scheduler steps on each UNet chunk of patches at once (each patch keeps its own state) or "
+        "on one patch at a time as Algorithm 1 reads; the same image, per-chunk with less time outside the UNet")
     cache_interval: int = option(
         1, "DeepCache (Ma et al. 2024) in the upscale: the whole UNet every N-th step, the shallow branch with "
         "each patch's cached deep features between; 1: off", min=1, metavar="N")

@@ -127,6 +127,7 @@ class RegionDenoiser:
         self.evaluations = 0
         self.cached_evaluations = 0
         self._present: dict[Any, list[int]] = {}
+        self._emb_cache: dict[tuple, torch.Tensor] = {}  # the UNet batches' prompt embeddings (_embeddings)
         self.set_cache_interval(cache_interval)
 
     @property
@@ -186,6 +187,20 @@ class RegionDenoiser:
             out[kept] = self._unet(x[kept], t, emb[kept], [keys[r] for r in kept], False)
         return out
 
+    def _embeddings(self, use_cfg: bool, b: int, prompts: list[int], dtype: torch.dtype) -> torch.Tensor:
+        """The prompt embeddings of a UNet batch: ``b`` unconditional rows (with guidance), then one row per
+        (patch, prompt) pair; built once per chunk layout and reused on every step (the embeddings of a run
+        do not change, and copying them each step was most of the time spent outside the UNet)."""
+        key = (use_cfg, b, tuple(prompts), dtype)
+        if key not in self._emb_cache:
+            if len(self._emb_cache) >= 4:  # a run has a few layouts (full chunks, the last one): keep those
+                self._emb_cache.pop(next(iter(self._emb_cache)))
+            parts = ([self.uncond.expand(b, -1, -1)] if use_cfg else []) + (
+                [self.conds[prompts[0]].expand(len(prompts), -1, -1)] if len(set(prompts)) == 1
+                else [self.conds[c] for c in prompts])
+            self._emb_cache[key] = torch.cat(parts).to(dtype)
+        return self._emb_cache[key]
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, boxes: Sequence[Any] | None = None) -> torch.Tensor:
         """Predictions for a batch of patches ``x`` (B, C, h, w) lying at ``boxes`` (None: no masks)."""
@@ -199,25 +214,27 @@ class RegionDenoiser:
         use_cfg = self.guides(t)  # one decision per step: every patch of the step takes the same branch
         present = [self.present(box) for box in boxes]
         pairs = [(k, c) for k in range(b) for c in present[k]]  # one conditional pass per (patch, prompt)
-        rows = [k for k, _ in pairs]
+        one_each = all(len(p) == 1 for p in present)  # one prompt under each patch (always without masks)
+        rows: Any = slice(None) if one_each else [k for k, _ in pairs]
         parts_x = ([xin] if use_cfg else []) + [xin[rows]]
-        parts_e = ([self.uncond.expand(b, -1, -1)] if use_cfg else []) + [
-            torch.cat([self.conds[c] for _, c in pairs])]
         allx = torch.cat(parts_x)  # (B + P, C, h, w) with guidance, (P, ...) without
-        emb = torch.cat(parts_e).to(dtype)  # (B + P, L, D)
+        emb = self._embeddings(use_cfg, b, [c for _, c in pairs], dtype)  # (B + P, L, D)
         # Cache keys, one per row: the patch (its box; its row without boxes) and the branch.
         where = [box if box is not None else ("row", k) for k, box in enumerate(boxes)]
         keys = ([(w, "uncond") for w in where] if use_cfg else []) + [(where[k], c) for k, c in pairs]
         full = self.cache.interval == 1 or self.cache.is_full(t)
         # Memory stays that of plain generation (2 B samples per UNet call) however many prompts a patch sees.
         limit = 2 * b if use_cfg else b
-        out = torch.cat([self._unet(allx[i:i + limit], t, emb[i:i + limit], keys[i:i + limit], full)
-                         for i in range(0, allx.shape[0], limit)])  # (B + P, C, h, w) float32
+        outs = [self._unet(allx[i:i + limit], t, emb[i:i + limit], keys[i:i + limit], full)
+                for i in range(0, allx.shape[0], limit)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (B + P, C, h, w) float32
         if use_cfg:
             e_u, e_c = out[:b], out[b:]
             guided = e_u[rows] + self.guidance * (e_c - e_u[rows])  # (P, C, h, w)
         else:
             guided = out
+        if one_each:  # one prompt under each patch: its mask is 1 there, the prediction is the guided one
+            return guided
         result = torch.empty((b, *guided.shape[1:]), dtype=guided.dtype, device=guided.device)
         j = 0
         for k in range(b):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pathup.errors import OptionError, PathUpError
+from pathup.sample.config import DEFAULT_STEPS
 
 
 def text_embeddings(ldm: Any, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +27,7 @@ def text_embeddings(ldm: Any, prompt: str, negative_prompt: str = "") -> tuple[t
     return cond, uncond
 
 
-def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = 50, guidance: float = 7.5,
+def generate_overview(ldm: Any, prompt: str, *, scheduler: Any, steps: int = DEFAULT_STEPS, guidance: float = 7.5,
                       seed: int = 0, negative_prompt: str = "", height: int | None = None,
                       width: int | None = None, progress: bool = True,
                       guidance_interval: tuple[float, float] | None = None, device: Any = None) -> torch.Tensor:

@@ -33,8 +33,9 @@ from pathup.device import resolve_device
 from pathup.errors import PathUpError
 from pathup.model.ldm import LDM, make_scheduler
 from pathup.prompts import build_prompt
-from pathup.sample.config import (SampleConfig, Size, check_options, config_from_options, parse_guidance_interval,
-                                  parse_patch_batch, as_size, parse_size, stored_options, validate)
+from pathup.sample.config import (DEFAULT_SCHEDULER, DEFAULT_STEPS, SampleConfig, Size, check_options,
+                                  config_from_options, parse_guidance_interval, parse_patch_batch, as_size, parse_size,
+                                  stored_options, validate)
 from pathup.sample.costs import Costs, count_unet, timed
 from pathup.sample.grid import patch_grid
 from pathup.sample.overview import generate_overview, text_embeddings, to_pil
@@ -217,7 +218,7 @@ class PathUpPipeline(DiffusionPipeline):
 
     # ----------------------------------------------------------------------------- stages
     def overview(self, class_name: str | None = None, *, prompt: str | None = None, seed: int = 0,
-                 steps: int = 50, guidance: float = 7.5, scheduler: str | None = "ddim",
+                 steps: int = DEFAULT_STEPS, guidance: float = 7.5, scheduler: str | None = DEFAULT_SCHEDULER,
                  negative_prompt: str = "", guidance_interval: tuple[float, float] | None = None,
                  costs: Costs | None = None) -> Any:
         """Step 1: the reference overview at the model's training resolution (PIL image).
@@ -238,10 +239,10 @@ class PathUpPipeline(DiffusionPipeline):
         return to_pil(img)
 
     def upscale(self, image: Any, class_name: str | None = None, *, prompt: str | None = None,
-                size: Any = 2048, seed: int = 0, steps: int = 50, guidance: float = 7.5,
-                scheduler: str | None = "ddim", strength: float = 0.8, latent_patch: int = 64,
+                size: Any = 2048, seed: int = 0, steps: int = DEFAULT_STEPS, guidance: float = 7.5,
+                scheduler: str | None = DEFAULT_SCHEDULER, strength: float = 0.8, latent_patch: int = 64,
                 latent_overlap: int = 32, weight_map: str = "pyramid", patch_batch: int | str = "auto",
-                step_mode: str = "per-patch", cache_interval: int = 1, token_merging: float = 0.0,
+                step_mode: str = "per-chunk", cache_interval: int = 1, token_merging: float = 0.0,
                 vae_tile: int = 0, vae_overlap: int = 0, negative_prompt: str = "", output_type: str = "pil",
                 denoiser: Any = None, guidance_interval: tuple[float, float] | None = None,
                 costs: Costs | None = None, **older_names: Any) -> Any:

@@ -19,7 +19,7 @@ from pathup.errors import PathUpError, OptionError
 from pathup.sample.config import STORED_NAMES, SampleConfig, Size, parse_size, stored_options
 
 # options that never change an existing image: a rerun may differ in them and still resume
-NEUTRAL_OPTIONS = ("seed", "num", "device", "dtype", "patch_batch", "overwrite")
+NEUTRAL_OPTIONS = ("seed", "num", "device", "dtype", "patch_batch", "step_mode", "overwrite")
 CURRENT_NAMES = {stored: name for name, stored in STORED_NAMES.items()}  # for messages
 
 

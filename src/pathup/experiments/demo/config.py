@@ -30,6 +30,8 @@ class DemoConfig:
                                                  "'pathup features train''s)", min=1)
     fel_beta: float = option(0.1, "feature entropy loss weight (0 = off)")
     steps: int = option(20, "sampling steps")
+    scheduler: Literal["ddim", "dpm++", "dpm++-karras", "unipc", "euler", "ddpm"] = option(
+        "ddim", "sampler (the README's demo numbers are DDIM 20 steps; pathup generate's default differs)")
     guidance: float = option(3.0, "classifier-free guidance scale")
     compose_classes: int = option(3, "classes in the demo's composed mixed-tissue image (pathup compose; 0: none)",
                                   min=0)

@@ -47,7 +47,7 @@ def _run_demo(cfg: DemoConfig) -> Path:
                                            seed=cfg.seed, progress=cfg.progress))
     stages.run("train", pick("vae_steps", "train_steps", "batch_size", "fel_beta", "encoder_epochs", "seed", "device"),
                lambda: work.train_model(cfg, dataset, run_dir))
-    stages.run("generate", pick("steps", "guidance", "overviews_per_class", "size", "latent_patch", "compose_classes",
+    stages.run("generate", pick("steps", "scheduler", "guidance", "overviews_per_class", "size", "latent_patch", "compose_classes",
                                 "guidance_compare", "latent_overlap", "strength", "seed", "device"),
                lambda: work.generate_images(cfg, run_dir, gen))
     metrics = stages.run("evaluate", pick("features", "repeats", "seed", "tile_size", "device"),

@@ -77,8 +77,8 @@ def sample_config(cfg: DemoConfig) -> Any:
     """The ``SampleConfig`` of the demo's images."""
     from pathup.sample.config import SampleConfig
 
-    return SampleConfig(steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, **large_settings(cfg),
-                        device=cfg.device, dtype="fp32")
+    return SampleConfig(steps=cfg.steps, scheduler=cfg.scheduler, guidance=cfg.guidance, seed=cfg.seed,
+                        **large_settings(cfg), device=cfg.device, dtype="fp32")
 
 
 def generate_images(cfg: DemoConfig, run_dir: Path, gen: Path) -> dict[str, Any]:
