@@ -203,8 +203,9 @@ def main() -> None:
                     help="the guidance interval lever (Kynkaanniemi et al. 2024's EDM2 interval by default)")
     ap.add_argument("--cache-interval", type=int, default=2, help="the cache lever's value (when available)")
     ap.add_argument("--token-merging", type=float, default=0.5, help="the token-merging lever's ratio (when available)")
-    ap.add_argument("--step-mode", default="per-chunk", choices=["per-patch", "per-chunk"],
-                    help="scheduler steps per UNet chunk (the default, as pathup generate) or per patch, for every setting")
+    ap.add_argument("--step-mode", default="per-canvas", choices=["per-patch", "per-chunk", "per-canvas"],
+                    help="scheduler steps on all patches at once (the default, as pathup generate), per UNet chunk or "
+                         "per patch, for every setting")
     ap.add_argument("--crop", type=int, default=256,
                     help="side of the centre crop of each setting's first image in OUT/examples.png (full resolution)")
     ap.add_argument("--device", default="cpu")

@@ -98,7 +98,7 @@ def test_batch_invariance_with_caching(model, guidance):
     ldm, conds, uncond = model
     den = guided_denoiser(ldm.unet, conds[0], uncond, guidance, cache_interval=3)
     base = _run(den)
-    for batch, mode in [(1, "per-patch"), (4, "per-patch"), (4, "per-chunk")]:
+    for batch, mode in [(1, "per-patch"), (4, "per-patch"), (4, "per-chunk"), (4, "per-canvas")]:
         assert (_run(den, batch=batch, mode=mode) - base).abs().max().item() <= 1e-5, (batch, mode)
     # A multistep solver keeps its own history per patch; the cache keeps its own features per patch.
     base = _run(den, name="dpm++")

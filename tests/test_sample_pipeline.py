@@ -1,6 +1,7 @@
 """``PathUpPipeline`` as a diffusers pipeline, typed sizes and option names, and the physical scale of
 generated images (issue 13 items 4, 6 and 7)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -218,6 +219,27 @@ def test_sidecar_and_fingerprint_keep_the_stored_names(pipe, tmp_path):
     assert "step_mode" not in stored["options"]
     assert {k: stored["options"][k] for k in old["options"] if k != "step_mode"} == \
         {k: v for k, v in old["options"].items() if k != "step_mode"}
+
+
+def test_a_folder_of_the_old_default_names_every_setting_to_match(tmp_path):
+    """A folder written with DDIM 50 (the default before UniPC 10) stops a default rerun with one line that
+    names both options, so the next rerun can match them at once."""
+    from pathup.sample.generate import pending_seeds
+    from pathup.sample.resume import model_key, settings_fingerprint
+
+    old_cfg = SampleConfig(size="64", steps=50, scheduler="ddim", latent_patch=8, latent_overlap=4)
+    folder = tmp_path / "gen" / "benign"
+    folder.mkdir(parents=True)
+    (folder / "generate_settings.json").write_text(json.dumps(settings_fingerprint("benign", old_cfg, "m")))
+    assert model_key("m") == "m"
+    new = SampleConfig(size="64", latent_patch=8, latent_overlap=4)
+    with pytest.raises(PathUpError) as err:
+        pending_seeds(tmp_path / "gen", "benign", new, model="m")
+    msg = str(err.value)
+    assert "--steps 50 there, 10 now" in msg and '--scheduler "ddim" there, "unipc" now' in msg
+    assert "\n" not in msg
+    assert pending_seeds(tmp_path / "gen", "benign", dataclasses.replace(new, steps=50, scheduler="ddim"),
+                         model="m") == ([0], [])
 
 
 # ------------------------------------------------------------------------------------------ --model

@@ -76,7 +76,7 @@ def test_multistep_non_overlapping_patches_equal_independent_img2img(tiny, name)
     noise = torch.cat([torch.randn(1, C, 12, 12, generator=torch.Generator().manual_seed(10 + k))
                        for k in range(2)], dim=-1)
     den = guided_denoiser(ldm.unet, cond, uncond, GUIDANCE)
-    for mode, batch in [("per-patch", 1), ("per-patch", 2), ("per-chunk", 2)]:
+    for mode, batch in [("per-patch", 1), ("per-patch", 2), ("per-chunk", 2), ("per-canvas", 2)]:
         ours = tracked_img2img(den, x0, make_scheduler(name), steps=8, strength=0.8, noise=noise,
                                patch=12, overlap=0, patch_batch=batch, step_mode=mode)
         ref = torch.cat(refs, dim=-1)
@@ -104,9 +104,10 @@ def test_patch_batch_invariance(tiny, name):
     base = run(exact, None)
     assert torch.equal(run(exact, 4), base)
     assert torch.equal(run(exact, 4, "per-chunk"), base)
+    assert torch.equal(run(exact, 4, "per-canvas"), base)
     # With the batched UNet (whose CPU kernels round differently per batch size): the issue's 1e-5.
     full = run(den, None)
-    for batch, mode in [(1, "per-patch"), (4, "per-patch"), (4, "per-chunk")]:
+    for batch, mode in [(1, "per-patch"), (4, "per-patch"), (4, "per-chunk"), (4, "per-canvas")]:
         assert (run(den, batch, mode) - full).abs().max().item() <= 1e-5, (batch, mode)
 
 
@@ -155,7 +156,7 @@ def _zero_denoiser(x, t):
 
 
 @pytest.mark.parametrize("weight_map,mode", [("pyramid", "per-patch"), ("uniform", "per-patch"),
-                                             ("pyramid", "per-chunk")])
+                                             ("pyramid", "per-chunk"), ("pyramid", "per-canvas")])
 def test_ddpm_step_noise_std_is_right_where_patches_overlap(weight_map, mode):
     """Issue 12 item 14: a stochastic step's noise must keep its std where 1, 2 or 4 patches overlap.
 
@@ -197,6 +198,7 @@ def test_ddpm_noise_does_not_depend_on_patch_batch():
 
     base = run(None)
     assert torch.equal(run(1), base) and torch.equal(run(4, "per-chunk"), base)
+    assert torch.equal(run(4, "per-canvas"), base)
 
 
 def test_pndm_strength_runs_img2img_steps_of_diffusers(tiny):
@@ -222,3 +224,23 @@ def test_pndm_strength_runs_img2img_steps_of_diffusers(tiny):
     got = tracked_img2img(guided_denoiser(ldm.unet, cond, uncond, GUIDANCE), x0, make_scheduler("pndm", config),
                           steps=6, strength=0.8, generator=torch.Generator().manual_seed(3), patch=64, overlap=32)
     assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+def test_indexed_gather_and_scatter_equal_the_patch_loop():
+    """per-canvas reads and adds all patches with one indexed op each: bit for bit the loop's result, also on a
+    grid whose last stride is shorter (20 x 28 with patch 12, overlap 4)."""
+    from pathup.sample.grid import patch_grid
+    from pathup.sample.tracking import accumulate_patches, gather_patches, patch_index, scatter_patches
+
+    x = torch.randn(1, 3, 20, 28, generator=torch.Generator().manual_seed(0))
+    boxes = patch_grid(20, 28, 12, 4)
+    assert len({b.left for b in boxes}) == 3 and len({b.top for b in boxes}) == 2
+    index = patch_index(boxes, 28)
+    got = gather_patches(x, index, len(boxes), 12, 12)
+    assert torch.equal(got, torch.stack([x[0, :, b.slices[0], b.slices[1]] for b in boxes]))
+    weight = torch.rand(12, 12, generator=torch.Generator().manual_seed(1))
+    new = torch.randn(len(boxes), 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    loop, fast = torch.zeros_like(x), torch.zeros_like(x)
+    accumulate_patches(loop, new, boxes, weight)
+    scatter_patches(fast, new, index, weight)
+    assert torch.equal(loop, fast)

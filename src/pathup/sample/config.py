@@ -67,9 +67,10 @@ class SampleConfig:
         "pyramid", "patch weights: Eq. 6 pyramid, or uniform (Table 4 ablation)")
     patch_batch: str = option("auto", "patches per UNet call: auto (from free memory) or N; never changes the image",
                               metavar="auto|N")
-    step_mode: Literal["per-patch", "per-chunk"] = option(
-        "per-chunk", "scheduler steps on each UNet chunk of patches at once (each patch keeps its own state) or "
-        "on one patch at a time as Algorithm 1 reads; the same image, per-chunk with less time outside the UNet")
+    step_mode: Literal["per-patch", "per-chunk", "per-canvas"] = option(
+        "per-canvas", "scheduler steps on all patches at once, on each UNet chunk, or on one patch at a time as "
+        "Algorithm 1 reads; each patch keeps its own state, so the image is the same (per-canvas spends the least "
+        "time outside the UNet and holds a few copies of the latent canvas)")
     cache_interval: int = option(
         1, "DeepCache (Ma et al. 2024) in the upscale: the whole UNet every N-th step, the shallow branch with "
         "each patch's cached deep features between; 1: off", min=1, metavar="N")

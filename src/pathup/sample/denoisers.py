@@ -19,7 +19,8 @@ from pathup.sample.deepcache import DeepCache
 
 # (x (B, C, h, w) scaled model input, t (scalar tensor)) -> model output (B, C, h, w), float32
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-StepMode = Literal["per-patch", "per-chunk"]
+StepMode = Literal["per-patch", "per-chunk", "per-canvas"]
+STEP_MODES = ("per-patch", "per-chunk", "per-canvas")
 
 
 def noise_levels(alphas_cumprod: torch.Tensor) -> torch.Tensor:

@@ -242,7 +242,7 @@ class PathUpPipeline(DiffusionPipeline):
                 size: Any = 2048, seed: int = 0, steps: int = DEFAULT_STEPS, guidance: float = 7.5,
                 scheduler: str | None = DEFAULT_SCHEDULER, strength: float = 0.8, latent_patch: int = 64,
                 latent_overlap: int = 32, weight_map: str = "pyramid", patch_batch: int | str = "auto",
-                step_mode: str = "per-chunk", cache_interval: int = 1, token_merging: float = 0.0,
+                step_mode: str = "per-canvas", cache_interval: int = 1, token_merging: float = 0.0,
                 vae_tile: int = 0, vae_overlap: int = 0, negative_prompt: str = "", output_type: str = "pil",
                 denoiser: Any = None, guidance_interval: tuple[float, float] | None = None,
                 costs: Costs | None = None, **older_names: Any) -> Any:

@@ -101,7 +101,9 @@ def _show(value: Any) -> str:
 
 
 def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """The first setting in which two fingerprints differ, as text (None when they match).
+    """How two fingerprints differ, as text (None when they match): the class, else the model, else every
+    differing option (``--steps 50 there, 10 now, --scheduler "ddim" there, "unipc" now``), so one rerun
+    can match them all.
 
     A model of None on either side (unknown) is not compared; options missing on either side neither.
     """
@@ -110,11 +112,9 @@ def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     if None not in (old.get("model"), new.get("model")) and old["model"] != new["model"]:
         return f"model {old['model']} there, {new['model']} now"
     a, b = old.get("options") or {}, new.get("options") or {}
-    for key in b:
-        if key in a and a[key] != b[key]:
-            name = CURRENT_NAMES.get(key, key)
-            return f"--{name.replace('_', '-')} {_show(a[key])} there, {_show(b[key])} now"
-    return None
+    diffs = [f"--{CURRENT_NAMES.get(key, key).replace('_', '-')} {_show(a[key])} there, {_show(b[key])} now"
+             for key in b if key in a and a[key] != b[key]]
+    return ", ".join(diffs) or None
 
 
 def check_class_folder(out: Path, class_name: str, cfg: SampleConfig, model: str | Path | None = None) -> bool:

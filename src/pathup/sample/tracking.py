@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from pathup.errors import OptionError, PathUpError
 from pathup.sample.batching import auto_patch_batch, balanced_batch, resolve_patch_batch  # noqa: F401 (re-exported)
-from pathup.sample.denoisers import Denoiser, RegionDenoiser, StepMode, guided_denoiser  # noqa: F401
+from pathup.sample.denoisers import STEP_MODES, Denoiser, RegionDenoiser, StepMode, guided_denoiser  # noqa: F401
 from pathup.sample.grid import PatchBox, patch_grid
 from pathup.sample.step_noise import CanvasNoise, _step_kwargs, canvas_step_noise  # noqa: F401
 from pathup.sample.weights import patch_weights
@@ -101,6 +101,31 @@ def accumulate_patches(num: torch.Tensor, patches: torch.Tensor, boxes: Sequence
         num[0, :, sy, sx] += weight * patch_value
 
 
+def patch_index(boxes: Sequence[PatchBox], width: int, device: Any = None) -> torch.Tensor:
+    """Flat canvas positions (``y * width + x``) of every patch's pixels, patch after patch, (N * ph * pw,): one
+    gather reads all patches and one ``index_add_`` adds them back (``gather_patches``, ``scatter_patches``)."""
+    ph, pw = boxes[0].height, boxes[0].width
+    iy, ix = torch.arange(ph, device=device), torch.arange(pw, device=device)
+    return torch.cat([((box.top + iy)[:, None] * width + (box.left + ix)[None, :]).reshape(-1) for box in boxes])
+
+
+def gather_patches(x: torch.Tensor, index: torch.Tensor, n: int, ph: int, pw: int) -> torch.Tensor:
+    """The patches of ``patch_index`` from the canvas ``x`` (1, C, H, W), as (N, C, ph, pw)."""
+    c = x.shape[1]
+    return x[0].reshape(c, -1)[:, index].reshape(c, n, ph, pw).transpose(0, 1).contiguous()
+
+
+def scatter_patches(num: torch.Tensor, patches: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> None:
+    """``accumulate_patches`` in one ``index_add_`` (on the CPU it adds in index order, so each position sums its
+    patches in patch order as the loop does, to the bit); on other devices, where ``index_add_`` adds in any
+    order, the loop."""
+    if num.device.type != "cpu":
+        raise PathUpError("scatter_patches adds in a fixed order only on the CPU")
+    c = num.shape[1]
+    values = (patches * weight).transpose(0, 1).reshape(c, -1)  # (C, N * ph * pw)
+    num.view(c, -1).index_add_(1, index, values)
+
+
 def combine_patches(patches: torch.Tensor, boxes: Sequence[PatchBox], weight: torch.Tensor,
                     canvas_hw: tuple[int, int]) -> torch.Tensor:
     """Eq. 6's combination: every position takes ``sum(w * x) / sum(w)`` over the patches covering it.
@@ -142,8 +167,11 @@ def track_patches(denoiser: Denoiser | RegionDenoiser, x: torch.Tensor, schedule
         patch_batch: patches per UNet call (None: all at once). Does not change the result.
         step_mode: ``per-patch`` (default): one scheduler per patch, stepped on that patch alone, as
             Algorithm 1 reads. ``per-chunk``: one scheduler per chunk of ``patch_batch`` patches,
-            stepped on the stacked chunk; each patch still keeps its own state (its rows of the
-            stacked tensors), so the result is the same, with fewer kernel launches.
+            stepped on the stacked chunk. ``per-canvas``: one scheduler stepped once per step on all
+            patches stacked (the UNet still runs in chunks of ``patch_batch``; the stack of all patches'
+            latents, predictions and solver history is held, a few times the latent canvas). In every mode
+            each patch keeps its own state (its rows of the stacked tensors), so the result is the same;
+            the stacked modes spend less time outside the UNet.
         generator: random generator for stochastic scheduler steps (DDPM, DDIM eta > 0): their step
             noise is drawn once per step on the whole canvas and sliced per patch (``CanvasNoise``).
         eta: DDIM eta (ignored by schedulers without it).
@@ -155,8 +183,8 @@ def track_patches(denoiser: Denoiser | RegionDenoiser, x: torch.Tensor, schedule
     """
     if x.ndim != 4 or x.shape[0] != 1:
         raise PathUpError(f"track_patches expects one latent canvas (1, C, H, W), got {tuple(x.shape)}")
-    if step_mode not in ("per-patch", "per-chunk"):
-        raise PathUpError(f"unknown step mode {step_mode!r}; allowed: per-patch, per-chunk")
+    if step_mode not in STEP_MODES:
+        raise PathUpError(f"unknown step mode {step_mode!r}; allowed: {', '.join(STEP_MODES)}")
     _, _, height, width = x.shape
     boxes = patch_grid(height, width, patch, overlap)
     chunk = resolve_patch_batch(patch_batch, len(boxes))
@@ -165,10 +193,13 @@ def track_patches(denoiser: Denoiser | RegionDenoiser, x: torch.Tensor, schedule
     den = combine_weights(boxes, weight, (height, width))  # (H, W)
     chunks = [list(range(i, min(i + chunk, len(boxes)))) for i in range(0, len(boxes), chunk)]
     # Timestep tracking: every patch (or chunk of patches) gets its own scheduler state.
-    groups = [[k] for k in range(len(boxes))] if step_mode == "per-patch" else chunks
+    groups = {"per-patch": [[k] for k in range(len(boxes))], "per-chunk": chunks,
+              "per-canvas": [list(range(len(boxes)))]}[step_mode]
     schedulers = [copy.deepcopy(scheduler) for _ in groups]
     group_of = {k: g for g, members in enumerate(groups) for k in members}
     step_kw = _step_kwargs(scheduler, generator, eta)
+    # per-canvas on the CPU: all patches read and added back by one indexed op each (the same sums, in order)
+    index = patch_index(boxes, width, x.device) if step_mode == "per-canvas" and x.device.type == "cpu" else None
 
     if hasattr(denoiser, "reset_cache"):  # DeepCache (RegionDenoiser): no deep features carried between runs
         denoiser.reset_cache()
@@ -177,6 +208,22 @@ def track_patches(denoiser: Denoiser | RegionDenoiser, x: torch.Tensor, schedule
     for i, t in enumerate(steps):
         num = torch.zeros_like(x)  # (1, C, H, W)
         noise = CanvasNoise(tuple(x.shape), generator, x.device, x.dtype)  # this step's noise, drawn on need
+        if step_mode == "per-canvas":  # one scheduler step on every patch of the canvas
+            xs = (gather_patches(x, index, len(boxes), ph, pw) if index is not None
+                  else torch.stack([x[0, :, box.slices[0], box.slices[1]] for box in boxes]))  # (N, C, ph, pw)
+            xin = schedulers[0].scale_model_input(xs, t)
+            eps = torch.cat([_call_denoiser(denoiser, xin[m[0]:m[-1] + 1], t, [boxes[k] for k in m])
+                             for m in chunks])  # (N, C, ph, pw)
+            with canvas_step_noise(schedulers[0], noise, boxes):
+                new = schedulers[0].step(eps.to(x.dtype), t, xs, **step_kw, return_dict=False)[0]
+            if index is not None:
+                scatter_patches(num, new, index, weight)
+            else:
+                accumulate_patches(num, new, boxes, weight)
+            x = num / den
+            if callback is not None:
+                callback(i, t, x)
+            continue
         for members in chunks:
             xs = torch.stack([x[0, :, boxes[k].slices[0], boxes[k].slices[1]] for k in members])  # (B, C, ph, pw)
             # Scale inputs per scheduler state (identity for DDIM/DPM++, sigma scaling for Euler).
