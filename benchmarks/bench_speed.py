@@ -30,11 +30,15 @@ Usage (2 CPU cores, about 12 minutes; tiny model, 512 px, 3 classes x 2 seeds, 9
     OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --model runs/k1200/model --dataset data/k1200 \\
         --out runs/bench_speed
 
-The README's "How fast" numbers (1024 px, 225 latent patches per image; about 40 minutes on 1 CPU thread)::
+The README's "How fast" numbers (1024 px, 225 latent patches per image): the levers against the chosen solver
+(about 15 minutes on 1 CPU thread), and the sweep that chose it (about 40 minutes)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --model runs/k1200/model --dataset data/k1200 \\
         --size 1024 --latent-patch 16 --latent-overlap 8 --classes 3 --seeds 1 --threads 1 \\
-        --schedulers ddim unipc dpm++-karras euler --sweep-steps 10 15 20 30 --out runs/bench_speed_1024
+        --schedulers unipc --sweep-steps 10 --out runs/bench_speed_1024
+    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --model runs/k1200/model --dataset data/k1200 \\
+        --size 1024 --latent-patch 16 --latent-overlap 8 --classes 3 --seeds 1 --threads 1 \\
+        --schedulers ddim unipc dpm++-karras euler --sweep-steps 10 15 20 30 --out runs/bench_speed_sweep
 
 On a GPU (the issue's sweep at 2048 px, the paper's 64/32 latent patches)::
 
