@@ -22,7 +22,6 @@ Prints a Markdown table per part; ``--json`` also writes the numbers.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -61,14 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from pathup.data.manifest import read_manifest
+    from pathup.errors import PathUpError
+
     manifest = args.dataset / "manifest.csv"
-    if not manifest.is_file():
-        sys.exit(f"error: --dataset {args.dataset}: no manifest.csv (make one with 'pathup prepare')")
+    try:
+        rows = [r for r in read_manifest(manifest) if r["level"] == args.level]
+    except PathUpError as err:
+        sys.exit(f"error: --dataset: {err}")
     if not (args.model / "model_index.json").is_file():
         sys.exit(f"error: --model {args.model}: not a diffusers model folder (no model_index.json)")
     from diffusers import StableDiffusionPipeline
 
-    rows = [r for r in csv.DictReader(manifest.open()) if r["level"] == args.level]
     names = sorted({r["class"] for r in rows})
     classes = args.classes or names
     unknown = [c for c in classes if c not in names]
