@@ -220,3 +220,76 @@ def test_spectral_l1_against_numpy_and_in_the_autoencoder_loss():
         recon = vae.decode(vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(2))).sample
     assert rec2 == rec and kl2 == kl
     assert (both - plain).item() == pytest.approx(0.5 * spectral_l1(recon, x).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_autoencoder_lr_schedule_warms_up_then_follows_its_curve(schedule):
+    """The autoencoder's learning rate, step by step, against the schedule's formula written out here."""
+    from pathup.train.autoencoder import lr_schedule
+    from pathup.train.config import TrainConfig
+
+    steps, warm, lr = 40, 5, 1e-3
+    cfg = TrainConfig(data="d", out="o", vae_steps=steps, vae_lr=lr, vae_lr_schedule=schedule, vae_lr_warmup_steps=warm)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=lr)
+    sched = lr_schedule(opt, cfg)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+
+    def expected(s):
+        if s < warm:
+            return lr * s / warm
+        frac = (s - warm) / (steps - warm)
+        return lr * {"cosine": 0.5 * (1 + math.cos(math.pi * frac)), "linear": 1 - frac, "constant": 1.0}[schedule]
+
+    np.testing.assert_allclose(seen, [expected(s) for s in range(steps)], rtol=1e-9, atol=1e-15)
+    if schedule != "constant":
+        assert seen[-1] <= lr / (steps - warm) + 1e-15  # annealed to about 0 by the last step
+
+
+def test_lab_l1_against_scikit_image_and_in_the_autoencoder_loss():
+    from skimage.color import rgb2lab
+
+    from pathup.losses import autoencoder_loss, lab_l1, rgb_to_lab
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 9, 7, generator=g) * 2 - 1, torch.rand(2, 3, 9, 7, generator=g) * 2 - 1
+    a[0, :, 0, 0] = torch.tensor([-1.0, -1.0, -1.0])  # black and white, the ends of L
+    a[0, :, 0, 1] = torch.tensor([1.0, 1.0, 1.0])
+    lab = lambda t: rgb2lab(((t.double() + 1) / 2).permute(0, 2, 3, 1).numpy())  # noqa: E731
+    np.testing.assert_allclose(rgb_to_lab(a).permute(0, 2, 3, 1).numpy(), lab(a), atol=2e-3)
+    assert lab_l1(a, b).item() == pytest.approx(float(np.abs(lab(a) - lab(b)).mean() / 100), rel=1e-4)
+    assert lab_l1(a, a).item() == 0.0
+    a.requires_grad_(True)
+    lab_l1(a, b).backward()
+    assert torch.isfinite(a.grad).all()
+    vae = _tiny_vae()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    plain, rec, kl = autoencoder_loss(vae, x, generator=torch.Generator().manual_seed(2))
+    both, rec2, kl2 = autoencoder_loss(vae, x, lab_weight=2.0, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(2))).sample
+    assert rec2 == rec and kl2 == kl
+    assert (both - plain).item() == pytest.approx(2.0 * lab_l1(recon, x).item(), rel=1e-4)
+
+
+def test_grid_ratio_sees_a_latent_grid_and_not_noise():
+    from pathup.metrics.reconstruction import grid_ratio
+
+    rng = np.random.default_rng(0)
+    noise = 128 + 20 * rng.standard_normal((16, 64, 64, 3))
+    y, x = np.mgrid[:64, :64]
+    checker = (6 * np.cos(2 * np.pi * x / 8) * np.cos(2 * np.pi * y / 8))[None, :, :, None]
+    as8 = lambda a: a.clip(0, 255).astype(np.uint8)  # noqa: E731
+    assert grid_ratio(as8(noise), 8) == pytest.approx(1.0, abs=0.25)  # white noise: flat rings
+    assert grid_ratio(as8(noise + checker), 8) > 2  # 4 of the 63 grid frequencies carry the checker
+    # the 8 px checker sits at (+-1/8, +-1/8) cycles/px: not among a 4 px grid's frequencies (multiples of 1/4)
+    assert grid_ratio(as8(noise + checker), 4) == pytest.approx(1.0, abs=0.25)
+    with pytest.raises(PathUpError, match="divide"):
+        grid_ratio(as8(noise), 7)
+    rep = summarise(as8(noise), as8(noise + checker), grid_period=8)
+    assert rep["grid_ratio"]["reconstructed"] > 2 and rep["grid_ratio"]["real"] < 1.25 and rep["grid_ratio"]["period"] == 8
+    assert "grid_ratio" not in summarise(as8(noise), as8(noise))

@@ -135,7 +135,10 @@ def autoencoder_report(vae, real: RealSet, judge: Judge | None, *, device: str |
     from pathup.metrics.reconstruction import summarise
 
     recon = reconstruct(vae, real.held_images, batch_size=batch_size, device=device)
-    report = summarise(real.held_images, recon, real.held_labels)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # one latent pixel, in image pixels
+    size = real.held_images.shape[1:3]
+    report = summarise(real.held_images, recon, real.held_labels,
+                       grid_period=factor if size[0] % factor == 0 and size[1] % factor == 0 else None)
     report["split"], report["level"] = real.split, real.level
     if judge is not None:
         report["consistency"] = reconstruction_consistency(judge, recon, real.held_labels)
@@ -154,6 +157,10 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"autoencoder on {report['images']} held-out '{report['split']}' tiles: PSNR {report['psnr']:.2f} dB, "
              f"SSIM {report['ssim']:.3f}, CIEDE2000 {report['ciede2000']:.2f}, border/centre error "
              f"{report['border_ratio']:.2f}"]
+    if "grid_ratio" in report:
+        g = report["grid_ratio"]
+        lines.append(f"latent-grid texture ({g['period']} px): reconstructions {g['reconstructed']:.2f} vs real "
+                     f"{g['real']:.2f} (power at the grid's frequencies / ring median; 1 = none)")
     for spec, r in report.get("consistency", {}).items():
         lines.append(f"class-consistency ({Path(spec).name if '/' in spec else spec}): reconstructions "
                      f"{r['reconstructed']:.3f} vs real {r['real']:.3f} (ratio {r['ratio']:.2f})")
@@ -251,6 +258,10 @@ def reconstruction_markdown(report: dict[str, Any]) -> str:
                      f"{r['border_ratio']:.2f}"])
     text = (f"## Autoencoder reconstruction of {report['images']} real '{report['split']}' tiles"
             + (f" ({report['model']})" if "model" in report else "") + "\n\n" + markdown_table(head, rows))
+    if "grid_ratio" in report:
+        g = report["grid_ratio"]
+        text += (f"\n\nLatent-grid texture ({g['period']} px, power at the grid's frequencies over the median of "
+                 f"their ring; 1 = none): reconstructions {g['reconstructed']:.2f}, real tiles {g['real']:.2f}.")
     if report.get("consistency"):
         crow = [[spec, f"{r['real']:.3f}", f"{r['reconstructed']:.3f}", f"{r['ratio']:.2f}", f"{r['fd']:.2f}"]
                 for spec, r in report["consistency"].items()]

@@ -22,19 +22,31 @@ SEED_OFFSET = 7919  # the autoencoder stage's random streams differ from the UNe
 class AutoencoderObjective(torch.nn.Module):
     """Wraps the VAE so that its loss runs inside ``forward`` (needed for DDP's gradient sync)."""
 
-    def __init__(self, vae, kl_weight: float, spectral_weight: float = 0.0) -> None:
+    def __init__(self, vae, kl_weight: float, spectral_weight: float = 0.0, lab_weight: float = 0.0) -> None:
         super().__init__()
         self.vae = vae
         self.kl_weight = kl_weight
         self.spectral_weight = spectral_weight
+        self.lab_weight = lab_weight
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         return autoencoder_loss(self.vae, images, kl_weight=self.kl_weight, spectral_weight=self.spectral_weight,
-                                generator=generator)
+                                lab_weight=self.lab_weight, generator=generator)
+
+
+def lr_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    """diffusers' learning-rate schedule ``cfg.vae_lr_schedule`` over ``cfg.vae_steps``, after
+    ``cfg.vae_lr_warmup_steps`` of linear warm-up (``constant`` keeps ``--vae-lr`` after it)."""
+    from diffusers.optimization import get_scheduler
+
+    name = "constant_with_warmup" if cfg.vae_lr_schedule == "constant" else cfg.vae_lr_schedule
+    return get_scheduler(name, opt, num_warmup_steps=min(cfg.vae_lr_warmup_steps, max(cfg.vae_steps - 1, 0)),
+                         num_training_steps=max(cfg.vae_steps, 1))
 
 
 def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -> float:
-    """Train the KL autoencoder for ``cfg.vae_steps`` steps, then set its scaling factor; return it.
+    """Train the KL autoencoder for ``cfg.vae_steps`` steps (learning rate ``cfg.vae_lr`` on the schedule of
+    ``lr_schedule``), then set its scaling factor; return it.
 
     The scaling factor is 1 / std of the posterior samples of up to 512 tiles, so that the UNet sees
     latents of unit variance (as Stable Diffusion's 0.18215 was chosen).
@@ -44,8 +56,9 @@ def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -
     seed = cfg.seed + SEED_OFFSET
     if cfg.vae_steps > 0:
         vae.train().requires_grad_(True)
-        objective = AutoencoderObjective(vae, cfg.vae_kl_weight, cfg.vae_spectral_weight)
+        objective = AutoencoderObjective(vae, cfg.vae_kl_weight, cfg.vae_spectral_weight, cfg.vae_lab_weight)
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+        sched = lr_schedule(opt, cfg)
         objective, opt = accelerator.prepare(objective, opt)
         sampler = StepBatches(len(dataset), cfg.vae_batch_size, 1, seed, 0, cfg.vae_steps,
                               accelerator.process_index, accelerator.num_processes)
@@ -59,8 +72,9 @@ def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -
                 raise PathUpError(f"autoencoder loss is {loss.item()} at step {step + 1}; lower --vae-lr")
             accelerator.backward(loss)
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
-            bar.set_postfix(rec=f"{rec.item():.4f}", kl=f"{kl.item():.1f}")
+            bar.set_postfix(rec=f"{rec.item():.4f}", kl=f"{kl.item():.1f}", lr=f"{sched.get_last_lr()[0]:.1e}")
         accelerator.free_memory()
     vae.eval().requires_grad_(False)
     n = min(len(dataset), 512)

@@ -88,11 +88,17 @@ class TrainConfig:
     vae_steps: Optional[int] = option(None, "autoencoder training steps before the UNet (from scratch only; default: "
                                             "1000 for tiny, 600 for other sizes)", min=0)
     vae_batch_size: int = option(8, "autoencoder batch size", min=1)
-    vae_lr: float = option(5e-4, "autoencoder learning rate", min=0, min_exclusive=True)
+    vae_lr: float = option(1e-3, "autoencoder learning rate (peak, after the warm-up)", min=0, min_exclusive=True)
+    vae_lr_schedule: Literal["constant", "cosine", "linear"] = option(
+        "cosine", "autoencoder learning-rate schedule after its warm-up (cosine: decays to 0 at the last of --vae-steps; "
+                  "benchmarks/bench_autoencoder.py)")
+    vae_lr_warmup_steps: int = option(50, "linear warm-up steps of the autoencoder learning rate", min=0)
     vae_kl_weight: float = option(1e-6, "KL weight of the autoencoder loss", min=0)
     vae_spectral_weight: float = option(0.0, "weight of a frequency-domain L1 in the autoencoder loss (0 = off; on "
                                               "held-out Kather tiles 1.0 gave +1.1 dB PSNR at 600 steps, with more "
                                               "energy at the latent grid's frequencies)", min=0)
+    vae_lab_weight: float = option(0.0, "weight of an L1 in CIE Lab in the autoencoder loss (0 = off; "
+                                        "benchmarks/bench_autoencoder.py)", min=0)
     vae_crop: int = option(0, "train the autoencoder on random crops of this size (0 = whole tiles, as it is used)",
                            metavar="PX", min=0)
     vae_eval_tiles: int = option(256, "held-out tiles the autoencoder is measured on after its stage (PSNR, SSIM, "
