@@ -212,14 +212,19 @@ def test_spectral_l1_against_numpy_and_in_the_autoencoder_loss():
     assert spectral_l1(a, b).item() == pytest.approx(float(ref), rel=1e-5)
     assert spectral_l1(a, a).item() == 0.0
     # a blur keeps the pixel mean (and much of the L1) but loses high frequencies: the spectral term sees it
+    _assert_loss_term_adds(autoencoder_loss, "spectral_weight", 0.5, spectral_l1)
+
+
+def _assert_loss_term_adds(autoencoder_loss, option: str, weight: float, term) -> None:
+    """``autoencoder_loss(..., option=weight)`` is the plain loss + weight * term(recon, x), the rest unchanged."""
     vae = _tiny_vae()
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     plain, rec, kl = autoencoder_loss(vae, x, generator=torch.Generator().manual_seed(2))
-    both, rec2, kl2 = autoencoder_loss(vae, x, spectral_weight=0.5, generator=torch.Generator().manual_seed(2))
+    both, rec2, kl2 = autoencoder_loss(vae, x, **{option: weight}, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         recon = vae.decode(vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(2))).sample
     assert rec2 == rec and kl2 == kl
-    assert (both - plain).item() == pytest.approx(0.5 * spectral_l1(recon, x).item(), rel=1e-4)
+    assert (both - plain).item() == pytest.approx(weight * term(recon, x).item(), rel=1e-4)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
@@ -266,14 +271,7 @@ def test_lab_l1_against_scikit_image_and_in_the_autoencoder_loss():
     a.requires_grad_(True)
     lab_l1(a, b).backward()
     assert torch.isfinite(a.grad).all()
-    vae = _tiny_vae()
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    plain, rec, kl = autoencoder_loss(vae, x, generator=torch.Generator().manual_seed(2))
-    both, rec2, kl2 = autoencoder_loss(vae, x, lab_weight=2.0, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(2))).sample
-    assert rec2 == rec and kl2 == kl
-    assert (both - plain).item() == pytest.approx(2.0 * lab_l1(recon, x).item(), rel=1e-4)
+    _assert_loss_term_adds(autoencoder_loss, "lab_weight", 2.0, lab_l1)
 
 
 def test_grid_ratio_sees_a_latent_grid_and_not_noise():
