@@ -65,7 +65,8 @@ def train_and_measure(args) -> dict:
     held_split = heldout_split(labelled_real(cfg.data, None)[2], cfg.val_split)
     held = RealSet.load(cfg.data, split=cfg.split, val_split=cfg.val_split, level=None, resolution=size.resolution,
                         max_train=1, max_held=cfg.vae_eval_tiles, seed=cfg.seed)
-    objective = AutoencoderObjective(vae, cfg.vae_kl_weight, cfg.vae_spectral_weight, cfg.vae_lab_weight)
+    objective = AutoencoderObjective.from_config(vae, cfg)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # the latent grid's period, in pixels
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = lr_schedule(opt, cfg)
     seed = cfg.seed + SEED_OFFSET
@@ -83,13 +84,15 @@ def train_and_measure(args) -> dict:
         vae.eval()
         recon = reconstruct(vae, held.held_images)
         vae.train()
-        r = summarise(held.held_images, recon, held.held_labels)
+        r = summarise(held.held_images, recon, held.held_labels, grid_period=factor)
         row = {"step": step, "train_seconds": round(train_seconds, 1), "psnr": r["psnr"], "ssim": r["ssim"],
                "ciede2000": r["ciede2000"], "border_ratio": r["border_ratio"],
+               "grid_ratio": r["grid_ratio"]["reconstructed"], "grid_ratio_real": r["grid_ratio"]["real"],
                "per_class": {c: {k: v[k] for k in ("psnr", "ciede2000")} for c, v in r["per_class"].items()}}
         record["curve"].append(row)
         print(f"step {step}: PSNR {r['psnr']:.2f} dB, CIEDE2000 {r['ciede2000']:.2f}, SSIM {r['ssim']:.3f}, "
-              f"border {r['border_ratio']:.2f} ({train_seconds:.0f} s of training)", flush=True)
+              f"border {r['border_ratio']:.2f}, grid {r['grid_ratio']['reconstructed']:.1f} "
+              f"(real {r['grid_ratio']['real']:.1f}) ({train_seconds:.0f} s of training)", flush=True)
         from pathup.io import atomic_write_text
 
         atomic_write_text(out / "curve.json", json.dumps(record, indent=1, default=float))

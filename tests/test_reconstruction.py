@@ -291,3 +291,49 @@ def test_grid_ratio_sees_a_latent_grid_and_not_noise():
     rep = summarise(as8(noise), as8(noise + checker), grid_period=8)
     assert rep["grid_ratio"]["reconstructed"] > 2 and rep["grid_ratio"]["real"] < 1.25 and rep["grid_ratio"]["period"] == 8
     assert "grid_ratio" not in summarise(as8(noise), as8(noise))
+
+
+def test_grid_l1_charges_only_the_latent_grids_frequencies():
+    """``grid_l1`` against numpy's FFT: the mean |difference| over the grid's bins; a checker on the grid costs,
+    a wave off the grid and a colour shift cost nothing."""
+    from pathup.losses import autoencoder_loss, grid_l1
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    y, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    checker = 0.1 * torch.cos(2 * torch.pi * xx / 8) * torch.cos(2 * torch.pi * y / 8)
+    off_grid = 0.1 * torch.cos(2 * torch.pi * 3 * xx / 32)  # 3 cycles per tile: not a multiple of 32 / 8 = 4
+    assert grid_l1(x + off_grid + 0.2, x, 8).item() == pytest.approx(0.0, abs=1e-6)
+    recon = x + checker + 0.05 * torch.rand(2, 3, 32, 32, generator=g)
+    d = np.fft.rfft2(recon.double().numpy(), norm="ortho") - np.fft.rfft2(x.double().numpy(), norm="ortho")
+    bins = [(fy, fx) for fy in range(0, 32, 4) for fx in range(0, 17, 4) if (fy, fx) != (0, 0)]  # 8 x 5 - 1
+    want = np.mean([np.abs(d[:, :, fy, fx]) for fy, fx in bins])
+    assert grid_l1(recon, x, 8).item() == pytest.approx(want, rel=1e-5)
+    # by hand: 0.1 cos cos puts 0.1 * sqrt(32 * 32) / 4 = 0.8 on (+-4, +-4); the half spectrum keeps 2 of them
+    assert grid_l1(x + checker, x, 8).item() == pytest.approx(2 * 0.8 / 39, rel=1e-5)
+    with pytest.raises(ValueError, match="divide"):
+        grid_l1(recon, x, 7)
+    _assert_loss_term_adds(autoencoder_loss, "grid_weight", 2.0, lambda r, i: grid_l1(r, i, 2))  # two blocks: factor 2
+
+
+def test_grid_power_vs_real_tells_a_painted_checker_from_a_blur():
+    """A checker added on the grid keeps more than the real power there; a blur keeps less everywhere (and
+    ``grid_ratio`` rises for both); an exact copy keeps 1."""
+    from scipy.ndimage import uniform_filter
+
+    from pathup.metrics.reconstruction import grid_power_vs_real, grid_ratio
+
+    rng = np.random.default_rng(0)
+    real = (128 + 30 * rng.standard_normal((8, 64, 64, 3))).clip(0, 255).astype(np.uint8)
+    y, x = np.mgrid[:64, :64]
+    checker = (10 * np.cos(2 * np.pi * x / 8) * np.cos(2 * np.pi * y / 8))[None, :, :, None]
+    painted = (real + checker).clip(0, 255).astype(np.uint8)
+    blurred = uniform_filter(real.astype(float), size=(1, 5, 5, 1)).astype(np.uint8)
+    assert grid_power_vs_real(real, real, 8) == {"grid": pytest.approx(1.0), "elsewhere": pytest.approx(1.0)}
+    p = grid_power_vs_real(real, painted, 8)
+    assert p["grid"] > 3 and p["elsewhere"] == pytest.approx(1.0, abs=0.02)
+    b = grid_power_vs_real(real, blurred, 8)
+    assert b["grid"] < 0.1 and b["elsewhere"] < 0.01 and grid_ratio(blurred, 8) > 2
+    assert summarise(real, blurred, grid_period=8)["grid_ratio"]["power_vs_real"] == pytest.approx(b)
+    with pytest.raises(PathUpError, match="divide"):
+        grid_power_vs_real(real, real, 7)

@@ -39,10 +39,30 @@ def lab_l1(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return (rgb_to_lab(recon) - rgb_to_lab(images)).abs().mean() / 100
 
 
+def grid_l1(recon: torch.Tensor, images: torch.Tensor, period: int) -> torch.Tensor:
+    """Mean |F(recon) - F(x)| over the frequencies of a ``period``-px grid only (multiples of 1/period cycles/px
+    along either axis, (0, 0) excluded; orthonormal 2-D FFT of each channel).
+
+    A decoder that upsamples by nearest neighbour paints its latent grid (one latent pixel = ``period`` image
+    pixels) as a faint checker; its energy sits on these few frequencies, where a pixel L1 spreads it thinly
+    over every pixel and barely sees it. This term charges exactly there, against the real tile's own power
+    at those frequencies (``pathup.metrics.reconstruction.grid_ratio`` measures the result).
+    """
+    h, w = images.shape[-2:]
+    if period < 2 or h % period or w % period:
+        raise ValueError(f"grid period must be >= 2 px and divide the {h}x{w} images, got {period}")
+    diff = torch.fft.rfft2(recon.float(), norm="ortho") - torch.fft.rfft2(images.float(), norm="ortho")
+    on = diff[..., :: h // period, :: w // period]  # (B, 3, period, <= period/2 + 1): the grid's bins
+    keep = torch.ones(on.shape[-2:], dtype=torch.bool, device=on.device)
+    keep[0, 0] = False  # the mean colour is the pixel L1's business
+    return on.abs()[..., keep].mean()
+
+
 def autoencoder_loss(vae, images: torch.Tensor, *, kl_weight: float = 1e-6, spectral_weight: float = 0.0,
-                     lab_weight: float = 0.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L = |x - D(z)|_1 + spectral_weight * spectral_l1 + lab_weight * lab_l1 + kl_weight * KL(q(z|x) || N(0, I)),
-    z ~ q(z|x).
+                     lab_weight: float = 0.0, grid_weight: float = 0.0,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L = |x - D(z)|_1 + spectral_weight * spectral_l1 + lab_weight * lab_l1 + grid_weight * grid_l1
+    + kl_weight * KL(q(z|x) || N(0, I)), z ~ q(z|x).
 
     Both terms are sums over an image, as in the latent-diffusion code (so ``kl_weight`` means the
     same as there); the total is then divided by the pixel count, which Adam does not mind.
@@ -53,6 +73,7 @@ def autoencoder_loss(vae, images: torch.Tensor, *, kl_weight: float = 1e-6, spec
         kl_weight: the KL weight (1e-6 as in Stable Diffusion's kl-f8).
         spectral_weight: weight of ``spectral_l1`` (0: off).
         lab_weight: weight of ``lab_l1`` (0: off).
+        grid_weight: weight of ``grid_l1`` at the autoencoder's downsampling factor (0: off).
         generator: for the posterior sample.
 
     Returns:
@@ -68,4 +89,7 @@ def autoencoder_loss(vae, images: torch.Tensor, *, kl_weight: float = 1e-6, spec
         total = total + spectral_weight * spectral_l1(recon, images)
     if lab_weight:
         total = total + lab_weight * lab_l1(recon, images)
+    if grid_weight:
+        period = 2 ** (len(vae.config.block_out_channels) - 1)  # one latent pixel, in image pixels
+        total = total + grid_weight * grid_l1(recon, images, period)
     return total, rec, kl

@@ -84,9 +84,7 @@ def grid_ratio(images: np.ndarray, period: int) -> float:
     h, w = images.shape[1:3]
     if period < 2 or h % period or w % period:
         raise PathUpError(f"grid period must be >= 2 px and divide the {h}x{w} images, got {period}")
-    lum = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (N, H, W)
-    lum -= lum.mean(axis=(1, 2), keepdims=True)
-    power = (np.abs(np.fft.fft2(lum)) ** 2).mean(0)  # (H, W)
+    power = _luminance_power(images)  # (H, W)
     fy, fx = np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij")  # integer frequency bins
     radius = np.rint(np.hypot(fy / h, fx / w) * max(h, w)).astype(int)
     on_grid = (np.rint(fy) % (h // period) == 0) & (np.rint(fx) % (w // period) == 0) & (radius > 0)
@@ -97,6 +95,33 @@ def grid_ratio(images: np.ndarray, period: int) -> float:
         if med > 0:
             ratios.append(power[y, x] / med)
     return float(np.mean(ratios)) if ratios else float("nan")
+
+
+def _luminance_power(images: np.ndarray) -> np.ndarray:
+    """Mean power spectrum (H, W) of the images' luminance, each minus its mean."""
+    lum = np.asarray(images).astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (N, H, W)
+    lum -= lum.mean(axis=(1, 2), keepdims=True)
+    return (np.abs(np.fft.fft2(lum)) ** 2).mean(0)
+
+
+def grid_power_vs_real(real: np.ndarray, recon: np.ndarray, period: int) -> dict[str, float]:
+    """The power the reconstructions keep of the real images', at a ``period``-px grid's frequencies and elsewhere.
+
+    ``grid``: the mean over the grid's frequencies ((0, 0) excluded) of recon power / real power at the same
+    frequency; ``elsewhere``: the median of that ratio over all other frequencies. Above 1 at the grid, the
+    decoder paints a checker on top of the tissue; below 1 but far above ``elsewhere``, it paints none: it
+    blurs everything except its grid, which then stands out of the blur (``grid_ratio`` sees both alike).
+    """
+    real, recon = _pairs(real, recon)
+    h, w = real.shape[1:3]
+    if period < 2 or h % period or w % period:
+        raise PathUpError(f"grid period must be >= 2 px and divide the {h}x{w} images, got {period}")
+    ratio = _luminance_power(recon) / np.maximum(_luminance_power(real), 1e-12)
+    on = np.zeros((h, w), bool)
+    on[:: h // period, :: w // period] = True
+    off = ~on
+    on[0, 0] = False
+    return {"grid": float(ratio[on].mean()), "elsewhere": float(np.median(ratio[off]))}
 
 
 def per_image(real: np.ndarray, recon: np.ndarray, border: int = BORDER_PX) -> dict[str, np.ndarray]:
@@ -118,7 +143,8 @@ def per_image(real: np.ndarray, recon: np.ndarray, border: int = BORDER_PX) -> d
 def summarise(real: np.ndarray, recon: np.ndarray, labels: Sequence[str] | None = None,
               border: int = BORDER_PX, grid_period: int | None = None) -> dict[str, Any]:
     """Means of ``per_image`` over all pairs, and per class when ``labels`` are given; with ``grid_period``,
-    also ``grid_ratio`` of the reconstructions and of the real images (``{"reconstructed", "real"}``).
+    also ``grid_ratio`` of the reconstructions and of the real images (``{"reconstructed", "real"}``) and the
+    power the reconstructions keep of the real images' (``"power_vs_real"``, ``grid_power_vs_real``).
 
     PSNR is averaged over images with a finite value (an exact copy has infinite PSNR); the border
     ratio is the ratio of the mean border and centre errors over all images (robust to near-white tiles
@@ -143,7 +169,8 @@ def summarise(real: np.ndarray, recon: np.ndarray, labels: Sequence[str] | None 
     out["border_px"] = border
     if grid_period:
         out["grid_ratio"] = {"period": int(grid_period), "reconstructed": grid_ratio(recon, grid_period),
-                             "real": grid_ratio(real, grid_period)}
+                             "real": grid_ratio(real, grid_period),
+                             "power_vs_real": grid_power_vs_real(real, recon, grid_period)}
     if labels is not None:
         labels = np.asarray(labels)
         if len(labels) != len(vals["psnr"]):

@@ -22,16 +22,23 @@ SEED_OFFSET = 7919  # the autoencoder stage's random streams differ from the UNe
 class AutoencoderObjective(torch.nn.Module):
     """Wraps the VAE so that its loss runs inside ``forward`` (needed for DDP's gradient sync)."""
 
-    def __init__(self, vae, kl_weight: float, spectral_weight: float = 0.0, lab_weight: float = 0.0) -> None:
+    def __init__(self, vae, kl_weight: float, spectral_weight: float = 0.0, lab_weight: float = 0.0,
+                 grid_weight: float = 0.0) -> None:
         super().__init__()
         self.vae = vae
         self.kl_weight = kl_weight
         self.spectral_weight = spectral_weight
         self.lab_weight = lab_weight
+        self.grid_weight = grid_weight
+
+    @classmethod
+    def from_config(cls, vae, cfg: TrainConfig) -> "AutoencoderObjective":
+        """The objective with the loss weights of ``cfg`` (``--vae-kl-weight``, ``--vae-*-weight``)."""
+        return cls(vae, cfg.vae_kl_weight, cfg.vae_spectral_weight, cfg.vae_lab_weight, cfg.vae_grid_weight)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         return autoencoder_loss(self.vae, images, kl_weight=self.kl_weight, spectral_weight=self.spectral_weight,
-                                lab_weight=self.lab_weight, generator=generator)
+                                lab_weight=self.lab_weight, grid_weight=self.grid_weight, generator=generator)
 
 
 def lr_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
@@ -56,7 +63,7 @@ def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -
     seed = cfg.seed + SEED_OFFSET
     if cfg.vae_steps > 0:
         vae.train().requires_grad_(True)
-        objective = AutoencoderObjective(vae, cfg.vae_kl_weight, cfg.vae_spectral_weight, cfg.vae_lab_weight)
+        objective = AutoencoderObjective.from_config(vae, cfg)
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
         sched = lr_schedule(opt, cfg)
         objective, opt = accelerator.prepare(objective, opt)
