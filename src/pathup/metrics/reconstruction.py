@@ -82,12 +82,10 @@ def grid_ratio(images: np.ndarray, period: int) -> float:
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise PathUpError(f"grid_ratio needs (N, H, W, 3) images, got shape {images.shape}")
     h, w = images.shape[1:3]
-    if period < 2 or h % period or w % period:
-        raise PathUpError(f"grid period must be >= 2 px and divide the {h}x{w} images, got {period}")
+    on_grid = _grid_mask(h, w, period)
     power = _luminance_power(images)  # (H, W)
     fy, fx = np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij")  # integer frequency bins
     radius = np.rint(np.hypot(fy / h, fx / w) * max(h, w)).astype(int)
-    on_grid = (np.rint(fy) % (h // period) == 0) & (np.rint(fx) % (w // period) == 0) & (radius > 0)
     ratios = []
     for y, x in zip(*np.nonzero(on_grid)):
         ring = power[radius == radius[y, x]]
@@ -95,6 +93,16 @@ def grid_ratio(images: np.ndarray, period: int) -> float:
         if med > 0:
             ratios.append(power[y, x] / med)
     return float(np.mean(ratios)) if ratios else float("nan")
+
+
+def _grid_mask(h: int, w: int, period: int) -> np.ndarray:
+    """(H, W) bool: the frequencies of a ``period``-px grid in an unshifted H x W spectrum, (0, 0) excluded."""
+    if period < 2 or h % period or w % period:
+        raise PathUpError(f"grid period must be >= 2 px and divide the {h}x{w} images, got {period}")
+    on = np.zeros((h, w), bool)
+    on[:: h // period, :: w // period] = True
+    on[0, 0] = False
+    return on
 
 
 def _luminance_power(images: np.ndarray) -> np.ndarray:
@@ -113,14 +121,10 @@ def grid_power_vs_real(real: np.ndarray, recon: np.ndarray, period: int) -> dict
     blurs everything except its grid, which then stands out of the blur (``grid_ratio`` sees both alike).
     """
     real, recon = _pairs(real, recon)
-    h, w = real.shape[1:3]
-    if period < 2 or h % period or w % period:
-        raise PathUpError(f"grid period must be >= 2 px and divide the {h}x{w} images, got {period}")
+    on = _grid_mask(*real.shape[1:3], period)
     ratio = _luminance_power(recon) / np.maximum(_luminance_power(real), 1e-12)
-    on = np.zeros((h, w), bool)
-    on[:: h // period, :: w // period] = True
     off = ~on
-    on[0, 0] = False
+    off[0, 0] = False
     return {"grid": float(ratio[on].mean()), "elsewhere": float(np.median(ratio[off]))}
 
 
