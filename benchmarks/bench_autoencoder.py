@@ -5,7 +5,9 @@ with ``pathup train``'s own objective and learning-rate schedule (``--train-arg`
 of ``TrainConfig``, ``--vae-arg`` an ``AutoencoderKL`` argument), and every ``--eval-every`` steps measures it
 on held-out tiles (``pathup.metrics.reconstruction``: PSNR, SSIM, mean CIEDE2000, border / centre error,
 overall and per class), the numbers ``pathup train`` prints after its autoencoder stage. The curve tells
-whether a recipe is better at the same step count and whether it is still improving.
+whether a recipe is better at the same step count and whether it is still improving. Then, as ``pathup train``
+does, the decoder alone trains on noisy latents (``--train-arg vae_decoder_steps=N``, default a fifth of
+``--steps``; 0 = off), measured once more (the curve's last row has ``decoder_steps``).
 
 Usage (2 CPU cores; about 1.1 s per step with 1 thread for ``tiny``):
     python benchmarks/prepare_dev.py --root ../shared/data/kather2016-dev --out data/k1200
@@ -45,7 +47,8 @@ def train_and_measure(args) -> dict:
     from pathup.metrics.judge import RealSet, heldout_split, save_png
     from pathup.metrics.reconstruction import reconstruct, strip, summarise
     from pathup.model.registry import MODEL_SIZES
-    from pathup.train.autoencoder import SEED_OFFSET, AutoencoderObjective, lr_schedule
+    from pathup.train.autoencoder import (SEED_OFFSET, AutoencoderObjective, finetune_decoder, lr_schedule,
+                                          train_autoencoder)
     from pathup.train.config import TrainConfig
     from pathup.train.data import StepBatches, TrainTiles, loader, random_crop, random_flips, step_generator
 
@@ -80,7 +83,7 @@ def train_and_measure(args) -> dict:
     t0 = time.perf_counter()
     train_seconds = 0.0
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int, decoder_steps: int = 0) -> None:
         vae.eval()
         recon = reconstruct(vae, held.held_images)
         vae.train()
@@ -89,15 +92,17 @@ def train_and_measure(args) -> dict:
                "ciede2000": r["ciede2000"], "border_ratio": r["border_ratio"],
                "grid_ratio": r["grid_ratio"]["reconstructed"], "grid_ratio_real": r["grid_ratio"]["real"],
                "per_class": {c: {k: v[k] for k in ("psnr", "ciede2000")} for c, v in r["per_class"].items()}}
+        if decoder_steps:
+            row["decoder_steps"] = decoder_steps
         record["curve"].append(row)
-        print(f"step {step}: PSNR {r['psnr']:.2f} dB, CIEDE2000 {r['ciede2000']:.2f}, SSIM {r['ssim']:.3f}, "
+        print(f"step {step}{f' + {decoder_steps} decoder' if decoder_steps else ''}: PSNR {r['psnr']:.2f} dB, CIEDE2000 {r['ciede2000']:.2f}, SSIM {r['ssim']:.3f}, "
               f"border {r['border_ratio']:.2f}, grid {r['grid_ratio']['reconstructed']:.1f} "
               f"(real {r['grid_ratio']['real']:.1f}) ({train_seconds:.0f} s of training)", flush=True)
         from pathup.io import atomic_write_text
 
         atomic_write_text(out / "curve.json", json.dumps(record, indent=1, default=float))
         if step == cfg.vae_steps:
-            save_png(strip(held.held_images, recon), out / "strip.png")
+            save_png(strip(held.held_images, recon), out / "strip.png")  # the decoder stage's replaces the first
 
     vae.train()
     for step, (images, _, _) in enumerate(loader(tiles, sampler, 0)):
@@ -113,6 +118,18 @@ def train_and_measure(args) -> dict:
         done = step + 1
         if done % args.eval_every == 0 or done == cfg.vae_steps:
             evaluate(done)
+    decoder_steps = cfg.vae_decoder_steps if cfg.vae_decoder_steps is not None else cfg.vae_steps // 5
+    if decoder_steps:
+        import dataclasses
+
+        from accelerate import Accelerator
+
+        acc = Accelerator(cpu=True)
+        t = time.perf_counter()
+        train_autoencoder(acc, vae, tiles, dataclasses.replace(cfg, vae_steps=0))  # only its scaling factor
+        finetune_decoder(acc, vae, tiles, dataclasses.replace(cfg, vae_decoder_steps=decoder_steps))
+        train_seconds += time.perf_counter() - t
+        evaluate(cfg.vae_steps, decoder_steps)
     vae.eval().save_pretrained(out / "vae")
     record["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return record
@@ -127,10 +144,13 @@ def plot(folders: list[Path], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for f in folders:
         rec = json.loads((Path(f) / "curve.json").read_text())
-        steps = [r["step"] for r in rec["curve"]]
+        first = [r for r in rec["curve"] if "decoder_steps" not in r]
         label = Path(f).name
-        axes[0].plot(steps, [r["psnr"] for r in rec["curve"]], marker="o", label=label)
-        axes[1].plot(steps, [r["ciede2000"] for r in rec["curve"]], marker="o", label=label)
+        for ax, key in zip(axes, ("psnr", "ciede2000")):
+            line, = ax.plot([r["step"] for r in first], [r[key] for r in first], marker="o", label=label)
+            for r in rec["curve"]:
+                if "decoder_steps" in r:  # after the decoder stage: a star at the autoencoder's last step
+                    ax.plot([r["step"]], [r[key]], marker="*", ms=11, color=line.get_color())
     axes[0].axhline(28, color="grey", ls="--", lw=1)
     axes[1].axhline(3, color="grey", ls="--", lw=1)
     axes[0].set(xlabel="autoencoder step", ylabel="PSNR (dB), held-out tiles", title="higher is better (target 28)")
@@ -164,7 +184,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     record = train_and_measure(args)
     last = record["curve"][-1]
-    print(f"{args.out}: {last['step']} steps in {record['wall_seconds']:.0f} s: PSNR {last['psnr']:.2f} dB, "
+    print(f"{args.out}: {last['step']} steps (+ {last.get('decoder_steps', 0)} decoder) in {record['wall_seconds']:.0f} s: PSNR {last['psnr']:.2f} dB, "
           f"CIEDE2000 {last['ciede2000']:.2f}, border {last['border_ratio']:.2f}")
 
 

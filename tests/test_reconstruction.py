@@ -337,3 +337,59 @@ def test_grid_power_vs_real_tells_a_painted_checker_from_a_blur():
     assert summarise(real, blurred, grid_period=8)["grid_ratio"]["power_vs_real"] == pytest.approx(b)
     with pytest.raises(PathUpError, match="divide"):
         grid_power_vs_real(real, real, 7)
+
+
+def test_noisy_latents_draw_one_uniform_std_per_image():
+    """Each image's noise is N(0, s^2) with s ~ U(0, max_std): per-image stds against scipy's uniform (KS test),
+    and E[s^2] = max_std^2 / 3 by hand."""
+    from scipy.stats import kstest
+
+    from pathup.train.autoencoder import noisy_latents
+
+    z = torch.full((400, 4, 16, 16), 2.0)
+    out = noisy_latents(z, 0.6, torch.Generator().manual_seed(0))
+    std = (out - z).flatten(1).std(dim=1).numpy()
+    assert kstest(std / 0.6, "uniform").pvalue > 0.01
+    assert np.mean(std ** 2) == pytest.approx(0.6 ** 2 / 3, rel=0.1)
+    again = noisy_latents(z, 0.6, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and torch.equal(noisy_latents(z, 0.0), z)
+
+
+def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout):
+    """The decoder stage changes the decoder only: encoder, latents and scaling factor stay bit-identical."""
+    from accelerate import Accelerator
+
+    from pathup.model import build_ldm
+    from pathup.train import TrainConfig
+    from pathup.train.autoencoder import finetune_decoder, train_autoencoder
+    from pathup.train.base import _tiles
+    from test_train import FAST
+
+    cfg = TrainConfig(data=heldout, out=tmp_path / "run", **{**FAST, "vae_steps": 2, "vae_decoder_steps": 3}).resolved()
+    tiles = _tiles(cfg, 64)
+    vae = build_ldm("micro", tiles.table).vae
+    acc = Accelerator(cpu=True)
+    sf = train_autoencoder(acc, vae, tiles, cfg)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    x = torch.stack([tiles[i][0] for i in range(4)])
+    with torch.no_grad():
+        z0 = vae.encode(x).latent_dist.mode()
+    finetune_decoder(acc, vae, tiles, cfg)
+    after = vae.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    trained = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and trained and len(frozen) + len(trained) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x).latent_dist.mode(), z0)
+    assert vae.config.scaling_factor == sf and not vae.training
+
+
+def test_decoder_stage_defaults_to_a_fifth_of_the_autoencoder_steps():
+    from pathup.train import TrainConfig
+
+    assert TrainConfig(data="d", out="o", model="tiny").resolved().vae_decoder_steps == 200
+    assert TrainConfig(data="d", out="o", model="tiny", vae_steps=4000).resolved().vae_decoder_steps == 800
+    assert TrainConfig(data="d", out="o", model="tiny", vae_decoder_steps=0).resolved().vae_decoder_steps == 0
+    assert TrainConfig(data="d", out="o", model="org/sd-folder").resolved().vae_decoder_steps == 0

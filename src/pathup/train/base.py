@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from pathup.errors import OptionError, PathUpError
-from pathup.train.autoencoder import train_autoencoder
+from pathup.train.autoencoder import finetune_decoder, train_autoencoder
 from pathup.train.config import TrainConfig
 from pathup.train.data import TrainTiles
 
@@ -80,6 +80,7 @@ def load_model(acc, cfg: TrainConfig, run: Path):
             ldm.vae.to(acc.device)
             sf = train_autoencoder(acc, ldm.vae, tiles, cfg)
             log.info("autoencoder trained; latent scaling factor %.4f", sf)
+            finetune_decoder(acc, ldm.vae, tiles, cfg)
             ldm.vae.cpu()
             if acc.is_main_process:
                 save_ldm(ldm, base)

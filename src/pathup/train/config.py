@@ -103,6 +103,14 @@ class TrainConfig:
                                          "(0 = off; measured on held-out Kather tiles at 1000 steps, 0.05 and 0.5 "
                                          "did not lower the grid texture: the reconstructions already keep less "
                                          "than the real power there; benchmarks/bench_autoencoder.py)", min=0)
+    vae_decoder_steps: Optional[int] = option(
+        None, "then train the decoder alone this many steps on the frozen encoder's latents with noise added, so "
+              "that it decodes the UNet's imperfect latents with less speckle (from scratch only; default: "
+              "--vae-steps / 5; 0 = off)", min=0)
+    vae_decoder_noise: float = option(0.4, "largest std of the Gaussian noise added to the latents in the decoder "
+                                           "stage, in the UNet's units (unit-variance latents); each image draws "
+                                           "its std uniformly from [0, this]", min=0)
+    vae_decoder_lr: float = option(1e-4, "learning rate of the decoder stage (constant)", min=0, min_exclusive=True)
     vae_crop: int = option(0, "train the autoencoder on random crops of this size (0 = whole tiles, as it is used)",
                            metavar="PX", min=0)
     vae_eval_tiles: int = option(256, "held-out tiles the autoencoder is measured on after its stage (PSNR, SSIM, "
@@ -156,6 +164,8 @@ class TrainConfig:
                 "lr_warmup_steps": 100 if s else 0, "ema_decay": 0.999 if s else 0.9999}
         if s:
             fill.update(MODEL_SIZES[self.model].train)
+        vae_steps = self.vae_steps if self.vae_steps is not None else fill["vae_steps"]
+        fill["vae_decoder_steps"] = vae_steps // 5 if s else 0
         auto = (self.max_steps or fill["max_steps"]) == "auto"
         fill["val_every"] = 250 if s else (1000 if auto else 0)
         return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
