@@ -202,7 +202,7 @@ def test_guidance_interval_counts_and_batch_invariance(tiny):
     assert run(None, None)[1] == n_patches * 6 * 2  # guidance on every step
     for batch, mode in [(1, "per-patch"), (4, "per-chunk"), (4, "per-canvas")]:
         out, e = run(batch, mode=mode)
-        assert e == evals and (out - full).abs().max().item() <= 1e-5
+        assert e == evals and _close(out, full)  # float32 round-off scales with |x| (values reach ~15)
 
 
 def test_guidance_interval_option_is_checked():
