@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 
-def finetune(run: Path, dataset: Path, out: Path, steps: int, noise: float, lr: float, seed: int) -> Path:
+def finetune(run: Path, dataset: Path, out: Path, steps: int, noise: float, lr: float, seed: int,
+             adv_weight: float = 0.0, disc_layers: int = 3) -> Path:
     from accelerate import Accelerator
     from diffusers import AutoencoderKL
 
@@ -42,7 +43,8 @@ def finetune(run: Path, dataset: Path, out: Path, steps: int, noise: float, lr: 
     shutil.copytree(run / "model", model)
     vae = AutoencoderKL.from_pretrained(model / "vae")
     cfg = TrainConfig(data=str(dataset), out=str(out), vae_decoder_steps=steps, vae_decoder_noise=noise,
-                      vae_decoder_lr=lr, seed=seed, num_workers=0)
+                      vae_decoder_lr=lr, vae_decoder_adv_weight=adv_weight, vae_disc_layers=disc_layers,
+                      seed=seed, num_workers=0)
     resolution = int(vae.config.sample_size)
     tiles = TrainTiles(cfg.data, cfg.split, [], True, resolution)
     finetune_decoder(Accelerator(cpu=not torch.cuda.is_available()), vae, tiles, cfg)
@@ -84,6 +86,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=800, help="decoder steps (--vae-decoder-steps)")
     ap.add_argument("--noise", type=float, default=0.4, help="--vae-decoder-noise")
     ap.add_argument("--lr", type=float, default=1e-4, help="--vae-decoder-lr")
+    ap.add_argument("--adv-weight", type=float, default=0.0, help="--vae-decoder-adv-weight (patch discriminator)")
+    ap.add_argument("--disc-layers", type=int, default=3, help="--vae-disc-layers")
+    ap.add_argument("--skip-before", action="store_true", help="measure only the fine-tuned decoder")
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
@@ -97,16 +102,18 @@ def main() -> None:
     from pathup.metrics.judge import evaluate_reconstruction
 
     args.out.mkdir(parents=True, exist_ok=True)
-    model = finetune(args.run, args.dataset, args.out, args.steps, args.noise, args.lr, args.seed)
+    model = finetune(args.run, args.dataset, args.out, args.steps, args.noise, args.lr, args.seed, args.adv_weight,
+                     args.disc_layers)
     record = {"run": str(args.run), "dataset": str(args.dataset), "steps": args.steps, "noise": args.noise,
-              "lr": args.lr, "threads": torch.get_num_threads()}
-    for name, m in (("before", args.run / "model"), ("after", model)):
+              "lr": args.lr, "adv_weight": args.adv_weight, "disc_layers": args.disc_layers, "threads": torch.get_num_threads()}
+    names = (("after", model),) if args.skip_before else (("before", args.run / "model"), ("after", model))
+    for name, m in names:
         rec, _ = evaluate_reconstruction(m, args.dataset, features=[], max_tiles=256, seed=args.seed)
         record[name] = {"reconstruction": {k: rec[k] for k in ("psnr", "ssim", "ciede2000", "border_ratio")},
                         "generated": summary(classes(m, args.dataset, args.out / name, args))}
-    lines = ["| decoder | PSNR | CIEDE2000 | border | " + " | ".join(record["before"]["generated"]) + " |",
-             "|---|---|---|---|" + "---|" * len(record["before"]["generated"])]
-    for name in ("before", "after"):
+    lines = ["| decoder | PSNR | CIEDE2000 | border | " + " | ".join(record["after"]["generated"]) + " |",
+             "|---|---|---|---|" + "---|" * len(record["after"]["generated"])]
+    for name, _ in names:
         r, g = record[name]["reconstruction"], record[name]["generated"]
         cells = [f"{v['accuracy']:.3f} vs {v['ceiling']:.3f}, {v['above_3x_chance']}/{v['classes']}" for v in g.values()]
         lines.append(f"| {name} | {r['psnr']:.2f} | {r['ciede2000']:.2f} | {r['border_ratio']:.2f} | " + " | ".join(cells) + " |")

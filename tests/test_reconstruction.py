@@ -355,8 +355,10 @@ def test_noisy_latents_draw_one_uniform_std_per_image():
     assert torch.equal(out, again) and torch.equal(noisy_latents(z, 0.0), z)
 
 
-def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout):
-    """The decoder stage changes the decoder only: encoder, latents and scaling factor stay bit-identical."""
+@pytest.mark.parametrize("adv_weight", [0.0, 0.5])
+def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout, adv_weight):
+    """The decoder stage changes the decoder only: encoder, latents and scaling factor stay bit-identical,
+    with or without the patch discriminator; with it, the same seed gives the same decoder."""
     from accelerate import Accelerator
 
     from pathup.model import build_ldm
@@ -365,7 +367,8 @@ def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout):
     from pathup.train.base import _tiles
     from test_train import FAST
 
-    cfg = TrainConfig(data=heldout, out=tmp_path / "run", **{**FAST, "vae_steps": 2, "vae_decoder_steps": 3}).resolved()
+    cfg = TrainConfig(data=heldout, out=tmp_path / "run", **{**FAST, "vae_steps": 2, "vae_decoder_steps": 3},
+                      vae_decoder_adv_weight=adv_weight).resolved()
     tiles = _tiles(cfg, 64)
     vae = build_ldm("micro", tiles.table).vae
     acc = Accelerator(cpu=True)
@@ -384,6 +387,9 @@ def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout):
     with torch.no_grad():
         assert torch.equal(vae.encode(x).latent_dist.mode(), z0)
     assert vae.config.scaling_factor == sf and not vae.training
+    vae.load_state_dict(before)
+    finetune_decoder(acc, vae, tiles, cfg)
+    assert all(torch.equal(after[k], v) for k, v in vae.state_dict().items())  # seeded: discriminator included
 
 
 def test_decoder_stage_defaults_to_a_fifth_of_the_autoencoder_steps():

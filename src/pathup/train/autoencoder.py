@@ -60,18 +60,47 @@ def noisy_latents(z: torch.Tensor, max_std: float, generator: torch.Generator | 
 class DecoderObjective(torch.nn.Module):
     """The decoder stage's loss inside ``forward`` (DDP): the L1 between the tiles and the decoding of their
     encoder's posterior samples with ``noisy_latents`` noise of up to ``noise`` in the UNet's units (latents
-    times ``scaling_factor``, unit variance)."""
+    times ``scaling_factor``, unit variance), plus, with a ``discriminator`` and ``adv_weight`` > 0, the
+    adversarial term of the latent-diffusion autoencoder recipe (``pathup.losses.adversarial``): its
+    generator loss times ``adv_weight`` times taming's adaptive weight on the decoder's last layer.
 
-    def __init__(self, vae, noise: float, scaling_factor: float) -> None:
+    ``forward`` returns ``(loss, l1, adversarial weight, decoded images detached)``; the discriminator is held
+    outside the module's parameters (it has its own optimiser and objective, ``DiscriminatorObjective``).
+    """
+
+    def __init__(self, vae, noise: float, scaling_factor: float, discriminator: torch.nn.Module | None = None,
+                 adv_weight: float = 0.0) -> None:
         super().__init__()
         self.vae = vae
         self.max_std = noise / scaling_factor  # in the autoencoder's own latent units
+        self._disc = (discriminator,) if discriminator is not None and adv_weight > 0 else ()  # not a submodule
+        self.adv_weight = adv_weight
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        from pathup.losses.adversarial import adaptive_weight, generator_loss
+
         with torch.no_grad():
             z = self.vae.encode(images).latent_dist.sample(generator)  # (B, C, h, w)
         recon = self.vae.decode(noisy_latents(z, self.max_std, generator)).sample  # (B, 3, H, W)
-        return (recon.float() - images.float()).abs().mean()
+        rec = (recon.float() - images.float()).abs().mean()
+        if not self._disc:
+            return rec, rec.detach(), torch.zeros(()), recon.detach()
+        adv = generator_loss(self._disc[0](recon))
+        w = adaptive_weight(rec, adv, self.vae.decoder.conv_out.weight) * self.adv_weight
+        return rec + w * adv, rec.detach(), w, recon.detach()
+
+
+class DiscriminatorObjective(torch.nn.Module):
+    """The patch discriminator's hinge loss on real tiles against decoded ones, inside ``forward`` (DDP)."""
+
+    def __init__(self, discriminator: torch.nn.Module) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        from pathup.losses.adversarial import hinge_d_loss
+
+        return hinge_d_loss(self.discriminator(real), self.discriminator(fake.detach()))
 
 
 def lr_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
@@ -134,7 +163,9 @@ def train_autoencoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -
 
 def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) -> None:
     """Train the decoder alone for ``cfg.vae_decoder_steps`` steps (constant learning rate
-    ``cfg.vae_decoder_lr``) to decode latents with noise of up to ``cfg.vae_decoder_noise`` (``DecoderObjective``).
+    ``cfg.vae_decoder_lr``) to decode latents with noise of up to ``cfg.vae_decoder_noise`` (``DecoderObjective``),
+    with a patch discriminator when ``cfg.vae_decoder_adv_weight`` > 0 (``pathup.losses.adversarial``; trained
+    in alternation with the decoder at the same learning rate, Adam betas (0.5, 0.9) as in taming).
 
     Run after ``train_autoencoder`` (its scaling factor sets the noise's units). The encoder and
     ``quant_conv`` stay frozen: the latents, and so the UNet's training data, do not change.
@@ -145,6 +176,8 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
     """
     from tqdm.auto import tqdm
 
+    from pathup.losses.adversarial import PatchDiscriminator
+
     steps = cfg.vae_decoder_steps or 0
     if steps <= 0:
         return
@@ -153,8 +186,19 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
     vae.train().requires_grad_(False)
     for m in decoder:
         m.requires_grad_(True)
-    objective = DecoderObjective(vae, cfg.vae_decoder_noise, float(vae.config.scaling_factor))
-    opt = torch.optim.AdamW([p for m in decoder for p in m.parameters()], lr=cfg.vae_decoder_lr, weight_decay=0.0)
+    disc = d_objective = d_opt = None
+    if cfg.vae_decoder_adv_weight > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            disc = PatchDiscriminator(layers=cfg.vae_disc_layers).to(accelerator.device)
+        d_objective = DiscriminatorObjective(disc)
+        d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.vae_decoder_lr, betas=(0.5, 0.9))
+        d_objective, d_opt = accelerator.prepare(d_objective, d_opt)
+    objective = DecoderObjective(vae, cfg.vae_decoder_noise, float(vae.config.scaling_factor), disc,
+                                 cfg.vae_decoder_adv_weight)
+    betas = (0.5, 0.9) if disc is not None else (0.9, 0.999)
+    opt = torch.optim.AdamW([p for m in decoder for p in m.parameters()], lr=cfg.vae_decoder_lr, weight_decay=0.0,
+                            betas=betas)
     objective, opt = accelerator.prepare(objective, opt)
     sampler = StepBatches(len(dataset), cfg.vae_batch_size, 1, seed, 0, steps,
                           accelerator.process_index, accelerator.num_processes)
@@ -163,12 +207,22 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
     for step, (images, _, _) in enumerate(bar):
         g = step_generator(seed, step, 0, accelerator.process_index)
         images = random_crop(random_flips(images, g), cfg.vae_crop, g).to(accelerator.device)
-        loss = objective(images, g)
+        if disc is not None:
+            disc.requires_grad_(False)
+        loss, rec, w, fake = objective(images, g)
         if not torch.isfinite(loss):
             raise PathUpError(f"decoder loss is {loss.item()} at step {step + 1}; lower --vae-decoder-lr")
         accelerator.backward(loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        bar.set_postfix(rec=f"{loss.item():.4f}")
+        post = {"rec": f"{rec.item():.4f}"}
+        if disc is not None:
+            disc.requires_grad_(True)
+            d_loss = d_objective(images, fake)
+            accelerator.backward(d_loss)
+            d_opt.step()
+            d_opt.zero_grad(set_to_none=True)
+            post.update(d=f"{d_loss.item():.3f}", w=f"{w.item():.2f}")
+        bar.set_postfix(**post)
     accelerator.free_memory()
     vae.eval().requires_grad_(False)

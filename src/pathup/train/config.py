@@ -111,6 +111,11 @@ class TrainConfig:
                                            "stage, in the UNet's units (unit-variance latents); each image draws "
                                            "its std uniformly from [0, this]", min=0)
     vae_decoder_lr: float = option(1e-4, "learning rate of the decoder stage (constant)", min=0, min_exclusive=True)
+    vae_decoder_adv_weight: float = option(
+        0.0, "weight of a patch discriminator's term in the decoder stage (the latent-diffusion autoencoder recipe; "
+             "times taming's adaptive weight; 0 = off)", min=0)
+    vae_disc_layers: int = option(3, "stride-2 layers of the decoder stage's patch discriminator (3: 70-px fields, "
+                                     "2: 34 px)", min=1, max=5)
     vae_crop: int = option(0, "train the autoencoder on random crops of this size (0 = whole tiles, as it is used)",
                            metavar="PX", min=0)
     vae_eval_tiles: int = option(256, "held-out tiles the autoencoder is measured on after its stage (PSNR, SSIM, "
