@@ -13,6 +13,8 @@ same UNet and the same seeds (so the same latents: any difference is the decoder
 
 Usage (2 CPU cores, 1 thread: about 13 min for 800 decoder steps of ``tiny``, 3 min per measurement):
     python benchmarks/bench_decoder_noise.py --run runs/k1200c/run --dataset data/k1200 --out runs/decoder_noise
+    python benchmarks/bench_decoder_noise.py --run RUN --dataset D --out runs/adv --steps 300 --guidance 3 \
+        --adv-weight 0.5 --skip-before      # the decoder stage against a patch discriminator
 Writes OUT/decoder_noise.json and OUT/decoder_noise.md; OUT/before and OUT/after are bench_classes' folders.
 """
 
