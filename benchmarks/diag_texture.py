@@ -85,10 +85,9 @@ def main() -> None:
             m = labs == c
             if not m.any():
                 continue
-            row = confusion[k]
-            wrong = {classes[j]: int(n) for j, n in enumerate(row) if n and j != k}
+            wrong = {classes[j]: int(n) for j, n in enumerate(confusion[k]) if n and j != k}
             entry = {"n": int(m.sum()), **{key: float(v[m].mean()) for key, v in stats.items()},
-                     "accuracy": float(row[k] / max(row.sum(), 1)), "instead": wrong}
+                     "accuracy": float(rep["per_class"][c]), "instead": wrong}
             result[name]["per_class"][c] = entry
             print(f"{c:<12}{entry['n']:>4}{entry['hf']:>8.4f}{entry['std']:>8.3f}{entry['dark']:>8.3f}"
                   f"{entry['accuracy']:>7.2f}  " + ", ".join(f"{a} {n}" for a, n in sorted(wrong.items(), key=lambda kv: -kv[1])))

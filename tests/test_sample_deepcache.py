@@ -12,15 +12,11 @@ from pathup.model.registry import MODEL_SIZES
 from pathup.sample.deepcache import DeepCache, shallow_unet
 from pathup.sample.denoisers import RegionDenoiser
 from pathup.sample.tracking import guided_denoiser, tracked_img2img
+from tensor_util import close
 
 C = 4
 TINY4 = dataclasses.replace(MODEL_SIZES["tiny"], vae={**MODEL_SIZES["tiny"].vae, "latent_channels": C},
                             unet={**MODEL_SIZES["tiny"].unet, "in_channels": C, "out_channels": C})
-
-
-def _close(a, b, tol=1e-5):
-    """Equal up to float32 round-off, which scales with the values' size."""
-    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
 
 
 KW = dict(steps=10, strength=0.8, patch=12, overlap=6)  # 8 steps; a 16 x 22 canvas: 2 x 3 = 6 patches
@@ -78,8 +74,8 @@ def test_cached_evaluation_at_the_same_input_reproduces_the_full_one(model):
         again = cache.cached(x, t, emb, ["a", "b", "c"])
         swapped = cache.cached(x[[1, 0]], t, emb[[1, 0]], ["b", "a"])  # rows read by key, not position
         other_x = cache.cached(-x, t, emb, ["a", "b", "c"])
-    assert (again - full).abs().max().item() <= 1e-5 * max(1.0, full.abs().max().item())
-    assert (swapped - full[[1, 0]]).abs().max().item() <= 1e-5 * max(1.0, full.abs().max().item())
+    assert close(again, full)
+    assert close(swapped, full[[1, 0]])
     assert (other_x - full).abs().max() > 1e-3  # the shallow branch recomputes the skips from x
     # The stored feature is the input of the last up block's second-to-last layer, without its skip.
     skip = ldm.unet.down_blocks[0].resnets[0].out_channels
@@ -106,10 +102,10 @@ def test_batch_invariance_with_caching(model, guidance):
     den = guided_denoiser(ldm.unet, conds[0], uncond, guidance, cache_interval=3)
     base = _run(den)
     for batch, mode in [(1, "per-patch"), (4, "per-patch"), (4, "per-chunk"), (4, "per-canvas")]:
-        assert _close(_run(den, batch=batch, mode=mode), base), (batch, mode)
+        assert close(_run(den, batch=batch, mode=mode), base), (batch, mode)
     # A multistep solver keeps its own history per patch; the cache keeps its own features per patch.
     base = _run(den, name="dpm++")
-    assert _close(_run(den, batch=4, name="dpm++"), base)
+    assert close(_run(den, batch=4, name="dpm++"), base)
 
 
 def test_caching_with_a_guidance_interval_that_begins_between_full_steps(model):
@@ -131,7 +127,7 @@ def test_caching_with_a_guidance_interval_that_begins_between_full_steps(model):
         outs.append(_run(den, batch=batch))
         dens.append(den)
     for other in outs[1:]:
-        assert _close(other, outs[0])
+        assert close(other, outs[0])
     # steps 0..7, full at 0, 3, 6; guided at 4, 5, 6: conditional rows 6 patches x (3 full + 5 cached);
     # unconditional rows: full at 4 (nothing stored yet) and 6 (a full step), cached at 5 (stored at 4)
     assert dens[0].evaluations == 6 * (3 + 2) and dens[0].cached_evaluations == 6 * (5 + 1)
@@ -169,7 +165,7 @@ def test_compose_two_prompts_with_caching(model):
         assert cached.evaluations == plain.evaluations // 2
         assert (out - ref).abs().max() > 0  # caching is an approximation
         for batch in (1, 4):
-            assert _close(_run(make(2, g), batch=batch), out), (g, batch)
+            assert close(_run(make(2, g), batch=batch), out), (g, batch)
     keys = set(cached.cache.features)
     assert {c for _, c in keys} == {0, 1}  # guidance 1: conditional rows only, both prompts present
 
@@ -242,7 +238,7 @@ def test_token_merging_changes_boundedly_and_unpatches(pipe):
     assert not any("_tome_info" in vars(m) for m in unet.modules())
     assert torch.equal(pipe.upscale(ref, **kw), base)
     # Per-sample merging (use_rand=False): the patch batch does not change the result beyond rounding.
-    assert _close(pipe.upscale(ref, token_merging=0.5, patch_batch=1, **kw), merged)
+    assert close(pipe.upscale(ref, token_merging=0.5, patch_batch=1, **kw), merged)
 
 
 def test_token_merging_without_tomesd_names_the_extra(pipe, monkeypatch):

@@ -19,6 +19,7 @@ from pathup.sample import PathUpPipeline, SampleConfig
 from pathup.sample.config import validate
 from pathup.sample.grid import patch_grid
 from pathup.sample.tracking import guided_denoiser, img2img_timesteps, tracked_img2img, tracked_text2img
+from tensor_util import close
 
 GUIDANCE = 3.0
 C = 4  # Stable Diffusion's latent channels: diffusers' pipelines take 4-channel latents as they are
@@ -45,10 +46,6 @@ def _sd_pipe(ldm, scheduler):
     return pipe
 
 
-def _close(a, b, tol=1e-5):
-    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
-
-
 # ------------------------------------------------------------------------------------------ solvers
 @pytest.mark.parametrize("name", ["ddim", "dpm++-karras", "unipc", "euler"])
 def test_one_patch_text2img_equals_diffusers(tiny, name):
@@ -62,7 +59,7 @@ def test_one_patch_text2img_equals_diffusers(tiny, name):
             generator=torch.Generator().manual_seed(2), output_type="latent").images
     ours = tracked_text2img(guided_denoiser(ldm.unet, cond, uncond, GUIDANCE), (1, C, n, n), make_scheduler(name),
                             steps=5, generator=torch.Generator().manual_seed(2), patch=n, overlap=0)
-    assert ours.shape == ref.shape and _close(ours, ref)
+    assert ours.shape == ref.shape and close(ours, ref)
 
 
 def test_new_schedulers_are_what_their_names_say():
@@ -129,7 +126,7 @@ def test_karras_sigmas_on_a_zero_snr_model_run_every_step_once(tiny):
     x = torch.randn(1, C, n, n, generator=torch.Generator().manual_seed(1)) * ref.init_noise_sigma
     for t in ref.timesteps:
         x = ref.step(0.1 * ref.scale_model_input(x, t), t, x, return_dict=False)[0]
-    assert _close(out, x)
+    assert close(out, x)
     img = generate_overview(ldm, "ductal carcinoma, overview", scheduler=sched, steps=30, guidance=GUIDANCE,
                             progress=False)
     assert img.shape == (1, 3, n * ldm.vae_scale_factor, n * ldm.vae_scale_factor) and torch.isfinite(img).all()
@@ -168,7 +165,7 @@ def test_guidance_interval_follows_the_paper(tiny, name):
     den = guided_denoiser(ldm.unet, cond, uncond, GUIDANCE, guidance_interval=interval, alphas_cumprod=alphas)
     got = tracked_text2img(den, (1, C, n, n), make_scheduler(name), steps=6,
                            generator=torch.Generator().manual_seed(1), patch=n, overlap=0)
-    assert _close(got, want)
+    assert close(got, want)
     assert den.evaluations == 6 + 3  # one conditional pass per step, one more on the 3 guided steps
     # The whole schedule inside the interval is plain guidance; none of it is guidance scale 1.
     def run(interval=None, g=GUIDANCE):
@@ -202,7 +199,7 @@ def test_guidance_interval_counts_and_batch_invariance(tiny):
     assert run(None, None)[1] == n_patches * 6 * 2  # guidance on every step
     for batch, mode in [(1, "per-patch"), (4, "per-chunk"), (4, "per-canvas")]:
         out, e = run(batch, mode=mode)
-        assert e == evals and _close(out, full)  # float32 round-off scales with |x| (values reach ~15)
+        assert e == evals and close(out, full)  # float32 round-off scales with |x| (values reach ~15)
 
 
 def test_guidance_interval_option_is_checked():

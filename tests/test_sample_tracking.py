@@ -10,6 +10,7 @@ from pathup.model.ldm import make_scheduler
 from pathup.model.registry import MODEL_SIZES
 from pathup.sample.tracking import guided_denoiser, img2img_timesteps, tracked_img2img
 from pathup.errors import PathUpError
+from tensor_util import close
 
 GUIDANCE = 3.0
 
@@ -57,7 +58,7 @@ def test_one_patch_equals_diffusers_img2img(tiny, name):
                            patch=64, overlap=32)
     assert ours.shape == ref.shape
     # The only difference: sum(w x) / sum(w) with one patch rounds at the last bit.
-    assert (ours - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+    assert close(ours, ref)
     assert (ours - x0).abs().max() > 0.1  # it did denoise
 
 
@@ -80,7 +81,7 @@ def test_multistep_non_overlapping_patches_equal_independent_img2img(tiny, name)
         ours = tracked_img2img(den, x0, make_scheduler(name), steps=8, strength=0.8, noise=noise,
                                patch=12, overlap=0, patch_batch=batch, step_mode=mode)
         ref = torch.cat(refs, dim=-1)
-        assert (ours - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item()), (mode, batch)
+        assert close(ours, ref), (mode, batch)
 
 
 def _per_sample(denoiser):
@@ -223,7 +224,7 @@ def test_pndm_strength_runs_img2img_steps_of_diffusers(tiny):
                     output_type="latent").images
     got = tracked_img2img(guided_denoiser(ldm.unet, cond, uncond, GUIDANCE), x0, make_scheduler("pndm", config),
                           steps=6, strength=0.8, generator=torch.Generator().manual_seed(3), patch=64, overlap=32)
-    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+    assert close(got, want)
 
 
 def test_indexed_gather_and_scatter_equal_the_patch_loop():

@@ -18,6 +18,7 @@ import torch
 
 from pathup.errors import PathUpError
 from pathup.losses import autoencoder_loss
+from pathup.losses.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
 from pathup.train.config import TrainConfig
 from pathup.train.data import StepBatches, TrainTiles, loader, random_crop, random_flips, step_generator
 
@@ -77,8 +78,6 @@ class DecoderObjective(torch.nn.Module):
         self.adv_weight = adv_weight
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        from pathup.losses.adversarial import adaptive_weight, generator_loss
-
         with torch.no_grad():
             z = self.vae.encode(images).latent_dist.sample(generator)  # (B, C, h, w)
         recon = self.vae.decode(noisy_latents(z, self.max_std, generator)).sample  # (B, 3, H, W)
@@ -98,8 +97,6 @@ class DiscriminatorObjective(torch.nn.Module):
         self.discriminator = discriminator
 
     def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        from pathup.losses.adversarial import hinge_d_loss
-
         return hinge_d_loss(self.discriminator(real), self.discriminator(fake.detach()))
 
 
@@ -175,8 +172,6 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
     took generated glass from 0 of 8 to 4 of 8 recognised, and all classes from 0.594 to 0.672 (ceiling 0.713).
     """
     from tqdm.auto import tqdm
-
-    from pathup.losses.adversarial import PatchDiscriminator
 
     steps = cfg.vae_decoder_steps or 0
     if steps <= 0:
