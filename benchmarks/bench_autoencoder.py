@@ -6,8 +6,9 @@ of ``TrainConfig``, ``--vae-arg`` an ``AutoencoderKL`` argument), and every ``--
 on held-out tiles (``pathup.metrics.reconstruction``: PSNR, SSIM, mean CIEDE2000, border / centre error,
 overall and per class), the numbers ``pathup train`` prints after its autoencoder stage. The curve tells
 whether a recipe is better at the same step count and whether it is still improving. Then, as ``pathup train``
-does, the decoder alone trains on noisy latents (``--train-arg vae_decoder_steps=N``, default a fifth of
-``--steps``; 0 = off), measured once more (the curve's last row has ``decoder_steps``).
+does, the decoder alone trains on noisy latents against a patch discriminator (``--train-arg
+vae_decoder_steps=N``, default 3/10 of ``--steps``; 0 = off), measured once more (the curve's last row has
+``decoder_steps``).
 
 Usage (2 CPU cores; about 1.1 s per step with 1 thread for ``tiny``):
     python benchmarks/prepare_dev.py --root ../shared/data/kather2016-dev --out data/k1200
@@ -53,7 +54,8 @@ def train_and_measure(args) -> dict:
     from pathup.train.data import StepBatches, TrainTiles, loader, random_crop, random_flips, step_generator
 
     size = MODEL_SIZES[args.size]
-    cfg = from_dict(TrainConfig, {"data": str(args.dataset), "out": str(args.out), "vae_steps": args.steps,
+    cfg = from_dict(TrainConfig, {"data": str(args.dataset), "out": str(args.out), "model": args.size,
+                                  "vae_steps": args.steps,
                                   **entries(args.train_arg)}, source="--train-arg")
     vae_kwargs = {**size.vae, **entries(args.vae_arg)}
     if "block_out_channels" in vae_kwargs:
@@ -118,7 +120,7 @@ def train_and_measure(args) -> dict:
         done = step + 1
         if done % args.eval_every == 0 or done == cfg.vae_steps:
             evaluate(done)
-    decoder_steps = cfg.vae_decoder_steps if cfg.vae_decoder_steps is not None else cfg.vae_steps // 5
+    decoder_steps = cfg.resolved().vae_decoder_steps  # pathup train's default unless --train-arg sets it
     if decoder_steps:
         import dataclasses
 

@@ -45,6 +45,11 @@ def test_demo_writes_a_report_whose_links_exist(demo_dir):
     assert "run/samples/autoencoder.png" in page and "CIEDE2000" in page
     assert "texture-aware and colour-only features side by side" in page and "color-stats" in page
     assert "encoder" in page and "real_patches.png" in page
+    # the demo's CPU budget: the autoencoder on 96-px crops (--vae-crop); pathup train's 34-px discriminator
+    import yaml
+
+    run_cfg = yaml.safe_load((demo_dir / "run" / "config.yaml").read_text())
+    assert run_cfg["vae_crop"] == 96 and run_cfg["vae_decoder_adv_weight"] == 0.5 and run_cfg["vae_disc_layers"] == 2
 
 
 def test_demo_carries_the_physical_scale_from_the_sample_to_the_large_image(demo_dir):

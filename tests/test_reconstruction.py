@@ -392,10 +392,13 @@ def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout, adv_weight):
     assert all(torch.equal(after[k], v) for k, v in vae.state_dict().items())  # seeded: discriminator included
 
 
-def test_decoder_stage_defaults_to_a_fifth_of_the_autoencoder_steps():
+def test_decoder_stage_defaults_to_three_tenths_of_the_autoencoder_steps_with_a_34_px_discriminator():
+    from pathup.losses.adversarial import receptive_field
     from pathup.train import TrainConfig
 
-    assert TrainConfig(data="d", out="o", model="tiny").resolved().vae_decoder_steps == 200
-    assert TrainConfig(data="d", out="o", model="tiny", vae_steps=4000).resolved().vae_decoder_steps == 800
+    cfg = TrainConfig(data="d", out="o", model="tiny").resolved()
+    assert cfg.vae_decoder_steps == 300 and cfg.vae_decoder_adv_weight == 0.5
+    assert receptive_field(cfg.vae_disc_layers) == 34
+    assert TrainConfig(data="d", out="o", model="tiny", vae_steps=4000).resolved().vae_decoder_steps == 1200
     assert TrainConfig(data="d", out="o", model="tiny", vae_decoder_steps=0).resolved().vae_decoder_steps == 0
     assert TrainConfig(data="d", out="o", model="org/sd-folder").resolved().vae_decoder_steps == 0

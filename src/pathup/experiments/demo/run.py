@@ -45,7 +45,8 @@ def _run_demo(cfg: DemoConfig) -> Path:
     stages.run("prepare", pick("sample", "classes", "tile_size", "seed"),
                lambda: work.prepare_sample(cfg.sample, dataset, classes=cfg.classes, tile_px=cfg.tile_px,
                                            seed=cfg.seed, progress=cfg.progress))
-    stages.run("train", pick("vae_steps", "train_steps", "batch_size", "fel_beta", "encoder_epochs", "seed", "device"),
+    stages.run("train", pick("vae_steps", "vae_crop", "train_steps", "batch_size", "fel_beta", "encoder_epochs", "seed",
+                             "device"),
                lambda: work.train_model(cfg, dataset, run_dir))
     stages.run("generate", pick("steps", "scheduler", "guidance", "overviews_per_class", "size", "latent_patch", "compose_classes",
                                 "guidance_compare", "latent_overlap", "strength", "seed", "device"),

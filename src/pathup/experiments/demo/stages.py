@@ -66,6 +66,7 @@ def train_model(cfg: DemoConfig, dataset: Path, run_dir: Path) -> dict[str, Any]
 
     resume = any((run_dir / name).exists() for name in ("base", "checkpoints", "model"))
     tcfg = TrainConfig(data=dataset, out=run_dir, model="tiny", max_steps=cfg.train_steps, vae_steps=cfg.vae_steps,
+                       vae_crop=cfg.vae_crop,
                        batch_size=cfg.batch_size, fel_beta=cfg.fel_beta, seed=cfg.seed, checkpoint_every=250,
                        keep_checkpoints=1, sample_every=500, num_workers=0, resume=resume, cpu=cfg.device == "cpu",
                        guidance=cfg.guidance, val_encoder_epochs=cfg.encoder_epochs, progress=cfg.progress)
