@@ -21,13 +21,13 @@ class DemoConfig:
     classes: list[str] = option(help="classes of the shipped sample to use (default: all of them)",
                                 default_factory=list, metavar="NAME")
     tile_px: int = option(128, "tile size in pixels (the tiny model's resolution)", aliases=("tile_size",))
-    vae_steps: int = option(400, "autoencoder training steps (the CPU budget; pathup train's default for tiny is 1000)",
+    vae_steps: int = option(300, "autoencoder training steps (the CPU budget; pathup train's default for tiny is 1000)",
                             min=0)
     vae_crop: int = option(96, "train the autoencoder on random crops of this size (the CPU budget: 400 steps on "
                                "96-px crops took 4.4 min and reached 23.3 dB on the held-out tiles, 250 on whole "
                                "128-px tiles 5.4 min and 22.1 dB; 0 = whole tiles, pathup train's default)",
                            metavar="PX", min=0)
-    train_steps: int = option(1000, "UNet training steps (the CPU budget; pathup train's default is --max-steps auto: "
+    train_steps: int = option(900, "UNet training steps (the CPU budget; pathup train's default is --max-steps auto: "
                                     "until validation stops improving)", min=1)
     batch_size: int = option(8, "training batch size")
     encoder_epochs: Optional[int] = option(None, "epochs of the domain encoder that measures the demo (default: "
