@@ -7,6 +7,8 @@ the reconstruction + KL loss of ``pathup.losses.autoencoder_loss``, and the UNet
 A second, shorter stage (``finetune_decoder``) then trains the decoder alone on the frozen encoder's latents
 with Gaussian noise added. The UNet's samples are never exactly on the encoder's latents, and a decoder that
 only ever saw clean ones turns the residue into speckle, which shows on flat tissue such as glass and fat.
+By default that stage also trains against a 34-px patch discriminator (``pathup.losses.adversarial``): an
+L1-only decoder blurs away the fine texture the classes are told apart by (README, "Blur").
 The encoder, its latents and the scaling factor are unchanged, so the UNet learns in the same latents.
 """
 
