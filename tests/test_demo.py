@@ -1,6 +1,8 @@
 """A shortened ``pathup demo`` runs end to end; its report links only files that exist; a rerun reuses stages."""
 
+import csv
 import re
+from collections import Counter
 
 import pytest
 
@@ -9,7 +11,8 @@ from pathup.experiments.demo.report import check_links
 
 QUICK = ["--classes", "04_LYMPHO", "07_ADIPOSE", "08_EMPTY", "--vae-steps", "2", "--train-steps", "3",
          "--batch-size", "2", "--steps", "3", "--size", "256", "--latent-patch", "16", "--latent-overlap", "8",
-         "--overviews-per-class", "4", "--repeats", "1", "--device", "cpu", "--encoder-epochs", "1", "--no-progress"]
+         "--overviews-per-class", "4", "--repeats", "1", "--device", "cpu", "--encoder-epochs", "1", "--no-progress",
+         "--max-per-class", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +29,9 @@ def test_demo_writes_a_report_whose_links_exist(demo_dir):
     assert check_links(page, demo_dir) == []
     for name in ("dataset/manifest.csv", "run/model/model_index.json", "metrics/overview.json", "metrics/patch.json"):
         assert (demo_dir / name).is_file(), name
+    with (demo_dir / "dataset" / "manifest.csv").open() as f:  # --max-per-class 16 caps each class, level and split
+        groups = Counter((r["class"], r["level"], r["split"]) for r in csv.DictReader(f))
+    assert max(groups.values()) == 16 and {c for c, _, _ in groups} == {"04_LYMPHO", "07_ADIPOSE", "08_EMPTY"}
     large = sorted((demo_dir / "generated" / "large").rglob("*.png"))
     assert [p.parent.name for p in large] == ["04_LYMPHO", "07_ADIPOSE", "08_EMPTY"]
     from PIL import Image

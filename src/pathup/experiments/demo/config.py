@@ -21,6 +21,8 @@ class DemoConfig:
     classes: list[str] = option(help="classes of the shipped sample to use (default: all of them)",
                                 default_factory=list, metavar="NAME")
     tile_px: int = option(128, "tile size in pixels (the tiny model's resolution)", aliases=("tile_size",))
+    max_per_class: Optional[int] = option(None, "at most this many tiles per class, level and split (a quicker, "
+                                                "rougher demo; default: all of the sample's)", min=1, metavar="N")
     vae_steps: int = option(300, "autoencoder training steps (the CPU budget; pathup train's default for tiny is 1000)",
                             min=0)
     vae_crop: int = option(96, "train the autoencoder on random crops of this size (the CPU budget: 400 steps on "

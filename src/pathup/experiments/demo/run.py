@@ -42,9 +42,12 @@ def _run_demo(cfg: DemoConfig) -> Path:
         return {k: s[k] for k in names}
 
     dataset, run_dir, gen = out / "dataset", out / "run", out / "generated"
-    stages.run("prepare", pick("sample", "classes", "tile_size", "seed"),
+    prepare_key = pick("sample", "classes", "tile_size", "seed")
+    if cfg.max_per_class is not None:  # only when set: earlier demo folders stay reusable
+        prepare_key["max_per_class"] = cfg.max_per_class
+    stages.run("prepare", prepare_key,
                lambda: work.prepare_sample(cfg.sample, dataset, classes=cfg.classes, tile_px=cfg.tile_px,
-                                           seed=cfg.seed, progress=cfg.progress))
+                                           max_per_class=cfg.max_per_class, seed=cfg.seed, progress=cfg.progress))
     stages.run("train", pick("vae_steps", "vae_crop", "train_steps", "batch_size", "fel_beta", "encoder_epochs", "seed",
                              "device"),
                lambda: work.train_model(cfg, dataset, run_dir))

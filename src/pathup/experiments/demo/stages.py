@@ -19,7 +19,7 @@ from pathup.io import atomic_write_text
 
 
 def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = None, tile_px: int = 128,
-                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                   max_per_class: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Prepare a shipped sample (``kather`` or ``breakhis``) as a dataset with a held-out test split.
 
     Args:
@@ -27,6 +27,7 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
         dataset: output folder (replaced).
         classes: classes to keep (default: all).
         tile_px: tile size in pixels (the model's resolution).
+        max_per_class: at most this many tiles per class, level and split, a seeded sample (default: all).
         seed: seed of the tiling.
         progress: show progress bars.
     """
@@ -53,7 +54,7 @@ def prepare_sample(sample: str, dataset: Path, *, classes: list[str] | None = No
         ",".join(str(manifest.parent / r[c]) if c == "path" else r[c] for c in cols) for r in rows]) + "\n")
     pcfg = PrepareConfig(out=str(dataset), sources=[str(source)], layout="csv", patch_overlap=0, overview_overlap=0,
                          tile_px=tile_px, val_fraction=0.0, test_fraction=0.0, seed=seed, overwrite=True,
-                         mpp=SAMPLE_MPP[sample], **SAMPLE_TILING[sample])
+                         mpp=SAMPLE_MPP[sample], max_per_class=max_per_class or 0, **SAMPLE_TILING[sample])
     summary = prepare(pcfg, progress=progress)
     print(summary.table(), flush=True)
     return {"tiles": summary.n_tiles}
