@@ -245,7 +245,9 @@ def report(args, res: dict, folders: list[Path], model: Path) -> str:
                          f"{r['ratio']:.2f} | {len(r['above_3x_chance'])}/{len(r['classes'])} | "
                          f"{res['sets'][str(f)]['colour_r']:.3f} | "
                          + " | ".join(f"{r['generated']['per_class'][c]:.2f}" for c in classes) + " |")
-        lines += [f"| real held-out (ceiling) | {first['real_heldout']['accuracy']:.3f} | | | | | "
+        real_above = first.get("real_above_3x_chance")
+        lines += [f"| real held-out (ceiling) | {first['real_heldout']['accuracy']:.3f} | | | "
+                  f"{'' if real_above is None else f'{len(real_above)}/{len(classes)}'} | | "
                   + " | ".join(f"{first['real_heldout']['per_class'][c]:.2f}" for c in classes) + " |", ""]
     lines += [f"chance {1 / len(classes):.3f}; times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["times"].items())]
     return "\n".join(lines) + "\n"

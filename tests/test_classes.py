@@ -140,6 +140,8 @@ def test_class_consistency_near_ceiling_and_near_chance(kather):
     ceiling = same["real_heldout"]["accuracy"]
     assert ceiling > 3 * chance  # 8 visibly distinct classes, held-out slide
     assert same["generated"]["accuracy"] == pytest.approx(ceiling)  # the held-out real images themselves
+    assert same["real_above_3x_chance"] == same["above_3x_chance"] == shuf["real_above_3x_chance"]
+    assert same["real_above_3x_chance"] == [c for c, a in same["real_heldout"]["per_class"].items() if a > 3 * chance]
     assert shuf["generated"]["accuracy"] < 2 * chance
     assert same["colour_r"] > 0.9 and shuf["colour_r"] < 0.5
 

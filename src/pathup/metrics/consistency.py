@@ -105,7 +105,9 @@ def class_consistency(train_feats: np.ndarray, train_labels: Sequence[str], held
 
     Returns:
         ``{"classes", "chance", "generated": ClassifierReport dict, "real_heldout": ClassifierReport dict,
-        "ratio": generated / real accuracy, "above_3x_chance": classes whose generated accuracy > 3 x chance}``.
+        "ratio": generated / real accuracy, "above_3x_chance": classes whose generated accuracy > 3 x chance,
+        "real_above_3x_chance": the same for the held-out real tiles (what the target "every class above
+        3 x chance" can reach with these features)}``.
     """
     classes = sorted(set(train_labels))
     unknown = sorted(set(fake_labels) - set(classes))
@@ -120,9 +122,14 @@ def class_consistency(train_feats: np.ndarray, train_labels: Sequence[str], held
         "classes": classes, "chance": chance,
         "generated": gen.to_dict(), "real_heldout": real.to_dict(),
         "ratio": gen.accuracy / real.accuracy if real.accuracy > 0 else float("nan"),
-        "above_3x_chance": [c for c in classes if gen.per_class[c] == gen.per_class[c]
-                            and gen.per_class[c] > 3 * chance],
+        "above_3x_chance": _above(gen.per_class, classes, 3 * chance),
+        "real_above_3x_chance": _above(real.per_class, classes, 3 * chance),
     }
+
+
+def _above(per_class: dict[str, float], classes: Sequence[str], level: float) -> list[str]:
+    """The classes whose accuracy is above ``level`` (a class without images, NaN, is not)."""
+    return [c for c in classes if per_class[c] == per_class[c] and per_class[c] > level]
 
 
 # ---------------------------------------------------------------------------------------- colour
@@ -366,7 +373,9 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
                          f"{len(r['above_3x_chance'])}/{len(classes)}", f"{sets[key]['colour_r']:.3f}",
                          *[f"{r['generated']['per_class'][c]:.2f}" for c in classes]])
         ceiling = next(iter(fr["sets"].values()))["real_heldout"]
-        rows.append([label, "real held-out", f"{ceiling['accuracy']:.3f}", "", "", "", "",
+        real_above = next(iter(fr["sets"].values())).get("real_above_3x_chance")
+        rows.append([label, "real held-out", f"{ceiling['accuracy']:.3f}", "", "",
+                     "" if real_above is None else f"{len(real_above)}/{len(classes)}", "",
                      *[f"{ceiling['per_class'][c]:.2f}" for c in classes]])
     labels = ", ".join(fr.get("label", spec) for spec, fr in by_features.items())
     text = (f"## Class-consistency ({markdown_text(labels)} features; chance {first['chance']:.3f})\n\n"

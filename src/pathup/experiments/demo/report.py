@@ -60,7 +60,9 @@ def consistency_view(cc: dict[str, Any] | None, rel: Callable[[Path], str]) -> d
             "ratio": f"{r['ratio']:.0%}", "generated_per_class": [f"{r['generated']['per_class'][c]:.2f}" for c in classes],
             "real": f"{r['real_heldout']['accuracy']:.3f}",
             "real_per_class": [f"{r['real_heldout']['per_class'][c]:.2f}" for c in classes],
-            "above": len(r["above_3x_chance"]), "colour_r": f"{r['colour_r']:.3f}", "colour": colour,
+            "above": len(r["above_3x_chance"]),
+            "real_above": len(r["real_above_3x_chance"]) if "real_above_3x_chance" in r else None,
+            "colour_r": f"{r['colour_r']:.3f}", "colour": colour,
             "plot": rel(Path(plot)) if plot and Path(plot).is_file() else None}
 
 
@@ -73,7 +75,9 @@ def side_by_side(cc: dict[str, Any] | None) -> list[dict[str, str]] | None:
         r = next(iter(fr["sets"].values()))
         rows.append({"features": str(fr.get("label", spec)), "generated": f"{r['generated']['accuracy']:.3f}",
                      "ceiling": f"{r['real_heldout']['accuracy']:.3f}", "ratio": f"{r['ratio']:.0%}",
-                     "above": f"{len(r['above_3x_chance'])}/{len(r['classes'])}"})
+                     "above": f"{len(r['above_3x_chance'])}/{len(r['classes'])}",
+                     "real_above": (f"{len(r['real_above_3x_chance'])}/{len(r['classes'])}"
+                                    if "real_above_3x_chance" in r else "-")})
     return rows
 
 
