@@ -31,7 +31,7 @@ import torch
 
 
 def finetune(run: Path, dataset: Path, out: Path, steps: int, noise: float, lr: float, seed: int,
-             adv_weight: float = 0.0, disc_layers: int = 3) -> Path:
+             adv_weight: float = 0.0, disc_layers: int = 3, grid_weight: float = 0.0) -> Path:
     from accelerate import Accelerator
     from diffusers import AutoencoderKL
 
@@ -46,7 +46,7 @@ def finetune(run: Path, dataset: Path, out: Path, steps: int, noise: float, lr: 
     vae = AutoencoderKL.from_pretrained(model / "vae")
     cfg = TrainConfig(data=str(dataset), out=str(out), vae_decoder_steps=steps, vae_decoder_noise=noise,
                       vae_decoder_lr=lr, vae_decoder_adv_weight=adv_weight, vae_disc_layers=disc_layers,
-                      seed=seed, num_workers=0)
+                      vae_decoder_grid_weight=grid_weight, seed=seed, num_workers=0)
     resolution = int(vae.config.sample_size)
     tiles = TrainTiles(cfg.data, cfg.split, [], True, resolution)
     finetune_decoder(Accelerator(cpu=not torch.cuda.is_available()), vae, tiles, cfg)
@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4, help="--vae-decoder-lr")
     ap.add_argument("--adv-weight", type=float, default=0.0, help="--vae-decoder-adv-weight (patch discriminator)")
     ap.add_argument("--disc-layers", type=int, default=3, help="--vae-disc-layers")
+    ap.add_argument("--grid-weight", type=float, default=0.0,
+                    help="--vae-decoder-grid-weight (an L1 on the latent grid's frequencies)")
     ap.add_argument("--skip-before", action="store_true", help="measure only the fine-tuned decoder")
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
@@ -105,9 +107,10 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     model = finetune(args.run, args.dataset, args.out, args.steps, args.noise, args.lr, args.seed, args.adv_weight,
-                     args.disc_layers)
+                     args.disc_layers, args.grid_weight)
     record = {"run": str(args.run), "dataset": str(args.dataset), "steps": args.steps, "noise": args.noise,
-              "lr": args.lr, "adv_weight": args.adv_weight, "disc_layers": args.disc_layers, "threads": torch.get_num_threads()}
+              "lr": args.lr, "adv_weight": args.adv_weight, "disc_layers": args.disc_layers,
+              "grid_weight": args.grid_weight, "threads": torch.get_num_threads()}
     names = (("after", model),) if args.skip_before else (("before", args.run / "model"), ("after", model))
     for name, m in names:
         rec, _ = evaluate_reconstruction(m, args.dataset, features=[], max_tiles=256, seed=args.seed)

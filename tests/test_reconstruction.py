@@ -355,8 +355,8 @@ def test_noisy_latents_draw_one_uniform_std_per_image():
     assert torch.equal(out, again) and torch.equal(noisy_latents(z, 0.0), z)
 
 
-@pytest.mark.parametrize("adv_weight", [0.0, 0.5])
-def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout, adv_weight):
+@pytest.mark.parametrize("adv_weight,grid_weight", [(0.0, 0.0), (0.5, 0.0), (0.5, 0.5)])
+def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout, adv_weight, grid_weight):
     """The decoder stage changes the decoder only: encoder, latents and scaling factor stay bit-identical,
     with or without the patch discriminator; with it, the same seed gives the same decoder."""
     from accelerate import Accelerator
@@ -368,7 +368,7 @@ def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout, adv_weight):
     from test_train import FAST
 
     cfg = TrainConfig(data=heldout, out=tmp_path / "run", **{**FAST, "vae_steps": 2, "vae_decoder_steps": 3},
-                      vae_decoder_adv_weight=adv_weight).resolved()
+                      vae_decoder_adv_weight=adv_weight, vae_decoder_grid_weight=grid_weight).resolved()
     tiles = _tiles(cfg, 64)
     vae = build_ldm("micro", tiles.table).vae
     acc = Accelerator(cpu=True)
@@ -390,6 +390,50 @@ def test_decoder_stage_trains_the_decoder_alone(tmp_path, heldout, adv_weight):
     vae.load_state_dict(before)
     finetune_decoder(acc, vae, tiles, cfg)
     assert all(torch.equal(after[k], v) for k, v in vae.state_dict().items())  # seeded: discriminator included
+
+
+def test_decoder_objective_adds_the_grid_term_and_keeps_the_adversarial_weight():
+    """With ``grid_weight`` W the decoder stage's loss is L1 + W * grid_l1 at the autoencoder's factor (+ the
+    adversarial term, whose adaptive weight is still taken against the L1 alone); same seed, same draw."""
+    from pathup.losses import PatchDiscriminator, grid_l1
+    from pathup.model import build_ldm
+    from pathup.train.autoencoder import DecoderObjective
+
+    vae = build_ldm("micro").vae
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(layers=2)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def run(grid_weight, adv_weight=0.5):
+        obj = DecoderObjective(vae, 0.4, 1.0, disc, adv_weight, grid_weight)
+        return obj(x, torch.Generator().manual_seed(5))
+
+    plain, with_grid = run(0.0), run(2.0)
+    assert DecoderObjective(vae, 0.4, 1.0, grid_weight=2.0).period == 8  # micro: 4 blocks, factor 8
+    recon = with_grid[3]
+    assert torch.equal(recon, plain[3]) and torch.equal(with_grid[1], plain[1])  # same noise, same decoding
+    assert with_grid[2].item() == pytest.approx(plain[2].item(), rel=1e-6)  # adversarial weight unchanged
+    want = plain[0].item() + 2.0 * grid_l1(recon, x, 8).item()
+    assert with_grid[0].item() == pytest.approx(want, rel=1e-5)
+    no_disc = DecoderObjective(vae, 0.4, 1.0, grid_weight=2.0)(x, torch.Generator().manual_seed(5))
+    assert no_disc[0].item() == pytest.approx(no_disc[1].item() + 2.0 * grid_l1(recon, x, 8).item(), rel=1e-5)
+
+
+def test_decoder_stage_grid_term_needs_images_on_the_latent_grid(tmp_path, heldout):
+    from accelerate import Accelerator
+
+    from pathup.errors import OptionError
+    from pathup.model import build_ldm
+    from pathup.train import TrainConfig
+    from pathup.train.autoencoder import finetune_decoder
+    from pathup.train.base import _tiles
+    from test_train import FAST
+
+    cfg = TrainConfig(data=heldout, out=tmp_path / "run", **{**FAST, "vae_steps": 2, "vae_decoder_steps": 2,
+                                                             "vae_crop": 36}, vae_decoder_grid_weight=0.5).resolved()
+    tiles = _tiles(cfg, 64)
+    with pytest.raises(OptionError, match="vae_decoder_grid_weight.*multiple of the latent grid .8 px.*36 px"):
+        finetune_decoder(Accelerator(cpu=True), build_ldm("micro", tiles.table).vae, tiles, cfg)
 
 
 def test_decoder_stage_defaults_to_three_tenths_of_the_autoencoder_steps_with_a_34_px_discriminator():

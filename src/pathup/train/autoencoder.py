@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from pathup.errors import PathUpError
-from pathup.losses import autoencoder_loss
+from pathup.errors import OptionError, PathUpError
+from pathup.losses import autoencoder_loss, grid_l1
 from pathup.losses.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
 from pathup.train.config import TrainConfig
 from pathup.train.data import StepBatches, TrainTiles, loader, random_crop, random_flips, step_generator
@@ -67,28 +67,35 @@ class DecoderObjective(torch.nn.Module):
     adversarial term of the latent-diffusion autoencoder recipe (``pathup.losses.adversarial``): its
     generator loss times ``adv_weight`` times taming's adaptive weight on the decoder's last layer.
 
+    With ``grid_weight`` > 0, ``grid_weight`` times ``grid_l1`` at the autoencoder's downsampling factor is
+    added (against the checker on the latent grid that the discriminator can make the decoder paint); the
+    adaptive weight is still taken against the L1 alone, so the adversarial term's scale does not change.
+
     ``forward`` returns ``(loss, l1, adversarial weight, decoded images detached)``; the discriminator is held
     outside the module's parameters (it has its own optimiser and objective, ``DiscriminatorObjective``).
     """
 
     def __init__(self, vae, noise: float, scaling_factor: float, discriminator: torch.nn.Module | None = None,
-                 adv_weight: float = 0.0) -> None:
+                 adv_weight: float = 0.0, grid_weight: float = 0.0) -> None:
         super().__init__()
         self.vae = vae
         self.max_std = noise / scaling_factor  # in the autoencoder's own latent units
         self._disc = (discriminator,) if discriminator is not None and adv_weight > 0 else ()  # not a submodule
         self.adv_weight = adv_weight
+        self.grid_weight = grid_weight
+        self.period = 2 ** (len(vae.config.block_out_channels) - 1)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         with torch.no_grad():
             z = self.vae.encode(images).latent_dist.sample(generator)  # (B, C, h, w)
         recon = self.vae.decode(noisy_latents(z, self.max_std, generator)).sample  # (B, 3, H, W)
         rec = (recon.float() - images.float()).abs().mean()
+        loss = rec + self.grid_weight * grid_l1(recon, images, self.period) if self.grid_weight else rec
         if not self._disc:
-            return rec, rec.detach(), torch.zeros(()), recon.detach()
+            return loss, rec.detach(), torch.zeros(()), recon.detach()
         adv = generator_loss(self._disc[0](recon))
         w = adaptive_weight(rec, adv, self.vae.decoder.conv_out.weight) * self.adv_weight
-        return rec + w * adv, rec.detach(), w, recon.detach()
+        return loss + w * adv, rec.detach(), w, recon.detach()
 
 
 class DiscriminatorObjective(torch.nn.Module):
@@ -192,7 +199,8 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
         d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.vae_decoder_lr, betas=(0.5, 0.9))
         d_objective, d_opt = accelerator.prepare(d_objective, d_opt)
     objective = DecoderObjective(vae, cfg.vae_decoder_noise, float(vae.config.scaling_factor), disc,
-                                 cfg.vae_decoder_adv_weight)
+                                 cfg.vae_decoder_adv_weight, cfg.vae_decoder_grid_weight)
+
     betas = (0.5, 0.9) if disc is not None else (0.9, 0.999)
     opt = torch.optim.AdamW([p for m in decoder for p in m.parameters()], lr=cfg.vae_decoder_lr, weight_decay=0.0,
                             betas=betas)
@@ -204,6 +212,10 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
     for step, (images, _, _) in enumerate(bar):
         g = step_generator(seed, step, 0, accelerator.process_index)
         images = random_crop(random_flips(images, g), cfg.vae_crop, g).to(accelerator.device)
+        if cfg.vae_decoder_grid_weight and any(n % objective.period for n in images.shape[-2:]):
+            raise OptionError("vae_decoder_grid_weight", f" needs images whose size is a multiple of the latent grid "
+                                                         f"({objective.period} px); the decoder stage's are "
+                                                         f"{images.shape[-1]} px (--vae-crop, the tile size)")
         if disc is not None:
             disc.requires_grad_(False)
         loss, rec, w, fake = objective(images, g)
