@@ -39,6 +39,11 @@ def lab_l1(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return (rgb_to_lab(recon) - rgb_to_lab(images)).abs().mean() / 100
 
 
+def latent_grid(vae) -> int:
+    """The autoencoder's downsampling factor: one latent pixel, in image pixels (8 for Stable Diffusion's)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def grid_l1(recon: torch.Tensor, images: torch.Tensor, period: int) -> torch.Tensor:
     """Mean |F(recon) - F(x)| over the frequencies of a ``period``-px grid only (multiples of 1/period cycles/px
     along either axis, (0, 0) excluded; orthonormal 2-D FFT of each channel).
@@ -90,6 +95,5 @@ def autoencoder_loss(vae, images: torch.Tensor, *, kl_weight: float = 1e-6, spec
     if lab_weight:
         total = total + lab_weight * lab_l1(recon, images)
     if grid_weight:
-        period = 2 ** (len(vae.config.block_out_channels) - 1)  # one latent pixel, in image pixels
-        total = total + grid_weight * grid_l1(recon, images, period)
+        total = total + grid_weight * grid_l1(recon, images, latent_grid(vae))
     return total, rec, kl

@@ -372,8 +372,8 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
                          f"{r['real_heldout']['accuracy']:.3f}", f"{r['ratio']:.2f}",
                          f"{len(r['above_3x_chance'])}/{len(classes)}", f"{sets[key]['colour_r']:.3f}",
                          *[f"{r['generated']['per_class'][c]:.2f}" for c in classes]])
-        ceiling = next(iter(fr["sets"].values()))["real_heldout"]
-        real_above = next(iter(fr["sets"].values())).get("real_above_3x_chance")
+        first_set = next(iter(fr["sets"].values()))
+        ceiling, real_above = first_set["real_heldout"], first_set.get("real_above_3x_chance")
         rows.append([label, "real held-out", f"{ceiling['accuracy']:.3f}", "", "",
                      "" if real_above is None else f"{len(real_above)}/{len(classes)}", "",
                      *[f"{ceiling['per_class'][c]:.2f}" for c in classes]])

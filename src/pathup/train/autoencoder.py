@@ -20,6 +20,7 @@ import torch
 
 from pathup.errors import OptionError, PathUpError
 from pathup.losses import autoencoder_loss, grid_l1
+from pathup.losses.autoencoder import latent_grid
 from pathup.losses.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
 from pathup.train.config import TrainConfig
 from pathup.train.data import StepBatches, TrainTiles, loader, random_crop, random_flips, step_generator
@@ -83,7 +84,7 @@ class DecoderObjective(torch.nn.Module):
         self._disc = (discriminator,) if discriminator is not None and adv_weight > 0 else ()  # not a submodule
         self.adv_weight = adv_weight
         self.grid_weight = grid_weight
-        self.period = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.period = latent_grid(vae)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         with torch.no_grad():
@@ -200,7 +201,6 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
         d_objective, d_opt = accelerator.prepare(d_objective, d_opt)
     objective = DecoderObjective(vae, cfg.vae_decoder_noise, float(vae.config.scaling_factor), disc,
                                  cfg.vae_decoder_adv_weight, cfg.vae_decoder_grid_weight)
-
     betas = (0.5, 0.9) if disc is not None else (0.9, 0.999)
     opt = torch.optim.AdamW([p for m in decoder for p in m.parameters()], lr=cfg.vae_decoder_lr, weight_decay=0.0,
                             betas=betas)
