@@ -45,6 +45,7 @@ def train_and_measure(args) -> dict:
     from diffusers import AutoencoderKL
 
     from pathup.config import from_dict
+    from pathup.losses.autoencoder import latent_grid
     from pathup.metrics.judge import RealSet, heldout_split, save_png
     from pathup.metrics.reconstruction import reconstruct, strip, summarise
     from pathup.model.registry import MODEL_SIZES
@@ -71,7 +72,7 @@ def train_and_measure(args) -> dict:
     held = RealSet.load(cfg.data, split=cfg.split, val_split=cfg.val_split, level=None, resolution=size.resolution,
                         max_train=1, max_held=cfg.vae_eval_tiles, seed=cfg.seed)
     objective = AutoencoderObjective.from_config(vae, cfg)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # the latent grid's period, in pixels
+    factor = latent_grid(vae)  # the latent grid's period, in pixels
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = lr_schedule(opt, cfg)
     seed = cfg.seed + SEED_OFFSET

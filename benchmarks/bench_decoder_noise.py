@@ -13,14 +13,16 @@ same UNet and the same seeds (so the same latents: any difference is the decoder
 
 Usage (2 CPU cores, 1 thread: about 13 min for 800 decoder steps of ``tiny``, 3 min per measurement):
     python benchmarks/bench_decoder_noise.py --run runs/k1200c/run --dataset data/k1200 --out runs/decoder_noise
-    python benchmarks/bench_decoder_noise.py --run RUN --dataset D --out runs/adv --steps 300 --guidance 3 \
-        --adv-weight 0.5 --skip-before      # the decoder stage against a patch discriminator
+    python benchmarks/bench_decoder_noise.py --run RUN --dataset D --out runs/l1 --steps 300 --guidance 3 \
+        --adv-weight 0 --grid-weight 0 --skip-before      # an L1-only decoder stage
+The decoder stage's options default to ``pathup train``'s (discriminator and grid term on).
 Writes OUT/decoder_noise.json and OUT/decoder_noise.md; OUT/before and OUT/after are bench_classes' folders.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -31,7 +33,7 @@ import torch
 
 
 def finetune(run: Path, dataset: Path, out: Path, steps: int, noise: float, lr: float, seed: int,
-             adv_weight: float = 0.0, disc_layers: int = 3, grid_weight: float = 0.0) -> Path:
+             adv_weight: float, disc_layers: int, grid_weight: float) -> Path:
     from accelerate import Accelerator
     from diffusers import AutoencoderKL
 
@@ -81,16 +83,20 @@ def summary(res: dict) -> dict:
 
 
 def main() -> None:
+    from pathup.train.config import TrainConfig
+
+    d = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # pathup train's defaults
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True, help="a pathup train run folder (RUN/model, RUN/encoder)")
     ap.add_argument("--dataset", type=Path, required=True, help="its prepared dataset (with a held-out split)")
     ap.add_argument("--out", type=Path, default=Path("runs/decoder_noise"))
     ap.add_argument("--steps", type=int, default=800, help="decoder steps (--vae-decoder-steps)")
-    ap.add_argument("--noise", type=float, default=0.4, help="--vae-decoder-noise")
-    ap.add_argument("--lr", type=float, default=1e-4, help="--vae-decoder-lr")
-    ap.add_argument("--adv-weight", type=float, default=0.0, help="--vae-decoder-adv-weight (patch discriminator)")
-    ap.add_argument("--disc-layers", type=int, default=3, help="--vae-disc-layers")
-    ap.add_argument("--grid-weight", type=float, default=0.0,
+    ap.add_argument("--noise", type=float, default=d["vae_decoder_noise"], help="--vae-decoder-noise")
+    ap.add_argument("--lr", type=float, default=d["vae_decoder_lr"], help="--vae-decoder-lr")
+    ap.add_argument("--adv-weight", type=float, default=d["vae_decoder_adv_weight"],
+                    help="--vae-decoder-adv-weight (patch discriminator; 0: an L1-only decoder)")
+    ap.add_argument("--disc-layers", type=int, default=d["vae_disc_layers"], help="--vae-disc-layers")
+    ap.add_argument("--grid-weight", type=float, default=d["vae_decoder_grid_weight"],
                     help="--vae-decoder-grid-weight (an L1 on the latent grid's frequencies)")
     ap.add_argument("--skip-before", action="store_true", help="measure only the fine-tuned decoder")
     ap.add_argument("--per-class", type=int, default=8)

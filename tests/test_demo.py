@@ -56,6 +56,7 @@ def test_demo_writes_a_report_whose_links_exist(demo_dir):
 
     run_cfg = yaml.safe_load((demo_dir / "run" / "config.yaml").read_text())
     assert run_cfg["vae_crop"] == 96 and run_cfg["vae_decoder_adv_weight"] == 0.5 and run_cfg["vae_disc_layers"] == 2
+    assert run_cfg["vae_decoder_grid_weight"] == 0.5
 
 
 def test_demo_carries_the_physical_scale_from_the_sample_to_the_large_image(demo_dir):

@@ -419,21 +419,27 @@ def test_decoder_objective_adds_the_grid_term_and_keeps_the_adversarial_weight()
     assert no_disc[0].item() == pytest.approx(no_disc[1].item() + 2.0 * grid_l1(recon, x, 8).item(), rel=1e-5)
 
 
-def test_decoder_stage_grid_term_needs_images_on_the_latent_grid(tmp_path, heldout):
+def test_a_crop_off_the_latent_grid_is_refused_before_the_autoencoder_trains(tmp_path, heldout):
+    """A --vae-crop that is not whole latent cells would decode at another size (and put the grid term off the
+    grid): refused, naming the option and a size that works, before anything is trained or written."""
     from accelerate import Accelerator
 
     from pathup.errors import OptionError
-    from pathup.model import build_ldm
     from pathup.train import TrainConfig
-    from pathup.train.autoencoder import finetune_decoder
-    from pathup.train.base import _tiles
+    from pathup.train.base import load_model
     from test_train import FAST
 
-    cfg = TrainConfig(data=heldout, out=tmp_path / "run", **{**FAST, "vae_steps": 2, "vae_decoder_steps": 2,
-                                                             "vae_crop": 36}, vae_decoder_grid_weight=0.5).resolved()
-    tiles = _tiles(cfg, 64)
-    with pytest.raises(OptionError, match="vae_decoder_grid_weight.*multiple of the latent grid .8 px.*36 px"):
-        finetune_decoder(Accelerator(cpu=True), build_ldm("micro", tiles.table).vae, tiles, cfg)
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=heldout, out=run, **{**FAST, "vae_crop": 36}).resolved()
+    with pytest.raises(OptionError, match=r"^vae_crop 36 must be 0 \(whole tiles\) or a multiple of the "
+                                          r"autoencoder's latent grid \(8 px\), e\.g\. 32$") as err:
+        load_model(Accelerator(cpu=True), cfg, run)
+    assert err.value.for_cli().startswith("--vae-crop 36 must be")
+    assert not (run / "base").exists()
+    ok = TrainConfig(data=heldout, out=tmp_path / "ok", **{**FAST, "vae_crop": 40, "vae_steps": 1,
+                                                           "vae_decoder_steps": 1}).resolved()
+    ldm, _, _ = load_model(Accelerator(cpu=True), ok, tmp_path / "ok")  # 40 = 5 cells: trains
+    assert (tmp_path / "ok" / "base" / "model_index.json").is_file()
 
 
 def test_decoder_stage_defaults_to_three_tenths_of_the_autoencoder_steps_with_a_34_px_discriminator():
@@ -441,7 +447,7 @@ def test_decoder_stage_defaults_to_three_tenths_of_the_autoencoder_steps_with_a_
     from pathup.train import TrainConfig
 
     cfg = TrainConfig(data="d", out="o", model="tiny").resolved()
-    assert cfg.vae_decoder_steps == 300 and cfg.vae_decoder_adv_weight == 0.5
+    assert cfg.vae_decoder_steps == 300 and cfg.vae_decoder_adv_weight == 0.5 and cfg.vae_decoder_grid_weight == 0.5
     assert receptive_field(cfg.vae_disc_layers) == 34
     assert TrainConfig(data="d", out="o", model="tiny", vae_steps=4000).resolved().vae_decoder_steps == 1200
     assert TrainConfig(data="d", out="o", model="tiny", vae_decoder_steps=0).resolved().vae_decoder_steps == 0

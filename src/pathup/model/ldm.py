@@ -88,7 +88,9 @@ class LDM:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        from pathup.losses.autoencoder import latent_grid
+
+        return latent_grid(self.vae)
 
     @property
     def scaling_factor(self) -> float:

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from pathup.errors import OptionError, PathUpError
+from pathup.errors import PathUpError
 from pathup.losses import autoencoder_loss, grid_l1
 from pathup.losses.autoencoder import latent_grid
 from pathup.losses.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
@@ -212,10 +212,6 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
     for step, (images, _, _) in enumerate(bar):
         g = step_generator(seed, step, 0, accelerator.process_index)
         images = random_crop(random_flips(images, g), cfg.vae_crop, g).to(accelerator.device)
-        if cfg.vae_decoder_grid_weight and any(n % objective.period for n in images.shape[-2:]):
-            raise OptionError("vae_decoder_grid_weight", f" needs images whose size is a multiple of the latent grid "
-                                                         f"({objective.period} px); the decoder stage's are "
-                                                         f"{images.shape[-1]} px (--vae-crop, the tile size)")
         if disc is not None:
             disc.requires_grad_(False)
         loss, rec, w, fake = objective(images, g)

@@ -34,6 +34,17 @@ def sized(name: str, resolution: int | None):
                                unet=dict(size.unet, sample_size=resolution // 8))
 
 
+def check_crop(crop: int, resolution: int, vae) -> None:
+    """Refuse an autoencoder crop (``--vae-crop``) that is not whole latent cells: its decoding would come back
+    at another size, and the grid term would not line up with the latent grid."""
+    from pathup.losses.autoencoder import latent_grid
+
+    grid = latent_grid(vae)
+    if 0 < crop < resolution and crop % grid:
+        raise OptionError("vae_crop", f"{crop} must be 0 (whole tiles) or a multiple of the autoencoder's latent "
+                                      f"grid ({grid} px), e.g. {max(grid, crop // grid * grid)}")
+
+
 def configure_scheduler(ldm, cfg: TrainConfig) -> None:
     """Set the noise schedule's prediction type and terminal SNR when asked (saved with the model)."""
     from pathup.model.ldm import make_scheduler
@@ -76,6 +87,7 @@ def load_model(acc, cfg: TrainConfig, run: Path):
             ldm.prompts = tiles.table
         else:
             ldm = build_ldm(size, tiles.table, seed=cfg.seed)
+            check_crop(cfg.vae_crop, res, ldm.vae)
             configure_scheduler(ldm, cfg)  # saved with the base, so that base/ is what the UNet learns
             ldm.vae.to(acc.device)
             sf = train_autoencoder(acc, ldm.vae, tiles, cfg)
