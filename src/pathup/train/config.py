@@ -117,7 +117,7 @@ class TrainConfig:
     vae_decoder_grid_weight: float = option(
         0.5, "weight of an L1 on the latent grid's frequencies in the decoder stage, against the checker the "
              "discriminator can make the decoder paint (0 = off; on held-out Kather tiles 0.5 removed the checker "
-             "and gained 0.4-1.5 dB; README, 'The checker')", min=0)
+             "and gained 0.4-1.5 dB; README, 'Grid-periodic texture')", min=0)
     vae_disc_layers: int = option(2, "stride-2 layers of the decoder stage's patch discriminator (2: 34-px fields, "
                                      "about two nuclei; 3: 70 px)", min=1, max=5)
     vae_crop: int = option(0, "train the autoencoder on random crops of this size (0 = whole tiles, as it is used)",
