@@ -132,11 +132,10 @@ def autoencoder_report(vae, real: RealSet, judge: Judge | None, *, device: str |
     class) and, with a judge, ``"consistency": {spec: {"reconstructed": ..., "real": ...}}``; ``strip`` is
     the real | reconstruction picture (``strip``).
     """
-    from pathup.losses.autoencoder import latent_grid
     from pathup.metrics.reconstruction import summarise
 
     recon = reconstruct(vae, real.held_images, batch_size=batch_size, device=device)
-    factor = latent_grid(vae)  # one latent pixel, in image pixels
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # one latent pixel, in image pixels
     size = real.held_images.shape[1:3]
     report = summarise(real.held_images, recon, real.held_labels,
                        grid_period=factor if size[0] % factor == 0 and size[1] % factor == 0 else None)
@@ -226,7 +225,6 @@ def evaluate_reconstruction(model: str | Path, data: str | Path, *, split: str =
     Returns ``(report, strip)`` (``strip``: real above reconstruction).
     """
     from pathup.io import load_rgb as open_rgb
-    from pathup.losses.autoencoder import latent_grid
     from pathup.metrics.consistency import labelled_real
 
     vae = load_vae(model, device)  # the cheap checks first
@@ -248,7 +246,7 @@ def evaluate_reconstruction(model: str | Path, data: str | Path, *, split: str =
     report.update({"model": str(model), "data": str(data), "tile_px": size,
                    "scaling_factor": float(getattr(vae.config, "scaling_factor", float("nan"))),
                    "latent_channels": int(vae.config.latent_channels),
-                   "downsampling": latent_grid(vae)})
+                   "downsampling": 2 ** (len(vae.config.block_out_channels) - 1)})
     return report, picture
 
 

@@ -88,9 +88,7 @@ class LDM:
 
     @property
     def vae_scale_factor(self) -> int:
-        from pathup.losses.autoencoder import latent_grid
-
-        return latent_grid(self.vae)
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def scaling_factor(self) -> float:
