@@ -10,7 +10,7 @@ DESCRIPTION = ("Runs the whole PathUp pipeline on real images shipped with the p
                "tiles by default, or BreakHis with --sample breakhis): prepares tiles, trains the tiny model from "
                "scratch, generates overviews, large images by patch-wise timestep tracking and a mixed-tissue "
                "image from a class map, evaluates them (class-consistency beside its real ceiling included) and "
-               "writes OUT/report.html. About 15 minutes on 2 CPU cores (14 min 23 s measured); rerunning reuses "
+               "writes OUT/report.html. About 15 minutes on 2 CPU cores (14-16.5 min measured); rerunning reuses "
                "finished stages.")
 
 
