@@ -84,7 +84,7 @@ def peak_memory(pipe, size: int, *, steps: int, patch_batch: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="tiny", help="model size from the registry (tiny, small, sd15)")
+    ap.add_argument("--size", default="tiny", help="model size from the registry (tiny, tiny-f4, small, sd15)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--image-size", type=int, default=2048, help="output size in pixels (square)")

@@ -27,11 +27,12 @@ def sized(name: str, resolution: int | None):
     size = MODEL_SIZES[name]
     if resolution is None or resolution == size.resolution:
         return size
-    mult = 8 * 2 ** (len(size.unet["block_out_channels"]) - 1)
+    factor = 2 ** (len(size.vae["block_out_channels"]) - 1)  # the autoencoder's downsampling
+    mult = factor * 2 ** (len(size.unet["block_out_channels"]) - 1)
     if resolution <= 0 or resolution % mult:
         raise OptionError("resolution", f"{resolution} must be a positive multiple of {mult} for model {name!r}")
     return dataclasses.replace(size, resolution=resolution, vae=dict(size.vae, sample_size=resolution),
-                               unet=dict(size.unet, sample_size=resolution // 8))
+                               unet=dict(size.unet, sample_size=resolution // factor))
 
 
 def check_crop(crop: int, resolution: int, vae) -> None:
