@@ -57,8 +57,7 @@ class Workload:
 
     def autoencoder_step(self) -> None:
         self.ldm.vae.train()
-        out = self.ae_objective(self.images)
-        loss = out[0] if isinstance(out, tuple) else out
+        loss = self.ae_objective(self.images)[0]  # (total, reconstruction, KL)
         self.ae_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.ae_opt.step()

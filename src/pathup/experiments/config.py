@@ -52,8 +52,8 @@ class ExperimentConfig:
                                default_factory=lambda: [2, 3, 4], metavar="N")
     seeds: int = option(5, "seeds (image sets and evaluation seeds 0 .. N-1); tables show mean +- std over them",
                         min=1)
-    model: str = option("tiny", "model size to train from scratch (micro, tiny, tiny-f4, small, sd15) or a diffusers Stable "
-                                "Diffusion folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
+    model: str = option("tiny", "model size to train from scratch (micro, tiny, tiny-f4, small, sd15) or a diffusers "
+                                "Stable Diffusion folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
     train_steps: Optional[int] = option(None, "optimizer steps of each training run (default: pathup train's)",
                                         metavar="N", min=1)
     train_config: Optional[str] = option(None, "YAML with further 'pathup train' options for all runs (e.g. "

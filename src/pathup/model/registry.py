@@ -3,13 +3,13 @@
 * ``micro``: the smallest working model (64 px images, 8x8 latents) for unit tests of the loop.
 * ``tiny``: trains from scratch on a CPU in minutes (tests, the demo); 128 px images, 16x16 latents.
 * ``tiny-f4``: ``tiny`` with a factor-4 autoencoder (32x32x4 latents) and one more UNet level: sharper
-  reconstructions for several times the CPU time.
+  reconstructions for 1.4-1.6x the CPU time per step (benchmarks/bench_sizes.py).
 * ``small``: a from-scratch model for one GPU, 256 px images.
 * ``sd15``: the Stable Diffusion 1.5 architecture with random weights (benchmarks). To fine-tune
   the real weights, pass a diffusers folder or hub id to ``--model`` instead of a size name.
 
-All use the SD layout: KL autoencoder with factor 8 (``tiny-f4``: 4), a text-conditioned UNet, a CLIP text encoder. The
-latent has 4 channels, except ``tiny``'s 16: measured on held-out Kather tiles, a tiny 4-channel
+All use the SD layout: KL autoencoder with factor 8 (``tiny-f4``: 4), a text-conditioned UNet, a CLIP text
+encoder. The latent has 4 channels, except ``tiny``'s 16: measured on held-out Kather tiles, a tiny 4-channel
 autoencoder blurs below nucleus scale (21 dB PSNR) where 16 channels keep more (24 dB at the same 600
 steps; benchmarks/bench_classes.py and the closing note of the tissue issue); the UNet's cost hardly changes
 (only its first and last convolutions see the channels). The tiny and small text encoders use a
@@ -43,6 +43,10 @@ _SD_BLOCKS = dict(
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
 )
 
+# the text encoder of tiny and tiny-f4
+_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=77, projection_dim=64)
+
 MODEL_SIZES: dict[str, ModelSize] = {
     "micro": ModelSize(
         name="micro", resolution=64,
@@ -69,16 +73,15 @@ MODEL_SIZES: dict[str, ModelSize] = {
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32,
         ),
-        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=77, projection_dim=64),
+        text=_TINY_TEXT,
         # the autoencoder on whole tiles (no frame at the border), the UNet until validation stops improving
         # (--max-steps auto); benchmarks/bench_classes.py
         train=dict(vae_steps=1000),
     ),
-    # tiny with a factor-4 autoencoder (32x32x4 latents for 128 px tiles): 28.2 dB on held-out Kather tiles
-    # after 1000 steps where tiny reaches 25.4 (the tissue issue's notes); the UNet gains one level at 32x32
-    # without attention, so its deeper levels see tiny's 16, 8 and 4 px grids. About 3.5x tiny's cost per
-    # autoencoder step, for users with the time (benchmarks/bench_classes.py --size tiny-f4).
+    # tiny with a factor-4 autoencoder (32x32x4 latents for 128 px tiles): 26.3 dB / CIEDE2000 5.2 on held-out
+    # Kather tiles with pathup train's defaults where tiny reaches 23.5 / 6.9 (README); the UNet gains one level
+    # at 32x32 without attention, so its deeper levels see tiny's 16, 8 and 4 px grids. Per step 1.62x tiny's
+    # autoencoder cost and 1.41x its UNet's (benchmarks/bench_sizes.py), for users with the time.
     "tiny-f4": ModelSize(
         name="tiny-f4", resolution=128,
         vae=dict(_VAE4, block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
@@ -91,8 +94,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
             cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32,
         ),
-        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=77, projection_dim=64),
+        text=_TINY_TEXT,
         train=dict(vae_steps=1000),
     ),
     "small": ModelSize(

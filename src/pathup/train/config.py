@@ -28,10 +28,10 @@ class TrainConfig:
     data: Optional[Path] = option(None, "prepared dataset folder (manifest.csv + dataset.json from 'pathup prepare')",
                                   metavar="DATASET", aliases=("dataset",))
     out: Path = option(None, "run folder (checkpoints, samples, logs, final model)", metavar="RUN")
-    model: str = option("tiny", "a size to build from scratch (tiny, tiny-f4, small, sd15) or a diffusers Stable Diffusion "
-                                "folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
-    resolution: Optional[int] = option(None, "training image size in pixels (multiple of the autoencoder's factor x 2^(UNet blocks-1)); "
-                                             "default: the model's", metavar="PX", min=8)
+    model: str = option("tiny", "a size to build from scratch (tiny, tiny-f4, small, sd15) or a diffusers Stable "
+                                "Diffusion folder / hub id to fine-tune", metavar="SIZE_OR_PATH")
+    resolution: Optional[int] = option(None, "training image size in pixels (multiple of the autoencoder's factor x "
+                                             "2^(UNet blocks-1)); default: the model's", metavar="PX", min=8)
     split: str = option("train", "manifest split to train on")
     levels: list[str] = option(help="tile levels to train on (patch, overview); default: all levels in the dataset",
                                default_factory=list, metavar="LEVEL")
