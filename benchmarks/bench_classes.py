@@ -14,7 +14,10 @@ overviews per class at several guidance scales, and reports against real held-ou
   each beside its real ceiling, per class;
 * the targets of the tissue issue: autoencoder PSNR >= 28 dB, CIEDE2000 <= 3, border <= 1.2 x centre,
   reconstructions >= 0.9 x the real tiles' class-consistency (texture-aware); generated >= 0.8 x the real
-  ceiling (texture-aware) with every class above 3 x chance.
+  ceiling (texture-aware) with every class above 3 x chance;
+* the same-seed distance between classes (``pathup.metrics.consistency.same_seed_distance``): every class is
+  drawn from the same seeds, so a pair of classes whose images of one seed barely differ is a pair the model
+  draws alike, whatever the classifier makes of it.
 
 Usage (2 CPU cores: 20-60 minutes, depending on the data set and where ``--max-steps auto`` stops):
     python benchmarks/bench_classes.py --out runs/bench_classes
@@ -154,6 +157,7 @@ def main() -> None:
     run = model.parent
     features = [str(run / "encoder") if f == "auto" else f for f in args.features]
     res = measure(dataset, folders, level="overview", features=features, seed=args.seed)
+    res["same_seed"] = {str(f): same_seed(f) for f in folders}
     res["times"] = times
     res["train_config"] = {k: str(v) for k, v in dataclasses.asdict(cfg.resolved()).items()} if cfg else None
     res["model"] = str(model)
@@ -166,6 +170,18 @@ def main() -> None:
     (out / "classes.md").write_text(text)
     (out / "classes.json").write_text(json.dumps(res, indent=2, default=float))
     print(text)
+
+
+def same_seed(folder: Path) -> dict:
+    """``pathup.metrics.consistency.same_seed_distance`` of one guidance folder (OUT/g<g>/<class>/s<seed>.png)."""
+    import numpy as np
+    from PIL import Image
+
+    from pathup.metrics.consistency import same_seed_distance
+
+    images = {d.name: {int(p.stem[1:]): np.asarray(Image.open(p).convert("RGB")) for p in d.glob("s*.png")}
+              for d in sorted(folder.iterdir()) if d.is_dir()}
+    return same_seed_distance(images)
 
 
 def side_by_side(dataset: Path, folder: Path, png: Path, per_row: int = 6) -> Path:
@@ -217,7 +233,9 @@ def curve(history: Path, png: Path) -> list[dict] | None:
 
 
 def report(args, res: dict, folders: list[Path], model: Path) -> str:
-    """The Markdown report: autoencoder, generated vs ceiling per feature set, targets."""
+    """The Markdown report: autoencoder, generated vs ceiling per feature set, same-seed distance, targets."""
+    import numpy as np
+
     lines = [f"# Tissue and class-following: {args.dataset or args.sample + ' sample'}, model {model}", ""]
     ae = res.get("autoencoder")
     if ae:
@@ -249,6 +267,15 @@ def report(args, res: dict, folders: list[Path], model: Path) -> str:
         lines += [f"| real held-out (ceiling) | {first['real_heldout']['accuracy']:.3f} | | | "
                   f"{'' if real_above is None else f'{len(real_above)}/{len(classes)}'} | | "
                   + " | ".join(f"{first['real_heldout']['per_class'][c]:.2f}" for c in classes) + " |", ""]
+    lines += ["## Same-seed distance between classes", "",
+              "mean |pixel difference| between two classes' overviews drawn from the same seed, relative to that "
+              "between two seeds of one class (0: the prompt does not change the picture, 1: as much as a new seed)",
+              ""]
+    for g, f in zip(args.guidance, folders):
+        pairs = res["same_seed"][str(f)]["closest"]
+        lines.append(f"- guidance {g:g}: closest " + ", ".join(f"{a}~{b} {r:.2f}" for a, b, r in pairs[:3])
+                     + f"; median pair {np.median([r for _, _, r in pairs]):.2f}")
+    lines.append("")
     lines += [f"chance {1 / len(classes):.3f}; times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["times"].items())]
     return "\n".join(lines) + "\n"
 

@@ -252,3 +252,28 @@ def test_kather_sample_is_split_by_slide(kather):
     empty = [r for r in rows if r["class"] == "08_EMPTY"]
     assert {r["slide"] for r in empty} == {"CRC-Prim-HE-06"}
     assert not {r["source"] for r in empty if r["split"] == "train"} & {r["source"] for r in empty if r["split"] == "test"}
+
+
+def test_same_seed_distance_against_hand_values():
+    from pathup.errors import PathUpError
+    from pathup.metrics.consistency import same_seed_distance
+
+    # A and B differ by 1 at every seed, seeds of one class differ by 10, C is B plus 4 at seed 0 only
+    full = lambda v: np.full((2, 2, 3), v, np.uint8)  # noqa: E731
+    imgs = {"A": {0: full(0), 1: full(10)}, "B": {0: full(1), 1: full(11)}, "C": {0: full(5), 1: full(11)}}
+    res = same_seed_distance(imgs)
+    assert res["seed_distance"] == pytest.approx((10 + 10 + 6) / 3)  # uint8 input is not wrapped around
+    sd = res["seed_distance"]
+    m = np.array(res["matrix"])
+    assert m[0, 1] == pytest.approx(1 / sd) and m[1, 2] == pytest.approx(2 / sd) and m[0, 2] == pytest.approx(3 / sd)
+    assert np.allclose(m, m.T) and np.all(np.diag(m) == 0)
+    assert [p[:2] for p in res["closest"]] == [["A", "B"], ["B", "C"], ["A", "C"]]
+    # a pair drawn identically has distance 0; another seed's worth of change is 1
+    same = same_seed_distance({"A": imgs["A"], "B": imgs["A"]})
+    assert same["closest"][0][2] == 0
+    shifted = same_seed_distance({"A": {0: full(0), 1: full(10), 2: full(20)}, "B": {0: full(10), 1: full(20), 2: full(30)}})
+    assert shifted["closest"][0][2] == pytest.approx(1.0)
+    # extra seeds of one class are ignored; fewer than two shared seeds is a clear error
+    assert same_seed_distance({**imgs, "A": {**imgs["A"], 7: full(200)}})["matrix"] == res["matrix"]
+    with pytest.raises(PathUpError, match="at least two seeds"):
+        same_seed_distance({"A": {0: full(0), 1: full(1)}, "B": {0: full(0)}})

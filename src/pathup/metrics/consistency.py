@@ -132,6 +132,45 @@ def _above(per_class: dict[str, float], classes: Sequence[str], level: float) ->
     return [c for c in classes if per_class[c] == per_class[c] and per_class[c] > level]
 
 
+def same_seed_distance(images: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
+    """How much the prompt changes a picture drawn from one seed.
+
+    ``images[class][seed]`` is an image (any array shape, the same for all) generated from ``seed`` under
+    the class's prompt, with the same seeds for every class. For two classes, the mean absolute pixel
+    difference between their images of the same seed is divided by the *seed distance*: the mean absolute
+    difference between two images of one class from consecutive seeds (over all classes). 0: the prompt
+    does not change the picture (the two classes are drawn alike); 1: it changes it as much as another
+    seed does. A class pair far below the others is one the model draws as a single class whatever the
+    classifier says.
+
+    Returns ``{"seed_distance", "classes", "seeds", "matrix"}`` (the matrix row-major over ``classes``)
+    and ``"closest"``: the pairs sorted by their ratio, each ``[class_a, class_b, ratio]``.
+    """
+    classes = list(images)
+    if len(classes) < 2:
+        raise PathUpError("same-seed distance needs images of at least two classes")
+    seeds = sorted(set.intersection(*(set(images[c]) for c in classes)))
+    if len(seeds) < 2:
+        raise PathUpError("same-seed distance needs at least two seeds shared by every class, got "
+                          f"{len(seeds)}")
+
+    def dist(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+    seed_d = float(np.mean([dist(images[c][a], images[c][b]) for c in classes for a, b in zip(seeds, seeds[1:])]))
+    if seed_d == 0:
+        raise PathUpError("same-seed distance: images of different seeds are identical (seed distance 0)")
+    n = len(classes)
+    mat = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            mat[i, j] = mat[j, i] = np.mean([dist(images[classes[i]][s], images[classes[j]][s])
+                                             for s in seeds]) / seed_d
+    pairs = sorted(([classes[i], classes[j], float(mat[i, j])] for i in range(n) for j in range(i + 1, n)),
+                   key=lambda p: p[2])
+    return {"seed_distance": seed_d, "classes": classes, "seeds": seeds, "matrix": mat.tolist(), "closest": pairs}
+
+
 # ---------------------------------------------------------------------------------------- colour
 COLOUR_KEYS = ("R", "G", "B", "H", "S", "V")
 
