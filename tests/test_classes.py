@@ -271,7 +271,8 @@ def test_same_seed_distance_against_hand_values():
     # a pair drawn identically has distance 0; another seed's worth of change is 1
     same = same_seed_distance({"A": imgs["A"], "B": imgs["A"]})
     assert same["closest"][0][2] == 0
-    shifted = same_seed_distance({"A": {0: full(0), 1: full(10), 2: full(20)}, "B": {0: full(10), 1: full(20), 2: full(30)}})
+    shifted = same_seed_distance({"A": {0: full(0), 1: full(10), 2: full(20)},
+                                  "B": {0: full(10), 1: full(20), 2: full(30)}})
     assert shifted["closest"][0][2] == pytest.approx(1.0)
     # extra seeds of one class are ignored; fewer than two shared seeds is a clear error
     assert same_seed_distance({**imgs, "A": {**imgs["A"], 7: full(200)}})["matrix"] == res["matrix"]
