@@ -208,8 +208,13 @@ def curve(history: Path, png: Path) -> list[dict] | None:
     if not history.is_file():
         return None
     recs = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-    rows = [{"step": r["step"], **{f"{k}_{m}": v[m] for k, v in r["features"].items() for m in ("accuracy", "fd")},
-             **{f"{k}_ceiling": v["ceiling"] for k, v in r["features"].items()}} for r in recs]
+
+    def label(k: str) -> str:  # RUN/encoder by its name: a run folder copied or moved and resumed keeps its curve
+        return Path(k).name if "/" in k else k
+
+    rows = [{"step": r["step"],
+             **{f"{label(k)}_{m}": v[m] for k, v in r["features"].items() for m in ("accuracy", "fd")},
+             **{f"{label(k)}_ceiling": v["ceiling"] for k, v in r["features"].items()}} for r in recs]
     if rows:
         import matplotlib
 
@@ -217,12 +222,11 @@ def curve(history: Path, png: Path) -> list[dict] | None:
         import matplotlib.pyplot as plt
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for k in recs[0]["features"]:
-            name = Path(k).name if "/" in k else k
+        for name in map(label, recs[0]["features"]):
             steps = [r["step"] for r in rows]
-            line, = a1.plot(steps, [r[f"{k}_accuracy"] for r in rows], "o-", label=f"generated ({name})")
-            a1.axhline(rows[0][f"{k}_ceiling"], color=line.get_color(), ls="--", label=f"real ceiling ({name})")
-            a2.plot(steps, [r[f"{k}_fd"] for r in rows], "o-", label=name)
+            line, = a1.plot(steps, [r[f"{name}_accuracy"] for r in rows], "o-", label=f"generated ({name})")
+            a1.axhline(rows[0][f"{name}_ceiling"], color=line.get_color(), ls="--", label=f"real ceiling ({name})")
+            a2.plot(steps, [r[f"{name}_fd"] for r in rows], "o-", label=name)
         a1.set_xlabel("step"), a1.set_ylabel("class-consistency"), a1.legend(fontsize=7), a1.grid(alpha=0.3)
         a2.set_xlabel("step"), a2.set_ylabel("Frechet distance to held-out tiles"), a2.set_yscale("log")
         a2.legend(fontsize=7), a2.grid(alpha=0.3)

@@ -43,7 +43,7 @@ def main() -> None:
     with torch.no_grad():
         emb = ldm.text_encoder(tok.input_ids)[0]  # (P + 1, L, D)
     e = torch.nn.functional.normalize((emb[:-1] - emb[-1:]).flatten(1), dim=1)
-    short = [c[-6:] for c in table.classes]
+    short = [c.replace("_", " ").split()[-1][:6] for c in table.classes]
     print("cosine of (prompt - empty prompt) text embeddings")
     print("       " + " ".join(f"{s:>6}" for s in short))
     for s, row in zip(short, (e @ e.T).numpy()):

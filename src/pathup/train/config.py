@@ -45,7 +45,8 @@ class TrainConfig:
     max_epochs: float = option(40.0, "with --max-steps auto: the cap, in epochs of the training tiles (at least "
                                      "--min-steps, at most 100000 steps)", min=0, min_exclusive=True)
     min_steps: int = option(1000, "with --max-steps auto: train at least this many steps before stopping", min=0)
-    patience: int = option(4, "with --max-steps auto: stop after this many validations without improvement", min=1)
+    patience: int = option(8, "with --max-steps auto: stop after this many validations without improvement (the "
+                              "measure of a few images per class is noisy: too few stop on a lucky peak)", min=1)
     time_limit: float = option(0.0, "stop the diffusion stage after this many minutes of wall-clock time in this "
                                     "invocation (after a last validation; the best validated weights are kept as "
                                     "with --max-steps auto); 0 = no limit", metavar="MINUTES", min=0)
