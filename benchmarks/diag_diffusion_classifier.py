@@ -25,6 +25,7 @@ import torch
 def main() -> None:
     from PIL import Image
 
+    from pathup.losses.denoising import denoising_target
     from pathup.model import load_ldm
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -38,10 +39,8 @@ def main() -> None:
     ldm = load_ldm(args.model)
     table = ldm.prompts
     prompts = [table.prompt(c, "overview" if table.levels else None) for c in table.classes]
-    tok = ldm.tokenizer(prompts + [""], padding="max_length", max_length=ldm.tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt")
     with torch.no_grad():
-        emb = ldm.text_encoder(tok.input_ids)[0]  # (P + 1, L, D)
+        emb = ldm.encode_prompts(prompts + [""])  # (P + 1, L, D)
     e = torch.nn.functional.normalize((emb[:-1] - emb[-1:]).flatten(1), dim=1)
     short = [c.replace("_", " ").split()[-1][:6] for c in table.classes]
     print("cosine of (prompt - empty prompt) text embeddings")
@@ -52,7 +51,6 @@ def main() -> None:
             if r["level"] == "overview" or not table.levels]
     res = ldm.resolution
     ts = [100, 300, 500, 700, 900]
-    v_pred = ldm.scheduler.config.prediction_type == "v_prediction"
     rng = np.random.default_rng(0)
     for split in sorted({r["split"] for r in rows}):
         print(f"\n{split}: rows = true class, columns = prompt with the lowest mean error "
@@ -67,14 +65,14 @@ def main() -> None:
                                                        .resize((res, res)))).permute(2, 0, 1).float() / 127.5 - 1
                              for i in pick])  # (B, 3, R, R)
             with torch.no_grad():
-                z = ldm.vae.encode(x).latent_dist.mean * ldm.vae.config.scaling_factor
+                z = ldm.encode_images(x)
                 loss = torch.zeros(len(x), len(prompts))
                 for t in ts:
                     tt = torch.full((len(z),), t)
                     for k in range(2):
                         n = torch.randn(z.shape, generator=torch.Generator().manual_seed(1000 * t + k))
                         zt = ldm.scheduler.add_noise(z, n, tt)
-                        target = ldm.scheduler.get_velocity(z, n, tt) if v_pred else n
+                        target = denoising_target(ldm.scheduler, z, n, tt)
                         for pi in range(len(prompts)):
                             out = ldm.unet(zt, t, encoder_hidden_states=emb[pi:pi + 1].expand(len(z), -1, -1)).sample
                             loss[:, pi] += ((out - target) ** 2).mean((1, 2, 3))
