@@ -157,7 +157,6 @@ def main() -> None:
     run = model.parent
     features = [str(run / "encoder") if f == "auto" else f for f in args.features]
     res = measure(dataset, folders, level="overview", features=features, seed=args.seed)
-    res["same_seed"] = {str(f): same_seed(f) for f in folders}
     res["times"] = times
     res["train_config"] = {k: str(v) for k, v in dataclasses.asdict(cfg.resolved()).items()} if cfg else None
     res["model"] = str(model)
@@ -170,18 +169,6 @@ def main() -> None:
     (out / "classes.md").write_text(text)
     (out / "classes.json").write_text(json.dumps(res, indent=2, default=float))
     print(text)
-
-
-def same_seed(folder: Path) -> dict:
-    """``pathup.metrics.consistency.same_seed_distance`` of one guidance folder (OUT/g<g>/<class>/s<seed>.png)."""
-    import numpy as np
-    from PIL import Image
-
-    from pathup.metrics.consistency import same_seed_distance
-
-    images = {d.name: {int(p.stem[1:]): np.asarray(Image.open(p).convert("RGB")) for p in d.glob("s*.png")}
-              for d in sorted(folder.iterdir()) if d.is_dir()}
-    return same_seed_distance(images)
 
 
 def side_by_side(dataset: Path, folder: Path, png: Path, per_row: int = 6) -> Path:
@@ -276,7 +263,7 @@ def report(args, res: dict, folders: list[Path], model: Path) -> str:
               "between two seeds of one class (0: the prompt does not change the picture, 1: as much as a new seed)",
               ""]
     for g, f in zip(args.guidance, folders):
-        pairs = res["same_seed"][str(f)]["closest"]
+        pairs = res["sets"][str(f)]["same_seed"]["closest"]
         lines.append(f"- guidance {g:g}: closest " + ", ".join(f"{a}~{b} {r:.2f}" for a, b, r in pairs[:3])
                      + f"; median pair {np.median([r for _, _, r in pairs]):.2f}")
     lines.append("")

@@ -278,3 +278,45 @@ def test_same_seed_distance_against_hand_values():
     assert same_seed_distance({**imgs, "A": {**imgs["A"], 7: full(200)}})["matrix"] == res["matrix"]
     with pytest.raises(PathUpError, match="at least two seeds"):
         same_seed_distance({"A": {0: full(0), 1: full(1)}, "B": {0: full(0)}})
+
+
+def test_image_seed_from_sidecar_then_file_name(tmp_path):
+    from pathup.data.generated import image_seed
+
+    (tmp_path / "TUMOR_s12.json").write_text(json.dumps({"seed": 7, "class": "TUMOR"}))
+    assert image_seed(tmp_path / "TUMOR_s12.png") == 7  # the sidecar wins over the name
+    assert image_seed(tmp_path / "STROMA_s12.png") == 12 and image_seed(tmp_path / "s3.png") == 3
+    (tmp_path / "x_s4.json").write_text(json.dumps({"seed": True}))  # not an int: the name decides
+    assert image_seed(tmp_path / "x_s4.png") == 4
+    assert image_seed(tmp_path / "tile_0003.png") is None and image_seed(tmp_path / "pass12.png") is None
+
+
+def test_evaluate_reports_same_seed_distance(kather, tmp_path):
+    """A folder whose classes share seeds gets the same-seed distance of its images (the hand-checked function
+    on the same pixels), in the JSON and the Markdown; a folder without seeds gets None."""
+    from pathup.metrics import consistency as cc
+    from pathup.metrics.evaluate import EvaluateConfig, evaluate
+
+    paths, classes, splits = cc.labelled_real(kather / "ds", "overview")
+    fake = tmp_path / "fake"
+    want = {}
+    for c in ("01_TUMOR", "02_STROMA", "05_DEBRIS"):
+        held = [p for p, k, s in zip(paths, classes, splits) if k == c and s == "test"][:3]
+        (fake / c).mkdir(parents=True)
+        for seed, p in enumerate(held):
+            shutil.copy(p, fake / c / f"s{seed}.png")
+        want[c] = dict(enumerate(cc.load_rgb(held, 128)))
+    (fake / "05_DEBRIS" / "s9.png").write_bytes((fake / "05_DEBRIS" / "s0.png").read_bytes())  # unshared seed
+    res = evaluate(EvaluateConfig(data=str(kather / "ds"), fake=str(fake), out=str(tmp_path / "m.json"),
+                                  features="color-stats", repeats=1, overview_size=128, cache=False, progress=False,
+                                  k=2))
+    got = res["class_consistency"]["sets"][str(fake)]["same_seed"]
+    ref = cc.same_seed_distance(want)
+    assert got["seeds"] == [0, 1, 2] and got["classes"] == sorted(want)
+    assert np.allclose(got["matrix"], ref["matrix"]) and got["seed_distance"] == pytest.approx(ref["seed_distance"])
+    md = (tmp_path / "m.md").read_text()
+    assert "Same-seed distance" in md and f"{ref['closest'][0][0]}~{ref['closest'][0][1]}" in md
+    assert json.loads((tmp_path / "m.json").read_text())["class_consistency"]["sets"][str(fake)]["same_seed"]
+    # real tiles under their own names carry no seed
+    res = cc.measure(kather / "ds", kather / "same", features="color-stats", size=128)
+    assert res["sets"][str(kather / "same")]["same_seed"] is None

@@ -14,6 +14,7 @@ from the sidecars (``read_generated``), never from the folder name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +75,18 @@ def read_generated(root: str | Path) -> list[GeneratedImage]:
             cls = class_of(home)
         out.append(GeneratedImage(p, cls if isinstance(cls, str) else None, level))
     return out
+
+
+_SEED_STEM = re.compile(r"(?:^|_)s(\d+)$")  # <class>_s<seed> (generate) or s<seed> (benchmarks)
+
+
+def image_seed(path: str | Path) -> int | None:
+    """The seed a generated image was drawn from: its sidecar's ``"seed"``, else the ``_s<seed>`` (or
+    ``s<seed>``) at the end of its file name; None when neither says."""
+    path = Path(path)
+    meta = read_json(path.with_suffix(".json"))
+    seed = meta.get("seed") if meta else None
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return seed
+    m = _SEED_STEM.search(path.stem)
+    return int(m.group(1)) if m else None

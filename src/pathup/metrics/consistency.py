@@ -171,6 +171,20 @@ def same_seed_distance(images: dict[str, dict[int, np.ndarray]]) -> dict[str, An
     return {"seed_distance": seed_d, "classes": classes, "seeds": seeds, "matrix": mat.tolist(), "closest": pairs}
 
 
+def same_seed_of(images: np.ndarray, classes: Sequence[str], seeds: Sequence[int | None]) -> dict[str, Any] | None:
+    """``same_seed_distance`` of a generated set given as parallel sequences (image, class, seed), over the
+    classes that share at least two seeds; None when fewer than two classes do (e.g. images without seeds).
+    Of two images of one class and seed (a folder holding several runs), the first counts."""
+    by_class: dict[str, dict[int, np.ndarray]] = {}
+    for im, c, s in zip(images, classes, seeds):
+        if s is not None:
+            by_class.setdefault(str(c), {}).setdefault(int(s), im)
+    by_class = {c: v for c, v in by_class.items() if len(v) >= 2}
+    if len(by_class) < 2 or len(set.intersection(*(set(v) for v in by_class.values()))) < 2:
+        return None
+    return same_seed_distance(by_class)
+
+
 # ---------------------------------------------------------------------------------------- colour
 COLOUR_KEYS = ("R", "G", "B", "H", "S", "V")
 
@@ -339,8 +353,10 @@ def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level:
         ``{"features": the first spec, "feature_sets": [specs], "level", "train_split", "heldout_split",
         "real_tiles", "real_colour", "sets": {fake: class_consistency(...) + colour} (first spec),
         "by_features": {spec: {"id", "dim", "label", "sets": {fake: class_consistency(...)}}}}``. The keys of
-        the single-spec result keep their meaning (they hold the first spec's results).
+        the single-spec result keep their meaning (they hold the first spec's results). Each set also has
+        ``"same_seed"``: ``same_seed_of`` its images (classes drawn from shared seeds), or None.
     """
+    from pathup.data.generated import image_seed
     from pathup.metrics.features import make_extractor
 
     specs = feature_specs(features)
@@ -382,7 +398,8 @@ def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level:
     for key, fp, fc, f_img in fake_sets:
         fake_colour = per_class_colour([colour_stats(im) for im in f_img], fc)
         sets[key] = {**by_features[specs[0]]["sets"][key], "colour": fake_colour,
-                     "colour_r": colour_correlation(real_colour, fake_colour)}
+                     "colour_r": colour_correlation(real_colour, fake_colour),
+                     "same_seed": same_seed_of(f_img, fc, [image_seed(p) for p in fp])}
     return {"features": specs[0], "feature_sets": specs, "level": level, "train_split": train_split,
             "heldout_split": held, "real_tiles": {"train": len(tr), "heldout": len(he)}, "real_colour": real_colour,
             "sets": sets, "by_features": by_features}
@@ -431,6 +448,15 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
                 t = table[c]
                 crows.append([f"{c} ({label})", int(t["n"]), *[f"{t[f'{k}_mean']:.1f}" for k in COLOUR_KEYS],
                               *[f"{t[f'{k}_std']:.1f}" for k in COLOUR_KEYS]])
+    seeded = [(k, v["same_seed"]) for k, v in sets.items() if v.get("same_seed")]
+    if seeded:
+        text += ("\n\n## Same-seed distance between classes\n\nThe mean pixel difference between two classes' images "
+                 "drawn from the same seed, relative to that between two seeds of one class: 0, the prompt does not "
+                 "change the picture (the model draws the two classes alike); 1, it changes it as much as a new seed.\n\n"
+                 + markdown_table(["set", "seeds", "closest pairs", "median pair"],
+                                  [[(names or {}).get(k, k), len(d["seeds"]),
+                                    ", ".join(f"{a}~{b} {r:.2f}" for a, b, r in d["closest"][:3]),
+                                    f"{np.median([r for _, _, r in d['closest']]):.2f}"] for k, d in seeded]))
     return text + "\n\n## Colour per class (RGB and HSV, 0-255; hue circular)\n\n" + markdown_table(chead, crows)
 
 
