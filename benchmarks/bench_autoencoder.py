@@ -1,7 +1,7 @@
 """Which autoencoder recipe keeps the tissue? The first stage of a from-scratch model, trained and measured.
 
-Trains the autoencoder of a model size (``tiny`` by default) on the training tiles of a prepared dataset
-with ``pathup train``'s own objective and learning-rate schedule (``--train-arg`` sets any ``vae_*`` option
+Trains the autoencoder of a model size (``pathup train``'s default, ``tiny-f4``) on the training tiles of a
+prepared dataset with ``pathup train``'s own objective and learning-rate schedule (``--train-arg`` sets any ``vae_*`` option
 of ``TrainConfig``, ``--vae-arg`` an ``AutoencoderKL`` argument), and every ``--eval-every`` steps measures it
 on held-out tiles (``pathup.metrics.reconstruction``: PSNR, SSIM, mean CIEDE2000, border / centre error,
 overall and per class), the numbers ``pathup train`` prints after its autoencoder stage. The curve tells
@@ -166,10 +166,13 @@ def plot(folders: list[Path], out: Path) -> None:
 
 
 def main() -> None:
+    from pathup.train.config import TrainConfig
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", type=Path, default=Path("data/k1200"), help="a prepared dataset with a held-out split")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_autoencoder"))
-    ap.add_argument("--size", default="tiny", help="model size (pathup.model.MODEL_SIZES)")
+    ap.add_argument("--size", default=TrainConfig.model, help="model size (pathup.model.MODEL_SIZES; default: "
+                    "pathup train's)")
     ap.add_argument("--steps", type=int, default=1000, help="autoencoder steps (--vae-steps)")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",

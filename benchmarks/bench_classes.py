@@ -2,8 +2,9 @@
 
 Prepares a shipped sample (Kather 2016 colorectal by default, or BreakHis) with a held-out split by
 slide / patient, or takes a prepared dataset (``--dataset``, e.g. the 1,200 Kather development tiles),
-trains the ``tiny`` model (``--size``) with ``pathup train``'s defaults (``--train-arg`` overrides one option), generates
-overviews per class at several guidance scales, and reports against real held-out tiles:
+trains a model (``--size``, default ``pathup train``'s: ``tiny-f4``) with ``pathup train``'s defaults
+(``--train-arg`` overrides one option), generates overviews per class at several guidance scales, and
+reports against real held-out tiles:
 
 * the autoencoder's ceiling (``RUN/autoencoder.json``): PSNR, CIEDE2000, border / centre error, and the
   class-consistency of its reconstructions beside the real tiles;
@@ -83,6 +84,8 @@ def generate(model: Path, out: Path, guidance: float, per_class: int, steps: int
 
 
 def main() -> None:
+    from pathup.train import TrainConfig, train
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_classes"))
     ap.add_argument("--sample", default="kather", choices=["kather", "breakhis"])
@@ -94,7 +97,8 @@ def main() -> None:
                     help="experiment: start from this run's base/ (trained autoencoder) instead of training one")
     ap.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="override one TrainConfig option (repeatable)")
-    ap.add_argument("--size", default="tiny", help="model size to train from scratch (pathup.model.MODEL_SIZES)")
+    ap.add_argument("--size", default=TrainConfig.model, help="model size to train from scratch "
+                    "(pathup.model.MODEL_SIZES; default: pathup train's)")
     ap.add_argument("--unet-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="experiment: override one UNet config entry of --size (repeatable), e.g. "
                          "addition_embed_type=text")
@@ -114,7 +118,6 @@ def main() -> None:
 
     from pathup.experiments.demo.stages import prepare_sample
     from pathup.metrics.consistency import measure
-    from pathup.train import TrainConfig, train
 
     if args.unet_arg or args.vae_arg:
         import yaml

@@ -50,3 +50,25 @@ def test_resolution_rescales_by_the_autoencoders_factor(name):
     bad = MULTIPLES[name] + FACTORS[name]  # a multiple of the factor, not of the whole model's downsampling
     with pytest.raises(OptionError, match=f"{bad} must be a positive multiple of {MULTIPLES[name]}"):
         sized(name, bad)
+
+
+# hand values: the latent sides (at 128 px tiles; micro 64 px) where the UNet's cross-attention reads the prompt.
+# tiny-f4 has it at 16x16 too: without it, debris was drawn as stroma on the 1,200 Kather tiles (README)
+ATTENTION_SIDES = {"micro": {4}, "tiny": {8, 4}, "tiny-f4": {16, 8, 4}}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_SIDES))
+def test_cross_attention_sits_at_the_hand_resolutions(name):
+    from diffusers.models.attention import BasicTransformerBlock
+
+    ldm = build_ldm(name).to("cpu")
+    sides = set()
+    hooks = [m.register_forward_hook(lambda mod, args, out: sides.add(int(round(args[0].shape[1] ** 0.5))))
+             for m in ldm.unet.modules() if isinstance(m, BasicTransformerBlock)]
+    side = MODEL_SIZES[name].unet["sample_size"]
+    with torch.no_grad():
+        ldm.unet(torch.zeros(1, ldm.unet.config.in_channels, side, side), torch.tensor([10]),
+                 encoder_hidden_states=ldm.encode_prompts([""]))
+    for h in hooks:
+        h.remove()
+    assert sides == ATTENTION_SIDES[name]

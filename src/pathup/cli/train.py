@@ -13,11 +13,11 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "train", help=HELP, description=HELP + ". Works under 'accelerate launch pathup train ...'.",
-        epilog="examples:\n  pathup train --data data/ --out runs/tiny --max-steps 2000\n"
+        epilog="examples:\n  pathup train --data data/ --out runs/mine --max-steps 2000\n"
                "  pathup train --data data/ --out runs/sd --model runwayml/stable-diffusion-v1-5 "
                "--mixed-precision bf16 --ema-offload\n"
-               "  pathup train --data data/ --out runs/tiny --resume\n"
-               "  pathup train --data data/ --out runs/tiny --log-with wandb",
+               "  pathup train --data data/ --out runs/mine --resume\n"
+               "  pathup train --data data/ --out runs/mine --log-with wandb",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     # the dataset used to be positional (pathup train DATASET --out RUN): still accepted, hidden
     p.add_argument("positional_data", nargs="?", metavar="DATASET", help=argparse.SUPPRESS)
