@@ -94,7 +94,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="a trained model folder (skips prepare + train "
                                                              "unless --dataset is missing)")
     ap.add_argument("--base", type=Path, default=None,
-                    help="experiment: start from this run's base/ (trained autoencoder) instead of training one")
+                    help="experiment: start from this run's base/ (trained autoencoder) instead of training one; the "
+                         "UNet is initialised afresh from --size and --unet-arg")
     ap.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="override one TrainConfig option (repeatable)")
     ap.add_argument("--size", default=TrainConfig.model, help="model size to train from scratch "
@@ -148,9 +149,7 @@ def main() -> None:
         model = out / "run" / "model"
         if not (model / "model_index.json").is_file():
             if args.base is not None and not (out / "run" / "base").exists():
-                import shutil
-
-                shutil.copytree(args.base, out / "run" / "base")
+                fresh_unet_base(args.base, out / "run" / "base", args.size, cfg.seed)
             cfg = dataclasses.replace(cfg, resume=(out / "run" / "checkpoints").is_dir() or args.base is not None)
             train(cfg)
         times["train_s"] = time.perf_counter() - t0
@@ -172,6 +171,25 @@ def main() -> None:
     (out / "classes.md").write_text(text)
     (out / "classes.json").write_text(json.dumps(res, indent=2, default=float))
     print(text)
+
+
+def fresh_unet_base(src: Path, dst: Path, size: str, seed: int) -> None:
+    """``--base``: a copy of a run's ``base/`` (its trained autoencoder, its untrained text encoder) whose UNet is
+    initialised afresh from ``size`` (``--unet-arg`` included) with ``seed``: base/ also holds the UNet the old
+    run started from, and copied as it is, that UNet's layout would silently replace the one asked for."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from pathup.model.registry import MODEL_SIZES
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(tmp / "unet")
+    torch.manual_seed(seed)
+    UNet2DConditionModel(**MODEL_SIZES[size].unet).save_pretrained(tmp / "unet")
+    tmp.rename(dst)
 
 
 def side_by_side(dataset: Path, folder: Path, png: Path, per_row: int = 6) -> Path:

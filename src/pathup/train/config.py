@@ -28,8 +28,8 @@ class TrainConfig:
     data: Optional[Path] = option(None, "prepared dataset folder (manifest.csv + dataset.json from 'pathup prepare')",
                                   metavar="DATASET", aliases=("dataset",))
     out: Path = option(None, "run folder (checkpoints, samples, logs, final model)", metavar="RUN")
-    model: str = option("tiny-f4", "a size to build from scratch (tiny-f4: the CPU default, sharper, followed all 8 "
-                                   "Kather classes in the README's runs; tiny: 1.8x cheaper per autoencoder step, "
+    model: str = option("tiny-f4", "a size to build from scratch (tiny-f4: the CPU default, sharper, follows more "
+                                   "classes, measured in the README; tiny: 1.8x cheaper per autoencoder step, "
                                    "2.3x per UNet step; small, sd15: GPU) or a diffusers Stable Diffusion folder / hub "
                                    "id to fine-tune",
                         metavar="SIZE_OR_PATH")
