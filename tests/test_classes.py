@@ -320,3 +320,17 @@ def test_evaluate_reports_same_seed_distance(kather, tmp_path):
     # real tiles under their own names carry no seed
     res = cc.measure(kather / "ds", kather / "same", features="color-stats", size=128)
     assert res["sets"][str(kather / "same")]["same_seed"] is None
+
+
+def test_same_seed_of_groups_by_class_and_seed():
+    from pathup.metrics.consistency import same_seed_distance, same_seed_of
+
+    full = lambda v: np.full((2, 2, 3), v, np.uint8)  # noqa: E731
+    imgs = [full(0), full(10), full(1), full(11), full(99), full(50)]
+    classes = ["A", "A", "B", "B", "B", "C"]
+    seeds = [0, 1, 0, 1, None, 0]  # B's third image has no seed, C has one seed only: both left out
+    got = same_seed_of(imgs, classes, seeds)
+    assert got["classes"] == ["A", "B"]
+    assert got["matrix"] == same_seed_distance({"A": {0: full(0), 1: full(10)}, "B": {0: full(1), 1: full(11)}})["matrix"]
+    assert same_seed_of(imgs, classes, [None] * 6) is None
+    assert same_seed_of([full(0)] * 4, ["A", "A", "B", "B"], [0, 1, 0, 1]) is None  # undefined: seeds identical

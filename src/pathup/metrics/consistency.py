@@ -173,8 +173,9 @@ def same_seed_distance(images: dict[str, dict[int, np.ndarray]]) -> dict[str, An
 
 def same_seed_of(images: np.ndarray, classes: Sequence[str], seeds: Sequence[int | None]) -> dict[str, Any] | None:
     """``same_seed_distance`` of a generated set given as parallel sequences (image, class, seed), over the
-    classes that share at least two seeds; None when fewer than two classes do (e.g. images without seeds).
-    Of two images of one class and seed (a folder holding several runs), the first counts."""
+    classes that share at least two seeds; None when fewer than two classes do (e.g. images without seeds)
+    or when it is undefined (images of different seeds identical). Of two images of one class and seed (a
+    folder holding several runs), the first counts."""
     by_class: dict[str, dict[int, np.ndarray]] = {}
     for im, c, s in zip(images, classes, seeds):
         if s is not None:
@@ -182,7 +183,10 @@ def same_seed_of(images: np.ndarray, classes: Sequence[str], seeds: Sequence[int
     by_class = {c: v for c, v in by_class.items() if len(v) >= 2}
     if len(by_class) < 2 or len(set.intersection(*(set(v) for v in by_class.values()))) < 2:
         return None
-    return same_seed_distance(by_class)
+    try:
+        return same_seed_distance(by_class)
+    except PathUpError:  # seed distance 0: an auxiliary measure must not fail the evaluation
+        return None
 
 
 # ---------------------------------------------------------------------------------------- colour
