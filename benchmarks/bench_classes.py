@@ -246,7 +246,7 @@ def curve(history: Path, png: Path) -> list[dict] | None:
 
 def report(args, res: dict, folders: list[Path], model: Path) -> str:
     """The Markdown report: autoencoder, generated vs ceiling per feature set, same-seed distance, targets."""
-    import numpy as np
+    from pathup.metrics.consistency import same_seed_summary
 
     lines = [f"# Tissue and class-following: {args.dataset or args.sample + ' sample'}, model {model}", ""]
     ae = res.get("autoencoder")
@@ -284,9 +284,8 @@ def report(args, res: dict, folders: list[Path], model: Path) -> str:
               "between two seeds of one class (0: the prompt does not change the picture, 1: as much as a new seed)",
               ""]
     for g, f in zip(args.guidance, folders):
-        pairs = res["sets"][str(f)]["same_seed"]["closest"]
-        lines.append(f"- guidance {g:g}: closest " + ", ".join(f"{a}~{b} {r:.2f}" for a, b, r in pairs[:3])
-                     + f"; median pair {np.median([r for _, _, r in pairs]):.2f}")
+        closest, median = same_seed_summary(res["sets"][str(f)]["same_seed"])
+        lines.append(f"- guidance {g:g}: closest {closest}; median pair {median}")
     lines.append("")
     lines += [f"chance {1 / len(classes):.3f}; times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["times"].items())]
     return "\n".join(lines) + "\n"

@@ -207,7 +207,9 @@ def test_generate_keeps_colliding_classes_apart_and_reads_them_back(pipes, tmp_p
     finals = {(g.class_name, g.level) for g in found}
     assert finals == {(c, lv) for c in CLASSES for lv in ("upscaled", "overview")}
     for g in found:
-        assert json.loads(g.path.with_suffix(".json").read_text())["class"] == g.class_name
+        sidecar = json.loads(g.path.with_suffix(".json").read_text())
+        assert sidecar["class"] == g.class_name
+        assert g.seed == sidecar["seed"] == cfg.seed  # every class from the same seed: same-seed distance works
 
 
 # ----------------------------------------------------------------------------------- resume rules

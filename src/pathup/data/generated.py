@@ -35,10 +35,11 @@ class GeneratedImage:
     path: Path
     class_name: str | None
     level: str | None  # "upscaled" (the final large image), "overview", or None (not a generated image)
+    seed: int | None = None  # the seed it was drawn from (``image_seed``), None where unknown
 
 
 def read_generated(root: str | Path) -> list[GeneratedImage]:
-    """Every image under ``root`` with the class and level it was generated for.
+    """Every image under ``root`` with the class, level and seed it was generated for.
 
     The class and level come from the image's sidecar (``"class"``, ``"level"``); without one, the layout
     above decides: ``<class>/overview/*`` beside a ``generate_config.yaml`` / ``generate_settings.json``
@@ -73,7 +74,7 @@ def read_generated(root: str | Path) -> list[GeneratedImage]:
             level = "overview" if home != p.parent else "upscaled"
         if cls is None and marked(home):
             cls = class_of(home)
-        out.append(GeneratedImage(p, cls if isinstance(cls, str) else None, level))
+        out.append(GeneratedImage(p, cls if isinstance(cls, str) else None, level, _seed(meta, p)))
     return out
 
 
@@ -84,7 +85,11 @@ def image_seed(path: str | Path) -> int | None:
     """The seed a generated image was drawn from: its sidecar's ``"seed"``, else the ``_s<seed>`` (or
     ``s<seed>``) at the end of its file name; None when neither says."""
     path = Path(path)
-    meta = read_json(path.with_suffix(".json"))
+    return _seed(read_json(path.with_suffix(".json")), path)
+
+
+def _seed(meta: dict | None, path: Path) -> int | None:
+    """``image_seed`` from a sidecar already read (``meta``, None without one)."""
     seed = meta.get("seed") if meta else None
     if isinstance(seed, int) and not isinstance(seed, bool):
         return seed

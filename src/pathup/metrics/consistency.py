@@ -189,6 +189,14 @@ def same_seed_of(images: np.ndarray, classes: Sequence[str], seeds: Sequence[int
         return None
 
 
+def same_seed_summary(res: dict[str, Any], n: int = 3) -> tuple[str, str]:
+    """The ``n`` closest pairs of a ``same_seed_distance`` result as text ("A~B 0.28, ...") and the median pair's
+    distance, for reports."""
+    pairs = res["closest"]
+    return (", ".join(f"{a}~{b} {r:.2f}" for a, b, r in pairs[:n]),
+            f"{np.median([r for _, _, r in pairs]):.2f}")
+
+
 # ---------------------------------------------------------------------------------------- colour
 COLOUR_KEYS = ("R", "G", "B", "H", "S", "V")
 
@@ -263,9 +271,15 @@ def labelled_real(spec: str | Path, level: str | None) -> tuple[list[Path], list
 
 
 def labelled_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path], list[str]]:
-    """Generated images and the class each was generated for.
+    """Generated images and the class each was generated for (``seeded_fake`` without the seeds)."""
+    paths, classes, _ = seeded_fake(spec, level)
+    return paths, classes
 
-    Class and level come from ``pathup.sample.generate.read_generated`` (the sidecars and the layout of a
+
+def seeded_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path], list[str], list[int | None]]:
+    """Generated images, the class each was generated for and its seed (None where unknown).
+
+    Class, level and seed come from ``pathup.sample.generate.read_generated`` (the sidecars and the layout of a
     ``generate`` folder); an image it cannot place takes its class from its first folder under ``spec``
     (``FAKE/<class>/...``). With ``level`` (``overview`` or ``patch``), images known to be of the other
     level (a generate folder's overviews vs its final images) are left out, unless none would remain.
@@ -279,7 +293,7 @@ def labelled_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path
     want = {"overview": "overview", "patch": "upscaled"}.get(level or "")
     if want and any(it.level == want for it in items):
         items = [it for it in items if it.level in (want, None)]
-    out_p, out_c = [], []
+    out_p, out_c, out_s = [], [], []
     for it in items:
         cls = it.class_name
         rel = it.path.relative_to(root).parts
@@ -290,9 +304,10 @@ def labelled_fake(spec: str | Path, level: str | None = None) -> tuple[list[Path
                               "folder)")
         out_p.append(it.path)
         out_c.append(str(cls))
+        out_s.append(it.seed)
     if not out_p:
         raise OptionError("fake", f"{root}: no images found")
-    return out_p, out_c
+    return out_p, out_c, out_s
 
 
 def load_rgb(paths: Sequence[Path], size: int) -> np.ndarray:
@@ -360,7 +375,6 @@ def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level:
         the single-spec result keep their meaning (they hold the first spec's results). Each set also has
         ``"same_seed"``: ``same_seed_of`` its images (classes drawn from shared seeds), or None.
     """
-    from pathup.data.generated import image_seed
     from pathup.metrics.features import make_extractor
 
     specs = feature_specs(features)
@@ -384,9 +398,9 @@ def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level:
     real_img = load_rgb(paths, size)
     real_colour = per_class_colour([colour_stats(im) for im in real_img], classes)
     fakes = [fake] if isinstance(fake, (str, Path)) else list(fake)
-    fake_sets = []
+    fake_sets, fake_seeds = [], {}
     for fk in fakes:
-        fp, fc = labelled_fake(fk, level)
+        fp, fc, fake_seeds[str(fk)] = seeded_fake(fk, level)
         fake_sets.append((str(fk), fp, fc, load_rgb(fp, size)))
     by_features: dict[str, Any] = {}
     for spec, ext in extractors.items():
@@ -403,7 +417,7 @@ def measure(real: str | Path, fake: str | Path | Sequence[str | Path], *, level:
         fake_colour = per_class_colour([colour_stats(im) for im in f_img], fc)
         sets[key] = {**by_features[specs[0]]["sets"][key], "colour": fake_colour,
                      "colour_r": colour_correlation(real_colour, fake_colour),
-                     "same_seed": same_seed_of(f_img, fc, [image_seed(p) for p in fp])}
+                     "same_seed": same_seed_of(f_img, fc, fake_seeds[key])}
     return {"features": specs[0], "feature_sets": specs, "level": level, "train_split": train_split,
             "heldout_split": held, "real_tiles": {"train": len(tr), "heldout": len(he)}, "real_colour": real_colour,
             "sets": sets, "by_features": by_features}
@@ -458,9 +472,8 @@ def markdown(res: dict[str, Any], names: dict[str, str] | None = None) -> str:
                  "drawn from the same seed, relative to that between two seeds of one class: 0, the prompt does not "
                  "change the picture (the model draws the two classes alike); 1, it changes it as much as a new seed.\n\n"
                  + markdown_table(["set", "seeds", "closest pairs", "median pair"],
-                                  [[(names or {}).get(k, k), len(d["seeds"]),
-                                    ", ".join(f"{a}~{b} {r:.2f}" for a, b, r in d["closest"][:3]),
-                                    f"{np.median([r for _, _, r in d['closest']]):.2f}"] for k, d in seeded]))
+                                  [[(names or {}).get(k, k), len(d["seeds"]), *same_seed_summary(d)]
+                                   for k, d in seeded]))
     return text + "\n\n## Colour per class (RGB and HSV, 0-255; hue circular)\n\n" + markdown_table(chead, crows)
 
 

@@ -3,8 +3,8 @@
 * ``micro``: the smallest working model (64 px images, 8x8 latents) for unit tests of the loop.
 * ``tiny``: trains from scratch on a CPU in minutes (tests, the demo); 128 px images, 16x16 latents.
 * ``tiny-f4`` (``pathup train``'s default): ``tiny`` with a factor-4 autoencoder (32x32x4 latents), one more
-  UNet level and cross-attention down to 16x16: sharper reconstructions and every class followed, for 1.8x
-  tiny's CPU time per autoencoder step and 2.3x per UNet step (benchmarks/bench_sizes.py).
+  UNet level and cross-attention down to 16x16: sharper reconstructions and, on average, more classes
+  followed, for 1.8x tiny's CPU time per autoencoder step and 2.3x per UNet step (benchmarks/bench_sizes.py).
 * ``small``: a from-scratch model for one GPU, 256 px images.
 * ``sd15``: the Stable Diffusion 1.5 architecture with random weights (benchmarks). To fine-tune
   the real weights, pass a diffusers folder or hub id to ``--model`` instead of a size name.
@@ -82,8 +82,8 @@ MODEL_SIZES: dict[str, ModelSize] = {
     # tiny with a factor-4 autoencoder (32x32x4 latents for 128 px tiles): 26.3 dB / CIEDE2000 5.2 on held-out
     # Kather tiles with pathup train's defaults where tiny reaches 23.5 / 6.9 (README); the UNet gains one level
     # at 32x32 without attention, and its 16x16 level reads the prompt too (cross-attention at 16, 8 and 4 px):
-    # without that, debris was drawn as stroma on the 1,200 Kather tiles (7/8 classes; with it 8/8 there and on
-    # the shipped sample, README). Per step 1.81x tiny's autoencoder cost, 2.30x its UNet's and 1.58x its
+    # without that, debris was drawn as stroma on the 1,200 Kather tiles (7/8 classes in two runs; with it 8/8,
+    # 8/8 and 6/8 over three UNet seeds there, 8/8 on the shipped sample; README). Per step 1.81x tiny's autoencoder cost, 2.30x its UNet's and 1.58x its
     # sampling step's (1.41x / 1.33x without the 16x16 attention; benchmarks/bench_sizes.py, 2 threads).
     "tiny-f4": ModelSize(
         name="tiny-f4", resolution=128,
