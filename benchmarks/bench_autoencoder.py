@@ -17,8 +17,9 @@ Usage (2 CPU cores; about 1.1 s per step with 1 thread for ``tiny``):
         --train-arg vae_lr=5e-4 --train-arg vae_lr_schedule=constant --train-arg vae_lr_warmup_steps=0
     python benchmarks/bench_autoencoder.py --dataset data/k1200 --steps 1000 --out runs/ae_lab --train-arg vae_lab_weight=1
     python benchmarks/bench_autoencoder.py --plot runs/ae_const runs/ae_cosine runs/ae_lab --out runs/ae_curves.png
-Writes OUT/curve.json (options and one row per evaluation), OUT/vae (the diffusers AutoencoderKL) and
-OUT/strip.png (real held-out tiles above their reconstructions).
+Writes OUT/curve.json (options and one row per evaluation), OUT/vae (the diffusers AutoencoderKL; also
+OUT/vae_before_decoder when the decoder stage runs, without its scaling factor) and OUT/strip.png (real held-out
+tiles above their reconstructions).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def entries(pairs: list[str]) -> dict:
 
 def train_and_measure(args) -> dict:
     from diffusers import AutoencoderKL
+    from tqdm.auto import tqdm
 
     from pathup.config import from_dict
     from pathup.losses.autoencoder import latent_grid
@@ -98,9 +100,9 @@ def train_and_measure(args) -> dict:
         if decoder_steps:
             row["decoder_steps"] = decoder_steps
         record["curve"].append(row)
-        print(f"step {step}{f' + {decoder_steps} decoder' if decoder_steps else ''}: PSNR {r['psnr']:.2f} dB, CIEDE2000 {r['ciede2000']:.2f}, SSIM {r['ssim']:.3f}, "
+        tqdm.write(f"step {step}{f' + {decoder_steps} decoder' if decoder_steps else ''}: PSNR {r['psnr']:.2f} dB, CIEDE2000 {r['ciede2000']:.2f}, SSIM {r['ssim']:.3f}, "
               f"border {r['border_ratio']:.2f}, grid {r['grid_ratio']['reconstructed']:.1f} "
-              f"(real {r['grid_ratio']['real']:.1f}) ({train_seconds:.0f} s of training)", flush=True)
+              f"(real {r['grid_ratio']['real']:.1f}) ({train_seconds:.0f} s of training)")
         from pathup.io import atomic_write_text
 
         atomic_write_text(out / "curve.json", json.dumps(record, indent=1, default=float))
@@ -108,7 +110,8 @@ def train_and_measure(args) -> dict:
             save_png(strip(held.held_images, recon), out / "strip.png")  # the decoder stage's replaces the first
 
     vae.train()
-    for step, (images, _, _) in enumerate(loader(tiles, sampler, 0)):
+    bar = tqdm(loader(tiles, sampler, 0), total=cfg.vae_steps, desc="autoencoder", dynamic_ncols=True)
+    for step, (images, _, _) in enumerate(bar):
         t = time.perf_counter()
         g = step_generator(seed, step)
         images = random_crop(random_flips(images, g), cfg.vae_crop, g)
@@ -118,11 +121,14 @@ def train_and_measure(args) -> dict:
         sched.step()
         opt.zero_grad(set_to_none=True)
         train_seconds += time.perf_counter() - t
+        bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
         done = step + 1
         if done % args.eval_every == 0 or done == cfg.vae_steps:
             evaluate(done)
     decoder_steps = cfg.resolved().vae_decoder_steps  # pathup train's default unless --train-arg sets it
     if decoder_steps:
+        vae.eval().save_pretrained(out / "vae_before_decoder")  # for decoder-stage variants of the same autoencoder
+        vae.train()
         import dataclasses
 
         from accelerate import Accelerator

@@ -419,6 +419,60 @@ def test_decoder_objective_adds_the_grid_term_and_keeps_the_adversarial_weight()
     assert no_disc[0].item() == pytest.approx(no_disc[1].item() + 2.0 * grid_l1(recon, x, 8).item(), rel=1e-5)
 
 
+def test_decoder_objective_keeps_the_lab_term_of_the_autoencoder_stage():
+    """With ``lab_weight`` W the decoder stage adds W * lab_l1 (the autoencoder stage's colour term, checked
+    against scikit-image in ``test_lab_term``) to its L1 and grid terms; the adversarial weight is unchanged.
+    ``finetune_decoder`` passes ``--vae-lab-weight`` (next test), so both stages fit the same colours."""
+    from pathup.losses import PatchDiscriminator, lab_l1
+    from pathup.model import build_ldm
+    from pathup.train.autoencoder import DecoderObjective
+
+    vae = build_ldm("micro").vae
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(layers=2)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def run(lab_weight):
+        return DecoderObjective(vae, 0.4, 1.0, disc, 0.5, 0.5, lab_weight)(x, torch.Generator().manual_seed(5))
+
+    plain, with_lab = run(0.0), run(3.0)
+    recon = with_lab[3]
+    assert torch.equal(recon, plain[3]) and with_lab[2].item() == pytest.approx(plain[2].item(), rel=1e-6)
+    assert with_lab[0].item() == pytest.approx(plain[0].item() + 3.0 * lab_l1(recon, x).item(), rel=1e-5)
+    alone = DecoderObjective(vae, 0.4, 1.0, lab_weight=3.0)(x, torch.Generator().manual_seed(5))
+    want = alone[1].item() + 3.0 * lab_l1(alone[3], x).item()
+    assert alone[0].item() == pytest.approx(want, rel=1e-5) and lab_l1(recon, x).item() > 0
+
+
+def test_decoder_stage_follows_the_lab_weight(tmp_path, heldout):
+    """``--vae-lab-weight`` reaches the decoder stage: from the same autoencoder and seed, the decoder it trains
+    differs with the weight on and off (seeded, so the difference is the term's)."""
+    import dataclasses
+
+    from accelerate import Accelerator
+
+    from pathup.model import build_ldm
+    from pathup.train import TrainConfig
+    from pathup.train.autoencoder import finetune_decoder, train_autoencoder
+    from pathup.train.base import _tiles
+    from test_train import FAST
+
+    cfg = TrainConfig(data=heldout, out=tmp_path / "run", **{**FAST, "vae_steps": 2, "vae_decoder_steps": 2},
+                      vae_decoder_adv_weight=0.0).resolved()
+    tiles = _tiles(cfg, 64)
+    vae = build_ldm("micro", tiles.table).vae
+    acc = Accelerator(cpu=True)
+    train_autoencoder(acc, vae, tiles, cfg)
+    start = {k: v.clone() for k, v in vae.state_dict().items()}
+    decoders = []
+    for weight in (0.0, 1.0, 0.0):
+        vae.load_state_dict(start)
+        finetune_decoder(acc, vae, tiles, dataclasses.replace(cfg, vae_lab_weight=weight))
+        decoders.append({k: v.clone() for k, v in vae.state_dict().items() if k.startswith("decoder.")})
+    assert all(torch.equal(decoders[0][k], decoders[2][k]) for k in decoders[0])  # seeded
+    assert any(not torch.equal(decoders[0][k], decoders[1][k]) for k in decoders[0])
+
+
 def test_a_crop_off_the_latent_grid_is_refused_before_the_autoencoder_trains(tmp_path, heldout):
     """A --vae-crop that is not whole latent cells would decode at another size (and put the grid term off the
     grid): refused, naming the option and a size that works, before anything is trained or written."""

@@ -19,7 +19,7 @@ import math
 import torch
 
 from pathup.errors import PathUpError
-from pathup.losses import autoencoder_loss, grid_l1
+from pathup.losses import autoencoder_loss, grid_l1, lab_l1
 from pathup.losses.autoencoder import latent_grid
 from pathup.losses.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss
 from pathup.train.config import TrainConfig
@@ -69,21 +69,24 @@ class DecoderObjective(torch.nn.Module):
     generator loss times ``adv_weight`` times taming's adaptive weight on the decoder's last layer.
 
     With ``grid_weight`` > 0, ``grid_weight`` times ``grid_l1`` at the autoencoder's downsampling factor is
-    added (against the checker on the latent grid that the discriminator can make the decoder paint); the
-    adaptive weight is still taken against the L1 alone, so the adversarial term's scale does not change.
+    added (against the checker on the latent grid that the discriminator can make the decoder paint); with
+    ``lab_weight`` > 0, ``lab_weight`` times ``lab_l1`` (the L1 in CIE Lab of the autoencoder stage, so the
+    colours that stage fitted are not given away here). The adaptive weight is still taken against the L1
+    alone, so the adversarial term's scale does not change.
 
     ``forward`` returns ``(loss, l1, adversarial weight, decoded images detached)``; the discriminator is held
     outside the module's parameters (it has its own optimiser and objective, ``DiscriminatorObjective``).
     """
 
     def __init__(self, vae, noise: float, scaling_factor: float, discriminator: torch.nn.Module | None = None,
-                 adv_weight: float = 0.0, grid_weight: float = 0.0) -> None:
+                 adv_weight: float = 0.0, grid_weight: float = 0.0, lab_weight: float = 0.0) -> None:
         super().__init__()
         self.vae = vae
         self.max_std = noise / scaling_factor  # in the autoencoder's own latent units
         self._disc = (discriminator,) if discriminator is not None and adv_weight > 0 else ()  # not a submodule
         self.adv_weight = adv_weight
         self.grid_weight = grid_weight
+        self.lab_weight = lab_weight
         self.period = latent_grid(vae)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
@@ -92,6 +95,8 @@ class DecoderObjective(torch.nn.Module):
         recon = self.vae.decode(noisy_latents(z, self.max_std, generator)).sample  # (B, 3, H, W)
         rec = (recon.float() - images.float()).abs().mean()
         loss = rec + self.grid_weight * grid_l1(recon, images, self.period) if self.grid_weight else rec
+        if self.lab_weight:
+            loss = loss + self.lab_weight * lab_l1(recon, images)
         if not self._disc:
             return loss, rec.detach(), torch.zeros(()), recon.detach()
         adv = generator_loss(self._disc[0](recon))
@@ -200,7 +205,7 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
         d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.vae_decoder_lr, betas=(0.5, 0.9))
         d_objective, d_opt = accelerator.prepare(d_objective, d_opt)
     objective = DecoderObjective(vae, cfg.vae_decoder_noise, float(vae.config.scaling_factor), disc,
-                                 cfg.vae_decoder_adv_weight, cfg.vae_decoder_grid_weight)
+                                 cfg.vae_decoder_adv_weight, cfg.vae_decoder_grid_weight, cfg.vae_lab_weight)
     betas = (0.5, 0.9) if disc is not None else (0.9, 0.999)
     opt = torch.optim.AdamW([p for m in decoder for p in m.parameters()], lr=cfg.vae_decoder_lr, weight_decay=0.0,
                             betas=betas)

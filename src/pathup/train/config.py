@@ -101,8 +101,8 @@ class TrainConfig:
     vae_spectral_weight: float = option(0.0, "weight of a frequency-domain L1 in the autoencoder loss (0 = off; on "
                                               "held-out Kather tiles 1.0 gave +1.1 dB PSNR at 600 steps, with more "
                                               "energy at the latent grid's frequencies)", min=0)
-    vae_lab_weight: float = option(0.0, "weight of an L1 in CIE Lab in the autoencoder loss (0 = off; "
-                                        "benchmarks/bench_autoencoder.py)", min=0)
+    vae_lab_weight: float = option(0.0, "weight of an L1 in CIE Lab in the autoencoder loss, in both of its stages "
+                                        "(0 = off; benchmarks/bench_autoencoder.py)", min=0)
     vae_grid_weight: float = option(0.0, "weight of an L1 on the latent grid's frequencies in the autoencoder loss "
                                          "(0 = off; measured on held-out Kather tiles at 1000 steps, 0.05 and 0.5 "
                                          "did not lower the grid texture: the reconstructions already keep less "
