@@ -59,7 +59,7 @@ def train_and_measure(args) -> dict:
     size = MODEL_SIZES[args.size]
     cfg = from_dict(TrainConfig, {"data": str(args.dataset), "out": str(args.out), "model": args.size,
                                   "vae_steps": args.steps,
-                                  **entries(args.train_arg)}, source="--train-arg")
+                                  **entries(args.train_arg)}, source="--train-arg").resolved()  # pathup train's
     vae_kwargs = {**size.vae, **entries(args.vae_arg)}
     if "block_out_channels" in vae_kwargs:
         n = len(vae_kwargs["block_out_channels"])
@@ -125,7 +125,7 @@ def train_and_measure(args) -> dict:
         done = step + 1
         if done % args.eval_every == 0 or done == cfg.vae_steps:
             evaluate(done)
-    decoder_steps = cfg.resolved().vae_decoder_steps  # pathup train's default unless --train-arg sets it
+    decoder_steps = cfg.vae_decoder_steps  # pathup train's default unless --train-arg sets it
     if decoder_steps:
         vae.eval().save_pretrained(out / "vae_before_decoder")  # for decoder-stage variants of the same autoencoder
         vae.train()

@@ -506,3 +506,14 @@ def test_decoder_stage_defaults_to_three_tenths_of_the_autoencoder_steps_with_a_
     assert TrainConfig(data="d", out="o", model="tiny", vae_steps=4000).resolved().vae_decoder_steps == 1200
     assert TrainConfig(data="d", out="o", model="tiny", vae_decoder_steps=0).resolved().vae_decoder_steps == 0
     assert TrainConfig(data="d", out="o", model="org/sd-folder").resolved().vae_decoder_steps == 0
+
+
+def test_the_lab_colour_term_is_on_for_tiny_f4_only_unless_set():
+    from pathup.train import TrainConfig
+
+    def weight(**kw):
+        return TrainConfig(data="d", out="o", **kw).resolved().vae_lab_weight
+
+    assert weight() == weight(model="tiny-f4") == 1.0  # pathup train's default size
+    assert weight(model="tiny") == weight(model="micro") == weight(model="org/sd-folder") == 0.0
+    assert weight(model="tiny", vae_lab_weight=2.0) == 2.0 and weight(model="tiny-f4", vae_lab_weight=0.0) == 0.0

@@ -5,6 +5,7 @@
 * ``tiny-f4`` (``pathup train``'s default): ``tiny`` with a factor-4 autoencoder (32x32x4 latents), one more
   UNet level and cross-attention down to 16x16: sharper reconstructions and, on average, more classes
   followed, for 1.8x tiny's CPU time per autoencoder step and 2.3x per UNet step (benchmarks/bench_sizes.py).
+  Its autoencoder also fits colour in CIE Lab (``--vae-lab-weight`` 1 by default): red stroma stays red.
 * ``small``: a from-scratch model for one GPU, 256 px images.
 * ``sd15``: the Stable Diffusion 1.5 architecture with random weights (benchmarks). To fine-tune
   the real weights, pass a diffusers folder or hub id to ``--model`` instead of a size name.
@@ -85,6 +86,9 @@ MODEL_SIZES: dict[str, ModelSize] = {
     # without that, debris was drawn as stroma on the 1,200 Kather tiles (7/8 classes in two runs; with it 8/8,
     # 8/8 and 6/8 over three UNet seeds there, 8/8 on the shipped sample; README). Per step 1.81x tiny's autoencoder cost, 2.30x its UNet's and 1.58x its
     # sampling step's (1.41x / 1.33x without the 16x16 attention; benchmarks/bench_sizes.py, 2 threads).
+    # vae_lab_weight 1: an L1 in CIE Lab beside the RGB one, in both autoencoder stages; on the 1,200 tiles
+    # 26.75 dB / CIEDE2000 4.80 after the decoder stage against 26.27 / 5.15 without, the same time per step
+    # (benchmarks/bench_autoencoder.py; README). tiny measured no gain from it (25.38 / 4.92 vs 25.56 / 4.99).
     "tiny-f4": ModelSize(
         name="tiny-f4", resolution=128,
         vae=dict(_VAE4, block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
@@ -98,7 +102,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
             cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32,
         ),
         text=_TINY_TEXT,
-        train=dict(vae_steps=1000),
+        train=dict(vae_steps=1000, vae_lab_weight=1.0),
     ),
     "small": ModelSize(
         name="small", resolution=256,
