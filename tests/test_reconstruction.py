@@ -422,7 +422,7 @@ def test_decoder_objective_adds_the_grid_term_and_keeps_the_adversarial_weight()
 def test_decoder_objective_keeps_the_lab_term_of_the_autoencoder_stage():
     """With ``lab_weight`` W the decoder stage adds W * lab_l1 (the autoencoder stage's colour term, checked
     against scikit-image in ``test_lab_term``) to its L1 and grid terms; the adversarial weight is unchanged.
-    ``finetune_decoder`` passes ``--vae-lab-weight`` (next test), so both stages fit the same colours."""
+    ``finetune_decoder`` passes ``--vae-decoder-lab-weight`` (next test)."""
     from pathup.losses import PatchDiscriminator, lab_l1
     from pathup.model import build_ldm
     from pathup.train.autoencoder import DecoderObjective
@@ -444,9 +444,10 @@ def test_decoder_objective_keeps_the_lab_term_of_the_autoencoder_stage():
     assert alone[0].item() == pytest.approx(want, rel=1e-5) and lab_l1(recon, x).item() > 0
 
 
-def test_decoder_stage_follows_the_lab_weight(tmp_path, heldout):
-    """``--vae-lab-weight`` reaches the decoder stage: from the same autoencoder and seed, the decoder it trains
-    differs with the weight on and off (seeded, so the difference is the term's)."""
+def test_decoder_stage_follows_its_own_lab_weight(tmp_path, heldout):
+    """``--vae-decoder-lab-weight`` reaches the decoder stage and ``--vae-lab-weight`` does not: from the same
+    autoencoder and seed, the decoder differs with the decoder's weight on and off (seeded, so the difference
+    is the term's), and the autoencoder stage's weight leaves it as it is."""
     import dataclasses
 
     from accelerate import Accelerator
@@ -465,11 +466,12 @@ def test_decoder_stage_follows_the_lab_weight(tmp_path, heldout):
     train_autoencoder(acc, vae, tiles, cfg)
     start = {k: v.clone() for k, v in vae.state_dict().items()}
     decoders = []
-    for weight in (0.0, 1.0, 0.0):
+    for weights in ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0)):  # (autoencoder stage's, decoder stage's)
         vae.load_state_dict(start)
-        finetune_decoder(acc, vae, tiles, dataclasses.replace(cfg, vae_lab_weight=weight))
+        finetune_decoder(acc, vae, tiles, dataclasses.replace(cfg, vae_lab_weight=weights[0],
+                                                              vae_decoder_lab_weight=weights[1]))
         decoders.append({k: v.clone() for k, v in vae.state_dict().items() if k.startswith("decoder.")})
-    assert all(torch.equal(decoders[0][k], decoders[2][k]) for k in decoders[0])  # seeded
+    assert all(torch.equal(decoders[0][k], decoders[2][k]) for k in decoders[0])  # seeded; stage 1's weight: none
     assert any(not torch.equal(decoders[0][k], decoders[1][k]) for k in decoders[0])
 
 

@@ -70,9 +70,10 @@ class DecoderObjective(torch.nn.Module):
 
     With ``grid_weight`` > 0, ``grid_weight`` times ``grid_l1`` at the autoencoder's downsampling factor is
     added (against the checker on the latent grid that the discriminator can make the decoder paint); with
-    ``lab_weight`` > 0, ``lab_weight`` times ``lab_l1`` (the L1 in CIE Lab of the autoencoder stage, so the
-    colours that stage fitted are not given away here). The adaptive weight is still taken against the L1
-    alone, so the adversarial term's scale does not change.
+    ``lab_weight`` > 0 (``--vae-decoder-lab-weight``), ``lab_weight`` times ``lab_l1`` (the autoencoder stage's
+    colour term). The adaptive weight is still taken against the L1 alone, so the adversarial term's scale does
+    not change, but its share of the loss shrinks: measured, the term keeps PSNR and CIEDE2000 and gives up the
+    texture the stage is for (off by default).
 
     ``forward`` returns ``(loss, l1, adversarial weight, decoded images detached)``; the discriminator is held
     outside the module's parameters (it has its own optimiser and objective, ``DiscriminatorObjective``).
@@ -205,7 +206,7 @@ def finetune_decoder(accelerator, vae, dataset: TrainTiles, cfg: TrainConfig) ->
         d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.vae_decoder_lr, betas=(0.5, 0.9))
         d_objective, d_opt = accelerator.prepare(d_objective, d_opt)
     objective = DecoderObjective(vae, cfg.vae_decoder_noise, float(vae.config.scaling_factor), disc,
-                                 cfg.vae_decoder_adv_weight, cfg.vae_decoder_grid_weight, cfg.vae_lab_weight)
+                                 cfg.vae_decoder_adv_weight, cfg.vae_decoder_grid_weight, cfg.vae_decoder_lab_weight)
     betas = (0.5, 0.9) if disc is not None else (0.9, 0.999)
     opt = torch.optim.AdamW([p for m in decoder for p in m.parameters()], lr=cfg.vae_decoder_lr, weight_decay=0.0,
                             betas=betas)
