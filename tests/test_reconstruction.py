@@ -421,11 +421,14 @@ def test_decoder_objective_adds_the_grid_term_and_keeps_the_adversarial_weight()
 
 def test_decoder_objective_keeps_the_lab_term_of_the_autoencoder_stage():
     """With ``lab_weight`` W the decoder stage adds W * lab_l1 (the autoencoder stage's colour term, checked
-    against scikit-image in ``test_lab_term``) to its L1 and grid terms; the adversarial weight is unchanged.
+    against scikit-image in ``test_lab_term``) to its L1 and grid terms, and takes taming's adaptive weight
+    against the whole reconstruction loss (L1 + W * lab_l1; taming uses its ``nll_loss``), so the adversarial
+    term keeps its share: checked by hand against the two gradients' norms on the decoder's output layer.
     ``finetune_decoder`` passes ``--vae-decoder-lab-weight`` (next test)."""
-    from pathup.losses import PatchDiscriminator, lab_l1
+    from pathup.losses import PatchDiscriminator, grid_l1, lab_l1
+    from pathup.losses.adversarial import generator_loss
     from pathup.model import build_ldm
-    from pathup.train.autoencoder import DecoderObjective
+    from pathup.train.autoencoder import DecoderObjective, noisy_latents
 
     vae = build_ldm("micro").vae
     torch.manual_seed(0)
@@ -435,10 +438,28 @@ def test_decoder_objective_keeps_the_lab_term_of_the_autoencoder_stage():
     def run(lab_weight):
         return DecoderObjective(vae, 0.4, 1.0, disc, 0.5, 0.5, lab_weight)(x, torch.Generator().manual_seed(5))
 
+    def by_hand(lab_weight):  # the same decoding (same generator draws), the loss and weight written out
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(g)
+        recon = vae.decode(noisy_latents(z, 0.4, g)).sample
+        fit = (recon - x).abs().mean() + lab_weight * lab_l1(recon, x)
+        adv = generator_loss(disc(recon))
+        last = vae.decoder.conv_out.weight
+        g_fit = torch.autograd.grad(fit, last, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(adv, last, retain_graph=True)[0]
+        w = 0.5 * g_fit.norm() / (g_adv.norm() + 1e-4)
+        grid = grid_l1(recon, x, 2 ** (len(vae.config.block_out_channels) - 1))  # one latent cell, in px
+        return (fit + 0.5 * grid + w * adv).item(), w.item(), recon.detach()
+
     plain, with_lab = run(0.0), run(3.0)
     recon = with_lab[3]
-    assert torch.equal(recon, plain[3]) and with_lab[2].item() == pytest.approx(plain[2].item(), rel=1e-6)
-    assert with_lab[0].item() == pytest.approx(plain[0].item() + 3.0 * lab_l1(recon, x).item(), rel=1e-5)
+    assert torch.equal(recon, plain[3])
+    for lab_weight, got in ((0.0, plain), (3.0, with_lab)):
+        loss, w, hand_recon = by_hand(lab_weight)
+        assert torch.equal(hand_recon, got[3])
+        assert got[2].item() == pytest.approx(w, rel=1e-5) and got[0].item() == pytest.approx(loss, rel=1e-5)
+    assert with_lab[2].item() > plain[2].item()  # the colour term's gradient adds to the reconstruction's
     alone = DecoderObjective(vae, 0.4, 1.0, lab_weight=3.0)(x, torch.Generator().manual_seed(5))
     want = alone[1].item() + 3.0 * lab_l1(alone[3], x).item()
     assert alone[0].item() == pytest.approx(want, rel=1e-5) and lab_l1(recon, x).item() > 0

@@ -87,7 +87,8 @@ MODEL_SIZES: dict[str, ModelSize] = {
     # 8/8 and 6/8 over three UNet seeds there, 8/8 on the shipped sample; README). Per step 1.81x tiny's autoencoder cost, 2.30x its UNet's and 1.58x its
     # sampling step's (1.41x / 1.33x without the 16x16 attention; benchmarks/bench_sizes.py, 2 threads).
     # vae_lab_weight 1: an L1 in CIE Lab beside the RGB one in the autoencoder stage (not the decoder stage:
-    # there it kept 27.94 dB but blurred the generated images); on the 1,200 tiles 26.75 dB / CIEDE2000 4.80
+    # there it either blurred the generated images or, its share balanced, gained nothing measurable; README);
+    # on the 1,200 tiles 26.75 dB / CIEDE2000 4.80
     # after the decoder stage against 26.27 / 5.15 without, the same time per step
     # (benchmarks/bench_autoencoder.py; README). tiny measured no gain from it (25.38 / 4.92 vs 25.56 / 4.99).
     "tiny-f4": ModelSize(

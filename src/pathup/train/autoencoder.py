@@ -71,9 +71,11 @@ class DecoderObjective(torch.nn.Module):
     With ``grid_weight`` > 0, ``grid_weight`` times ``grid_l1`` at the autoencoder's downsampling factor is
     added (against the checker on the latent grid that the discriminator can make the decoder paint); with
     ``lab_weight`` > 0 (``--vae-decoder-lab-weight``), ``lab_weight`` times ``lab_l1`` (the autoencoder stage's
-    colour term). The adaptive weight is still taken against the L1 alone, so the adversarial term's scale does
-    not change, but its share of the loss shrinks: measured, the term keeps PSNR and CIEDE2000 and gives up the
-    texture the stage is for (off by default).
+    colour term). The adaptive weight is taken against the whole reconstruction loss, L1 plus the Lab term (as
+    taming takes it against its ``nll_loss``), so the adversarial term keeps its share of the loss. (Taken
+    against the L1 alone, measured on the 1,200 Kather tiles, the term kept 27.94 dB but gave up the texture the
+    stage is for; taken against both, 26.54 dB / CIEDE2000 4.57 against 26.75 / 4.80 without the term, and
+    generated class-consistency 0.760 against 0.802: off by default.)
 
     ``forward`` returns ``(loss, l1, adversarial weight, decoded images detached)``; the discriminator is held
     outside the module's parameters (it has its own optimiser and objective, ``DiscriminatorObjective``).
@@ -95,13 +97,12 @@ class DecoderObjective(torch.nn.Module):
             z = self.vae.encode(images).latent_dist.sample(generator)  # (B, C, h, w)
         recon = self.vae.decode(noisy_latents(z, self.max_std, generator)).sample  # (B, 3, H, W)
         rec = (recon.float() - images.float()).abs().mean()
-        loss = rec + self.grid_weight * grid_l1(recon, images, self.period) if self.grid_weight else rec
-        if self.lab_weight:
-            loss = loss + self.lab_weight * lab_l1(recon, images)
+        fit = rec + self.lab_weight * lab_l1(recon, images) if self.lab_weight else rec  # the reconstruction loss
+        loss = fit + self.grid_weight * grid_l1(recon, images, self.period) if self.grid_weight else fit
         if not self._disc:
             return loss, rec.detach(), torch.zeros(()), recon.detach()
         adv = generator_loss(self._disc[0](recon))
-        w = adaptive_weight(rec, adv, self.vae.decoder.conv_out.weight) * self.adv_weight
+        w = adaptive_weight(fit, adv, self.vae.decoder.conv_out.weight) * self.adv_weight
         return loss + w * adv, rec.detach(), w, recon.detach()
 
 
