@@ -43,7 +43,8 @@ def split(src: Path, dst: Path, cls: str, k: int, seed: int = 0) -> dict[str, di
     tiles per mode and split."""
     from sklearn.cluster import KMeans
 
-    rows = list(csv.DictReader(open(src / "manifest.csv", newline="")))
+    with open(src / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     idx = [i for i, r in enumerate(rows) if r["class"] == cls]
     if not idx:
         raise SystemExit(f"{src / 'manifest.csv'}: no tiles of class {cls!r}")
@@ -77,8 +78,8 @@ def merge(generated: Path, split_dataset: Path, cls: str) -> Path:
     """GENERATED/../merged/<name>/ with CLS's modes merged back in proportion to their training tiles."""
     from pathup.data.generated import class_dirname
 
-    rows = [r for r in csv.DictReader(open(split_dataset / "manifest.csv", newline=""))
-            if r["split"] == "train" and r["class"].startswith(cls + "_")]
+    with open(split_dataset / "manifest.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train" and r["class"].startswith(cls + "_")]
     freq: dict[str, int] = {}
     for r in rows:
         freq[r["class"]] = freq.get(r["class"], 0) + 1

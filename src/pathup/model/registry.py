@@ -88,9 +88,9 @@ MODEL_SIZES: dict[str, ModelSize] = {
     # sampling step's (1.41x / 1.33x without the 16x16 attention; benchmarks/bench_sizes.py, 2 threads).
     # vae_lab_weight 1: an L1 in CIE Lab beside the RGB one in the autoencoder stage (not the decoder stage:
     # there it either blurred the generated images or, its share balanced, gained nothing measurable; README);
-    # on the 1,200 tiles 26.75 dB / CIEDE2000 4.80
-    # after the decoder stage against 26.27 / 5.15 without, the same time per step
-    # (benchmarks/bench_autoencoder.py; README). tiny measured no gain from it (25.38 / 4.92 vs 25.56 / 4.99).
+    # on the 1,200 tiles 26.75 dB / CIEDE2000 4.80 after the decoder stage against 26.27 / 5.15 without, the
+    # same time per step (benchmarks/bench_autoencoder.py; README). tiny measured no gain from it (25.38 / 4.92
+    # vs 25.56 / 4.99).
     "tiny-f4": ModelSize(
         name="tiny-f4", resolution=128,
         vae=dict(_VAE4, block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
